@@ -1,0 +1,1 @@
+"""openevs: an open, self-hostable Elastic Volume Service with cross-AZ replication."""

@@ -1,0 +1,221 @@
+"""Nova v2.1 subset: servers, os-start/os-stop, os-volume_attachments."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from openevs.api.auth import RuntimeDep, ScopedDep
+from openevs.api.identity import base_url
+from openevs.api.timefmt import nova_time
+from openevs.db.models import Attachment, Server
+from openevs.domain.errors import InvalidInput
+from openevs.domain.states import ServerStatus, ServerTrigger
+from openevs.services import connections, servers
+from openevs.services.listing import parse_page
+
+router = APIRouter(prefix="/v2.1/{project_id}")
+
+
+class ServerCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(max_length=1024)
+    availability_zone: str | None = Field(default=None, max_length=255)
+    imageRef: str | None = Field(default=None, max_length=1024)  # noqa: N815
+    flavorRef: str | int | None = None  # noqa: N815
+
+
+class ServerCreateBody(BaseModel):
+    server: ServerCreate
+
+
+class AttachSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    volumeId: str = Field(max_length=64)  # noqa: N815
+    device: str | None = Field(default=None, max_length=64)
+
+
+class AttachBody(BaseModel):
+    volumeAttachment: AttachSpec  # noqa: N815
+
+
+def _links(url: str, project_id: str, server_id: str) -> list[dict[str, str]]:
+    return [
+        {"rel": "self", "href": f"{url}/v2.1/{project_id}/servers/{server_id}"},
+        {"rel": "bookmark", "href": f"{url}/{project_id}/servers/{server_id}"},
+    ]
+
+
+def server_view(s: Server, atts: list[Attachment], url: str) -> dict[str, Any]:
+    active = s.status == ServerStatus.ACTIVE
+    return {
+        "id": s.id,
+        "name": s.name,
+        "status": s.status,
+        "tenant_id": s.project_id,
+        "user_id": s.user_id,
+        "created": nova_time(s.created_at),
+        "updated": nova_time(s.updated_at or s.created_at),
+        "OS-EXT-AZ:availability_zone": s.availability_zone,
+        "OS-EXT-STS:vm_state": "active" if active else "stopped",
+        "OS-EXT-STS:power_state": 1 if active else 4,
+        "OS-EXT-STS:task_state": None,
+        "os-extended-volumes:volumes_attached": [
+            {"id": a.volume_id, "delete_on_termination": False} for a in atts
+        ],
+        "image": {"id": s.image_ref} if s.image_ref else "",
+        "flavor": {"id": s.flavor_ref},
+        "addresses": {},
+        "metadata": {},
+        "hostId": "",
+        "links": _links(url, s.project_id, s.id),
+    }
+
+
+def attachment_view(a: Attachment) -> dict[str, Any]:
+    return {"id": a.volume_id, "serverId": a.server_id, "volumeId": a.volume_id, "device": a.device}
+
+
+@router.post("/servers", status_code=202)
+def create_server(
+    project_id: str, body: ServerCreateBody, token: ScopedDep, runtime: RuntimeDep, request: Request
+) -> JSONResponse:
+    spec = body.server
+    with runtime.db.session() as session:
+        server = servers.create_server(
+            session, runtime.settings, project_id, token.user_id, spec.name,
+            spec.availability_zone, spec.imageRef or "", str(spec.flavorRef or ""),
+        )
+    url = base_url(runtime, request)
+    return JSONResponse(
+        {"server": {"id": server.id, "links": _links(url, project_id, server.id),
+                    "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}]}},
+        status_code=202,
+    )
+
+
+Q = Annotated[str | None, Query(max_length=255)]
+
+
+def _list(project_id: str, runtime: RuntimeDep, request: Request, detail: bool,
+          limit: str | None, marker: str | None, sort_key: str | None, sort_dir: str | None,
+          name: str | None, status: str | None, changes_since: str | None) -> dict[str, Any]:
+    page = parse_page(limit, marker, None, sort_key, sort_dir, changes_since, servers.SERVER_SORT_KEYS)
+    url = base_url(runtime, request)
+    with runtime.db.session() as session:
+        rows = servers.list_servers(session, project_id, page, name, status)
+        atts = {s.id: servers.attachments_of_server(session, s.id) for s in rows} if detail else {}
+    if detail:
+        return {"servers": [server_view(s, atts[s.id], url) for s in rows]}
+    return {"servers": [{"id": s.id, "name": s.name, "links": _links(url, project_id, s.id)} for s in rows]}
+
+
+@router.get("/servers")
+def list_servers(project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request,
+                 limit: Q = None, marker: Q = None, sort_key: Q = None, sort_dir: Q = None,
+                 name: Q = None, status: Q = None,
+                 changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+                 ) -> dict[str, Any]:
+    return _list(project_id, runtime, request, False, limit, marker, sort_key, sort_dir, name, status,
+                 changes_since)
+
+
+@router.get("/servers/detail")
+def list_servers_detail(project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request,
+                        limit: Q = None, marker: Q = None, sort_key: Q = None, sort_dir: Q = None,
+                        name: Q = None, status: Q = None,
+                        changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+                        ) -> dict[str, Any]:
+    return _list(project_id, runtime, request, True, limit, marker, sort_key, sort_dir, name, status,
+                 changes_since)
+
+
+@router.get("/servers/{server_id}")
+def show_server(project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep,
+                request: Request) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        server = servers.get_server(session, project_id, server_id)
+        atts = servers.attachments_of_server(session, server.id)
+    return {"server": server_view(server, atts, base_url(runtime, request))}
+
+
+@router.delete("/servers/{server_id}", status_code=204)
+def delete_server(project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep) -> Response:
+    with runtime.db.session() as session:
+        server = servers.get_server(session, project_id, server_id)
+        az = server.availability_zone
+        removed = servers.delete_server(session, project_id, server_id)
+    for att in removed:
+        _revoke_quietly(runtime, az, att.export_name)
+    return Response(status_code=204)
+
+
+def _revoke_quietly(runtime: RuntimeDep, az: str, export_name: str | None) -> None:
+    # The attachment is gone from the database; an agent that is down now
+    # drops the grant when the reconciler syncs exports after its restart.
+    try:
+        connections.revoke_attachment_export(runtime, az, export_name)
+    except Exception:  # noqa: BLE001 - best effort, reconciled later
+        runtime.kick()
+
+
+@router.post("/servers/{server_id}/action", status_code=202)
+def server_action(project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep,
+                  body: Annotated[dict[str, Any], Body()]) -> Response:
+    if len(body) != 1:
+        raise InvalidInput('an action body must have exactly one key, e.g. {"os-stop": null}')
+    (action, args), = body.items()
+    try:
+        trigger = ServerTrigger(action)
+    except ValueError:
+        raise InvalidInput(f"unknown server action {action[:64]!r}; supported: os-start, os-stop") from None
+    if args not in (None, {}):
+        raise InvalidInput(f"{action} takes no arguments; send {{\"{action}\": null}}")
+    with runtime.db.session() as session:
+        servers.server_action(session, project_id, server_id, trigger)
+    return Response(status_code=202)
+
+
+@router.post("/servers/{server_id}/os-volume_attachments")
+def attach(project_id: str, server_id: str, body: AttachBody, token: ScopedDep,
+           runtime: RuntimeDep) -> dict[str, Any]:
+    spec = body.volumeAttachment
+    with runtime.db.session() as session:
+        att = servers.attach_volume(session, project_id, server_id, spec.volumeId, spec.device)
+    return {"volumeAttachment": attachment_view(att)}
+
+
+@router.get("/servers/{server_id}/os-volume_attachments")
+def list_attachments(project_id: str, server_id: str, token: ScopedDep,
+                     runtime: RuntimeDep) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        server = servers.get_server(session, project_id, server_id)
+        atts = servers.attachments_of_server(session, server.id)
+    return {"volumeAttachments": [attachment_view(a) for a in atts]}
+
+
+@router.get("/servers/{server_id}/os-volume_attachments/{volume_id}")
+def show_attachment(project_id: str, server_id: str, volume_id: str, token: ScopedDep,
+                    runtime: RuntimeDep) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        server = servers.get_server(session, project_id, server_id)
+        for att in servers.attachments_of_server(session, server.id):
+            if att.volume_id == volume_id:
+                return {"volumeAttachment": attachment_view(att)}
+    from openevs.domain.errors import NotFound
+
+    raise NotFound(f"volume {volume_id[:64]} is not attached to server {server_id[:64]}")
+
+
+@router.delete("/servers/{server_id}/os-volume_attachments/{volume_id}", status_code=202)
+def detach(project_id: str, server_id: str, volume_id: str, token: ScopedDep,
+           runtime: RuntimeDep) -> Response:
+    with runtime.db.session() as session:
+        server = servers.get_server(session, project_id, server_id)
+        az = server.availability_zone
+        att = servers.detach_volume(session, project_id, server_id, volume_id)
+    _revoke_quietly(runtime, az, att.export_name)
+    return Response(status_code=202)

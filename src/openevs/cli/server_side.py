@@ -1,0 +1,195 @@
+"""Server-side commands: serve (all-in-one), api, worker, agent, db upgrade."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from openevs.config import ConfigError, Settings, load_settings
+from openevs.db.session import Database, upgrade
+from openevs.runtime import Runtime
+from openevs.services import identity
+
+err = Console(stderr=True)
+out = Console()
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def clouds_yaml(settings: Settings, password: str | None) -> str:
+    return (
+        "clouds:\n"
+        "  openevs:\n"
+        "    auth:\n"
+        f"      auth_url: {settings.endpoint}/v3\n"
+        "      username: admin\n"
+        f"      password: {password or '<the admin password>'}\n"
+        "      project_name: admin\n"
+        "      user_domain_name: Default\n"
+        "      project_domain_name: Default\n"
+        f"    region_name: {settings.region}\n"
+        "    identity_api_version: 3\n"
+        "    block_storage_api_version: 2\n"
+        "    volume_api_version: 2\n"
+    )
+
+
+def prepare(settings: Settings) -> tuple[Database, str | None]:
+    """Create the data dir, migrate, bootstrap the admin; returns the new password if any."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    with db.session() as session:
+        created = identity.bootstrap(session, settings.admin_password)
+    return db, created
+
+
+def _announce(settings: Settings, created: str | None) -> None:
+    password = created or settings.admin_password or None
+    out.print(f"openevs API: [bold]{settings.endpoint}[/bold]  (identity: {settings.endpoint}/v3)")
+    if created and not settings.admin_password:
+        out.print(f"admin password (generated, shown once): [bold]{created}[/bold]")
+    elif created:
+        out.print("admin password: the value of OPENEVS_ADMIN_PASSWORD")
+    snippet = clouds_yaml(settings, password)
+    path = settings.data_dir / "clouds.yaml"
+    if password:
+        path.write_text(snippet)
+        path.chmod(0o600)
+    out.print("clouds.yaml:\n" + snippet, highlight=False, markup=False)
+    if password:
+        out.print(f"(also written to {path}; use it with OS_CLIENT_CONFIG_FILE={path} OS_CLOUD=openevs)")
+    sys.stdout.flush()
+
+
+def _run_api(runtime: Runtime) -> None:
+    from openevs.api.app import create_app
+
+    host, port = runtime.settings.listen_host_port
+    config = uvicorn.Config(
+        create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=5, limit_concurrency=512, h11_max_incomplete_event_size=16 * 1024,
+    )
+    uvicorn.Server(config).run()
+
+
+def _agent_clients(settings: Settings, supervisor: object | None) -> dict[str, object]:
+    from openevs.agent.client import HttpAgentClient
+
+    clients: dict[str, object] = {}
+    for az in settings.azs:
+        if az in settings.agent_urls:
+            clients[az] = HttpAgentClient(az, settings.agent_urls[az])
+        elif supervisor is not None:
+            clients[az] = supervisor.client_for(az)  # type: ignore[attr-defined]
+        else:
+            sock = settings.agent_dir() / f"{az}.sock"
+            clients[az] = HttpAgentClient(az, f"unix:{sock}")
+    return clients
+
+
+def serve() -> None:
+    """Run everything on this machine: API, reconciler and one storage agent per AZ."""
+    from openevs.agent.supervisor import AgentSupervisor
+    from openevs.reconciler.loop import Reconciler
+
+    _logging()
+    settings = settings_or_exit()
+    db, created = prepare(settings)
+    supervisor = AgentSupervisor(settings)
+    supervisor.start()
+    runtime = Runtime(settings, db, _agent_clients(settings, supervisor))  # type: ignore[arg-type]
+    reconciler = Reconciler(runtime)
+    try:
+        supervisor.wait_ready(timeout_s=30)
+    except Exception as exc:  # noqa: BLE001 - the service runs; the AZ shows unavailable
+        err.print(f"[yellow]warning:[/yellow] not every storage agent is up yet: {exc}")
+    reconciler.start()
+    _announce(settings, created)
+    try:
+        _run_api(runtime)
+    finally:
+        reconciler.stop()
+        supervisor.stop()
+        runtime.close()
+
+
+def api() -> None:
+    """Run the HTTP API only (with `openevs worker` elsewhere, on PostgreSQL)."""
+    _logging()
+    settings = settings_or_exit()
+    db, created = prepare(settings)
+    runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
+    _announce(settings, created)
+    try:
+        _run_api(runtime)
+    finally:
+        runtime.close()
+
+
+def worker() -> None:
+    """Run the reconciler only: drives every resource in a transitional state."""
+    from openevs.reconciler.loop import Reconciler
+
+    _logging()
+    settings = settings_or_exit()
+    db, _ = prepare(settings)
+    runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
+    reconciler = Reconciler(runtime)
+    try:
+        reconciler.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runtime.close()
+
+
+def agent(
+    az: Annotated[str, typer.Option(help="the availability zone this agent serves")],
+    pool: Annotated[Path, typer.Option(help="directory holding the AZ's volume files")],
+    listen: Annotated[str, typer.Option(help="control API address: HOST:PORT or unix:/path.sock")] = "127.0.0.1:8780",
+    nbd: Annotated[str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port)")] = "127.0.0.1:10809",
+) -> None:
+    """Run one standalone storage agent (a storage node of one AZ)."""
+    from openevs.agent.runner import main_from_args
+
+    _logging()
+    main_from_args(az=az, pool=pool, listen=listen, nbd=nbd)
+
+
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every Alembic migration to OPENEVS_DATABASE_URL (or the embedded SQLite)."""
+    settings = settings_or_exit()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    out.print(f"database at newest revision: {settings.db_url.split('@')[-1]}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(api)
+    app.command()(worker)
+    app.command()(agent)
+    app.add_typer(db_app, name="db")

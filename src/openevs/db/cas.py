@@ -1,0 +1,29 @@
+"""Compare-and-set: the only way a status is saved.
+
+`UPDATE ... WHERE id = :id AND status = :expected` must touch exactly one
+row; otherwise someone else moved the resource first and the caller lost.
+This works the same on SQLite (where FOR UPDATE does nothing) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from openevs.db.models import utcnow
+
+
+def compare_and_set(
+    session: Session, model: Any, ident: str, expected: str, new: str, **values: Any
+) -> bool:
+    """Move row `ident` from status `expected` to `new` (plus `values`); True if we won."""
+    stmt = (
+        update(model)
+        .where(model.id == ident, model.status == expected)
+        .values(status=new, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(stmt)
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]

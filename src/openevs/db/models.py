@@ -1,0 +1,131 @@
+"""SQLAlchemy 2 models: the durable state of the controller.
+
+A row in a transitional status (creating, deleting, ...) is work the
+reconciler owes; status changes go through `db.cas.compare_and_set`.
+Times are naive UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    domain_id: Mapped[str] = mapped_column(String(64), default="default")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    quota_volumes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota_gigabytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    domain_id: Mapped[str] = mapped_column(String(64), default="default")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RoleAssignment(Base):
+    __tablename__ = "role_assignments"
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(32))
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+    # sha256 of the token: a stolen database does not yield usable tokens.
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(32))
+    issued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Volume(Base):
+    __tablename__ = "volumes"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str] = mapped_column(String(64), default="")
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    size_gb: Mapped[int] = mapped_column(Integer)
+    # The size the agent must reach; differs from size_gb only while extending.
+    target_size_gb: Mapped[int] = mapped_column(Integer)
+    volume_type: Mapped[str] = mapped_column(String(64))
+    availability_zone: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    multiattach: Mapped[bool] = mapped_column(Boolean, default=False)
+    bootable: Mapped[bool] = mapped_column(Boolean, default=False)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Server(Base):
+    __tablename__ = "servers"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str] = mapped_column(String(64), default="")
+    name: Mapped[str] = mapped_column(String(255))
+    availability_zone: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    image_ref: Mapped[str] = mapped_column(String(255), default="")
+    flavor_ref: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    server_id: Mapped[str] = mapped_column(ForeignKey("servers.id"), index=True)
+    device: Mapped[str] = mapped_column(String(64))
+    # The NBD export name granted to this attachment (an unguessable secret);
+    # null until os-initialize_connection, cleared on terminate/detach.
+    export_name: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
+    export_read_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Agent(Base):
+    """What the controller last learnt of an AZ's storage agent."""
+
+    __tablename__ = "agents"
+    availability_zone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(255), default="")
+    nbd_host: Mapped[str] = mapped_column(String(255), default="")
+    nbd_port: Mapped[int] = mapped_column(Integer, default=0)
+    healthy: Mapped[bool] = mapped_column(Boolean, default=False)
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

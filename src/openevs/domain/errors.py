@@ -1,0 +1,64 @@
+"""The error tree. Domain errors carry no HTTP codes; `api/errors.py` translates.
+
+`code` is the documented EVS code (``EVS.1020``) or replication
+``failure_detail`` value (``37100041``) where the reference defines one.
+"""
+
+from __future__ import annotations
+
+
+class OpenEvsError(Exception):
+    """Root of every error openevs raises on purpose."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class DomainError(OpenEvsError):
+    """A request that the rules refuse."""
+
+
+class InvalidInput(DomainError):
+    """The request is malformed or names impossible values."""
+
+
+class NotFound(DomainError):
+    """The resource does not exist (or belongs to another project)."""
+
+
+class InvalidState(DomainError):
+    """The resource exists but its status does not allow the action."""
+
+
+class Conflict(DomainError):
+    """Something the request claims is already claimed by another resource."""
+
+
+class QuotaExceeded(DomainError):
+    """A per-project quota would be exceeded."""
+
+
+class Unauthorized(DomainError):
+    """No valid credentials or token."""
+
+
+class Forbidden(DomainError):
+    """Valid credentials without the right to do this."""
+
+
+class ServiceUnavailable(OpenEvsError):
+    """A component the request needs (an AZ's agent) cannot be reached now."""
+
+
+class ProtocolError(OpenEvsError):
+    """A wire protocol rule was broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We broke the protocol's rules (a bug on our side or a misuse of the API)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol's rules."""

@@ -1,0 +1,58 @@
+"""The reconciler: a loop that advances every resource in a transitional status.
+
+It wakes when the API queued work (runtime.wake) or every
+`reconcile_interval_s`; each pass is idempotent, so a crash at any point
+resumes on restart. Exceptions are caught per resource, at the loop's top.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from openevs.reconciler import volumes
+from openevs.reconciler.agents import AgentWatcher
+from openevs.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.watcher = AgentWatcher(runtime)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_health = 0.0
+
+    def run_once(self) -> int:
+        now = time.monotonic()
+        if now - self._last_health >= self.runtime.settings.health_interval_s:
+            self._last_health = now
+            self.watcher.check()
+        return volumes.step(self.runtime)
+
+    def run_forever(self) -> None:
+        interval = self.runtime.settings.reconcile_interval_s
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("reconciler pass failed")
+                busy = 0
+            if self._stop.is_set():
+                break
+            # Transitional work pending: poll fast; idle: wait for a kick.
+            self.runtime.wake.wait(min(interval, 0.1) if busy else interval)
+            self.runtime.wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.runtime.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,42 @@
+"""What every component of the controller shares: settings, database, agents.
+
+Built once by the command that starts the process (`openevs serve`, `api`,
+`worker`) and handed to the API app and the reconciler.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from openevs.agent.interface import AgentClient
+from openevs.config import Settings
+from openevs.db.session import Database
+from openevs.domain.errors import ServiceUnavailable
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    agents: dict[str, AgentClient] = field(default_factory=dict)
+    # Set by the API after it queued work, so an in-process reconciler acts at once.
+    wake: threading.Event = field(default_factory=threading.Event)
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
+
+    def agent(self, az: str) -> AgentClient:
+        try:
+            return self.agents[az]
+        except KeyError:
+            raise ServiceUnavailable(f"no storage agent is configured for AZ {az}") from None
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    def close(self) -> None:
+        for fn in reversed(self.on_shutdown):
+            fn()
+        for client in self.agents.values():
+            client.close()
+        self.db.dispose()

@@ -1,0 +1,108 @@
+"""NBD export grants for attachments (os-initialize_connection / terminate)
+and the AZ availability the controller last observed.
+
+An export name is an unguessable per-attachment secret: whoever holds it can
+reach the disk, so it is only handed to the attachment's owner and revoked
+when the attachment goes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+
+from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
+from openevs.db.models import Agent, Attachment
+from openevs.domain.errors import InvalidInput, InvalidState, ServiceUnavailable
+from openevs.runtime import Runtime
+from openevs.services.volumes import get_volume
+
+
+def agent_availability(runtime: Runtime) -> dict[str, bool]:
+    with runtime.db.session() as session:
+        rows = session.scalars(select(Agent))
+        return {row.availability_zone: row.healthy for row in rows}
+
+
+def _pick_attachment(atts: list[Attachment], connector: dict[str, Any]) -> Attachment:
+    wanted = connector.get("server_id") or connector.get("instance_uuid") or connector.get("instance")
+    if wanted:
+        for att in atts:
+            if att.server_id == wanted:
+                return att
+        raise InvalidState(f"the volume is not attached to server {str(wanted)[:64]}")
+    if len(atts) == 1:
+        return atts[0]
+    raise InvalidInput("the volume has several attachments; put server_id in the connector")
+
+
+def _agent_call(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except AgentUnavailable as exc:
+        raise ServiceUnavailable(f"the storage agent is unreachable: {exc}") from exc
+    except AgentRequestFailed as exc:
+        raise ServiceUnavailable(f"the storage agent refused: {exc}") from exc
+
+
+def export_is_read_only(runtime: Runtime, volume_id: str) -> bool:
+    """Hook for replication: a DR disk under replication is exported read-only."""
+    return False
+
+
+def initialize_connection(
+    runtime: Runtime, project_id: str, volume_id: str, connector: dict[str, Any]
+) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        volume = get_volume(session, project_id, volume_id)
+        atts = list(session.scalars(select(Attachment).where(Attachment.volume_id == volume.id)))
+        if not atts:
+            raise InvalidState("the volume is not attached; attach it to a server first")
+        att = _pick_attachment(atts, connector)
+        if att.export_name is None:
+            att.export_name = secrets.token_urlsafe(24)
+        att.export_read_only = export_is_read_only(runtime, volume.id)
+        export_name, read_only, az = att.export_name, att.export_read_only, volume.availability_zone
+        agent_row = session.get(Agent, az)
+    if agent_row is None or not agent_row.nbd_port:
+        raise ServiceUnavailable(f"the storage agent of {az} has not reported its NBD address yet")
+    _agent_call(runtime.agent(az).grant_export, export_name, volume_id, read_only)
+    host, port = agent_row.nbd_host, agent_row.nbd_port
+    return {
+        "driver_volume_type": "nbd",
+        "data": {
+            "host": host,
+            "port": port,
+            "export_name": export_name,
+            "uri": f"nbd://{host}:{port}/{export_name}",
+            "read_only": read_only,
+            "volume_id": volume_id,
+            "attachment_id": att.id,
+        },
+    }
+
+
+def terminate_connection(
+    runtime: Runtime, project_id: str, volume_id: str, connector: dict[str, Any]
+) -> None:
+    with runtime.db.session() as session:
+        volume = get_volume(session, project_id, volume_id)
+        atts = list(session.scalars(select(Attachment).where(Attachment.volume_id == volume.id)))
+        if not atts:
+            return
+        att = _pick_attachment(atts, connector)
+        export_name, az = att.export_name, volume.availability_zone
+        if export_name is None:
+            return
+    _agent_call(runtime.agent(az).revoke_export, export_name)
+    with runtime.db.session() as session:
+        row = session.get(Attachment, att.id)
+        if row is not None and row.export_name == export_name:
+            row.export_name = None
+
+
+def revoke_attachment_export(runtime: Runtime, az: str, export_name: str | None) -> None:
+    if export_name:
+        _agent_call(runtime.agent(az).revoke_export, export_name)

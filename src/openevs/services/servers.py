@@ -1,0 +1,195 @@
+"""Server use cases (the consumers of disks): create, start/stop, delete,
+attach and detach volumes.
+
+Attaching moves the volume to in-use with a compare-and-set, so two servers
+racing for one non-multiattach disk cannot both win; detaching the last
+attachment moves it back to available only if no attachment remains.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from openevs.config import Settings
+from openevs.db.models import Attachment, Server, Volume, utcnow
+from openevs.domain.errors import Conflict, InvalidInput, InvalidState, NotFound
+from openevs.domain.states import (
+    SERVER_TRANSITIONS,
+    ServerStatus,
+    ServerTrigger,
+    VolumeStatus,
+    next_state,
+)
+from openevs.domain.volumes import check_text
+from openevs.services.listing import Page, paginate
+from openevs.services.volumes import get_volume
+
+SERVER_SORT_KEYS = ("created_at", "updated_at", "name", "status", "id")
+MAX_ATTACHMENTS = 24
+
+
+def get_server(session: Session, project_id: str, server_id: str) -> Server:
+    server = session.get(Server, server_id)
+    if server is None or server.project_id != project_id:
+        raise NotFound(f"server {server_id[:64]} could not be found")
+    return server
+
+
+def create_server(
+    session: Session,
+    settings: Settings,
+    project_id: str,
+    user_id: str,
+    name: str,
+    availability_zone: str | None,
+    image_ref: str = "",
+    flavor_ref: str = "",
+) -> Server:
+    if not name or not name.strip():
+        raise InvalidInput("server name must not be empty")
+    check_text(name, "server name")
+    az = availability_zone or settings.azs[0]
+    if az not in settings.azs:
+        raise InvalidInput(
+            f"availability zone {az[:64]!r} does not exist; choose one of {', '.join(settings.azs)}"
+        )
+    server = Server(
+        id=str(uuid.uuid4()),
+        project_id=project_id,
+        user_id=user_id,
+        name=name,
+        availability_zone=az,
+        status=ServerStatus.ACTIVE,
+        image_ref=image_ref[:255],
+        flavor_ref=flavor_ref[:255],
+    )
+    session.add(server)
+    session.flush()
+    return server
+
+
+def list_servers(
+    session: Session, project_id: str, page: Page, name: str | None, status: str | None
+) -> list[Server]:
+    stmt = select(Server).where(Server.project_id == project_id)
+    if name:
+        stmt = stmt.where(Server.name == name)
+    if status:
+        stmt = stmt.where(Server.status == status.upper())
+    return paginate(session, Server, stmt, page)
+
+
+def server_action(session: Session, project_id: str, server_id: str, trigger: ServerTrigger) -> Server:
+    server = get_server(session, project_id, server_id)
+    new = next_state(SERVER_TRANSITIONS, "server", server.status, trigger)
+    result = session.execute(
+        update(Server)
+        .where(Server.id == server.id, Server.status == server.status)
+        .values(status=new, updated_at=utcnow())
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict("the server changed state concurrently; retry")
+    session.refresh(server)
+    return server
+
+
+def attachments_of_server(session: Session, server_id: str) -> list[Attachment]:
+    return list(
+        session.scalars(
+            select(Attachment).where(Attachment.server_id == server_id).order_by(Attachment.created_at)
+        )
+    )
+
+
+def _next_device(used: set[str]) -> str:
+    for letter in "bcdefghijklmnopqrstuvwxyz":
+        device = f"/dev/vd{letter}"
+        if device not in used:
+            return device
+    raise InvalidState("the server has no free device name left")
+
+
+def attach_volume(
+    session: Session, project_id: str, server_id: str, volume_id: str, device: str | None
+) -> Attachment:
+    server = get_server(session, project_id, server_id)
+    volume = get_volume(session, project_id, volume_id)
+    if volume.availability_zone != server.availability_zone:
+        raise InvalidInput(
+            f"volume is in {volume.availability_zone} and server in {server.availability_zone}; "
+            "a disk can only be attached to a server of its own AZ"
+        )
+    current = attachments_of_server(session, server.id)
+    if any(a.volume_id == volume.id for a in current):
+        raise Conflict(f"volume {volume.id} is already attached to server {server.id}")
+    if len(current) >= MAX_ATTACHMENTS:
+        raise InvalidState(f"a server can have at most {MAX_ATTACHMENTS} attached disks")
+    used = {a.device for a in current}
+    if device is not None and (not device.startswith("/dev/") or len(device) > 64 or device in used):
+        raise InvalidInput("device must be a free name like /dev/vdb")
+    if volume.status == VolumeStatus.IN_USE and not volume.multiattach:
+        raise Conflict(
+            f"volume {volume.id} is already attached and is not multiattach"
+        )
+    if volume.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
+        raise InvalidState(f"volume must be available to attach, not {volume.status}")
+    att = Attachment(
+        id=str(uuid.uuid4()),
+        project_id=project_id,
+        volume_id=volume.id,
+        server_id=server.id,
+        device=device or _next_device(used),
+    )
+    session.add(att)
+    session.flush()
+    next_state_ok = session.execute(
+        update(Volume)
+        .where(Volume.id == volume.id, Volume.status == volume.status)
+        .values(status=VolumeStatus.IN_USE, updated_at=utcnow())
+    )
+    if next_state_ok.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(f"volume {volume.id} changed state concurrently; retry")
+    return att
+
+
+def detach_volume(session: Session, project_id: str, server_id: str, volume_id: str) -> Attachment:
+    server = get_server(session, project_id, server_id)
+    att = session.scalar(
+        select(Attachment).where(Attachment.server_id == server.id, Attachment.volume_id == volume_id)
+    )
+    if att is None:
+        raise NotFound(f"volume {volume_id[:64]} is not attached to server {server.id}")
+    session.delete(att)
+    session.flush()
+    _release_if_free(session, volume_id)
+    return att
+
+
+def _release_if_free(session: Session, volume_id: str) -> None:
+    session.execute(
+        update(Volume)
+        .where(
+            Volume.id == volume_id,
+            Volume.status == VolumeStatus.IN_USE,
+            ~exists().where(Attachment.volume_id == volume_id),
+        )
+        .values(status=VolumeStatus.AVAILABLE, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def delete_server(session: Session, project_id: str, server_id: str) -> list[Attachment]:
+    """Delete the server, detaching its volumes; returns the removed attachments."""
+    server = get_server(session, project_id, server_id)
+    atts = attachments_of_server(session, server.id)
+    for att in atts:
+        session.delete(att)
+    session.flush()
+    for att in atts:
+        _release_if_free(session, att.volume_id)
+    session.delete(server)
+    session.flush()
+    return atts

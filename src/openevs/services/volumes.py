@@ -1,0 +1,219 @@
+"""Disk use cases: create, list, show, update, extend, delete.
+
+Each loads, asks the domain, and saves status changes with compare-and-set;
+the agent work (file create/grow/remove) is done by the reconciler, which
+picks up every volume in a transitional status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from openevs.config import Settings
+from openevs.db.cas import compare_and_set
+from openevs.db.models import Attachment, Project, Volume
+from openevs.domain import codes
+from openevs.domain.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
+from openevs.domain.states import VOLUME_TRANSITIONS, VolumeStatus, VolumeTrigger, next_state
+from openevs.domain.volumes import check_metadata, check_new_size, check_size, check_text
+from openevs.services.listing import Page, paginate
+
+VOLUME_SORT_KEYS = ("created_at", "updated_at", "name", "size_gb", "status", "id")
+
+
+@dataclass(frozen=True)
+class NewVolume:
+    size_gb: int
+    availability_zone: str
+    name: str | None = None
+    description: str | None = None
+    volume_type: str | None = None
+    metadata: dict[str, Any] | None = None
+    multiattach: bool = False
+
+
+def get_volume(session: Session, project_id: str, volume_id: str) -> Volume:
+    volume = session.get(Volume, volume_id)
+    if volume is None or volume.project_id != project_id:
+        raise NotFound(f"volume {volume_id[:64]} could not be found", code=codes.NOT_FOUND)
+    return volume
+
+
+def _quota(session: Session, settings: Settings, project_id: str) -> tuple[int, int]:
+    project = session.get(Project, project_id)
+    count_limit = settings.quota_volumes
+    gb_limit = settings.quota_gigabytes
+    if project is not None:
+        count_limit = project.quota_volumes if project.quota_volumes is not None else count_limit
+        gb_limit = project.quota_gigabytes if project.quota_gigabytes is not None else gb_limit
+    return count_limit, gb_limit
+
+
+def _usage(session: Session, project_id: str) -> tuple[int, int]:
+    row = session.execute(
+        select(func.count(Volume.id), func.coalesce(func.sum(Volume.target_size_gb), 0)).where(
+            Volume.project_id == project_id
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def _check_quota(
+    session: Session, settings: Settings, project_id: str, add_count: int, add_gb: int
+) -> None:
+    count_limit, gb_limit = _quota(session, settings, project_id)
+    count, gb = _usage(session, project_id)
+    if count + add_count > count_limit:
+        raise QuotaExceeded(
+            f"volume quota exceeded: {count} of {count_limit} disks in use",
+            code=codes.QUOTA_INSUFFICIENT,
+        )
+    if gb + add_gb > gb_limit:
+        raise QuotaExceeded(
+            f"gigabytes quota exceeded: {gb} of {gb_limit} GB in use, {add_gb} GB requested",
+            code=codes.QUOTA_INSUFFICIENT,
+        )
+
+
+def create_volume(
+    session: Session, settings: Settings, project_id: str, user_id: str, new: NewVolume
+) -> Volume:
+    check_size(new.size_gb)
+    check_text(new.name, "name", codes.VOLUME_NAME_INVALID)
+    check_text(new.description, "description", codes.VOLUME_DESCRIPTION_INVALID)
+    if new.availability_zone not in settings.azs:
+        raise InvalidInput(
+            f"availability zone {new.availability_zone[:64]!r} does not exist; "
+            f"choose one of {', '.join(settings.azs)}",
+            code=codes.AZ_INVALID,
+        )
+    volume_type = new.volume_type or settings.volume_types[0]
+    if volume_type not in settings.volume_types:
+        raise InvalidInput(
+            f"volume type {volume_type[:64]!r} does not exist; "
+            f"choose one of {', '.join(settings.volume_types)}",
+            code=codes.VOLUME_TYPE_INVALID,
+        )
+    metadata = check_metadata(new.metadata or {})
+    _check_quota(session, settings, project_id, 1, new.size_gb)
+    volume = Volume(
+        id=str(uuid.uuid4()),
+        project_id=project_id,
+        user_id=user_id,
+        name=new.name or "",
+        description=new.description,
+        size_gb=new.size_gb,
+        target_size_gb=new.size_gb,
+        volume_type=volume_type,
+        availability_zone=new.availability_zone,
+        status=VolumeStatus.CREATING,
+        multiattach=new.multiattach,
+        metadata_=metadata,
+    )
+    session.add(volume)
+    session.flush()
+    return volume
+
+
+def list_volumes(
+    session: Session, project_id: str, page: Page, filters: dict[str, str | None]
+) -> list[Volume]:
+    stmt = select(Volume).where(Volume.project_id == project_id)
+    if filters.get("name"):
+        stmt = stmt.where(Volume.name == filters["name"])
+    if filters.get("status"):
+        stmt = stmt.where(Volume.status == filters["status"])
+    if filters.get("availability_zone"):
+        stmt = stmt.where(Volume.availability_zone == filters["availability_zone"])
+    return paginate(session, Volume, stmt, page)
+
+
+def update_volume(
+    session: Session,
+    project_id: str,
+    volume_id: str,
+    name: str | None,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+) -> Volume:
+    volume = get_volume(session, project_id, volume_id)
+    check_text(name, "name", codes.VOLUME_NAME_INVALID)
+    check_text(description, "description", codes.VOLUME_DESCRIPTION_INVALID)
+    if name is not None:
+        volume.name = name
+    if description is not None:
+        volume.description = description
+    if metadata is not None:
+        volume.metadata_ = check_metadata(metadata)
+    from openevs.db.models import utcnow
+
+    volume.updated_at = utcnow()
+    session.flush()
+    return volume
+
+
+def _transition(
+    session: Session, volume: Volume, trigger: VolumeTrigger, **values: Any
+) -> None:
+    new = next_state(VOLUME_TRANSITIONS, "volume", volume.status, trigger)
+    if not compare_and_set(session, Volume, volume.id, volume.status, new, **values):
+        raise InvalidState(
+            f"volume {volume.id} changed status concurrently; retry the request"
+        )
+    session.refresh(volume)
+
+
+def extend_volume(
+    session: Session, settings: Settings, project_id: str, volume_id: str, new_size_gb: int
+) -> Volume:
+    volume = get_volume(session, project_id, volume_id)
+    if volume.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
+        raise InvalidState(
+            f"volume status must be available or in-use to extend, not {volume.status}",
+            code=codes.EXTEND_STATUS_INVALID,
+        )
+    if volume.multiattach and volume.status != VolumeStatus.AVAILABLE:
+        raise InvalidState(
+            "a multiattach volume must be available (detached) to extend",
+            code=codes.MULTIATTACH_EXTEND_STATUS,
+        )
+    check_new_size(volume.size_gb, new_size_gb)
+    _check_quota(session, settings, project_id, 0, new_size_gb - volume.size_gb)
+    _transition(session, volume, VolumeTrigger.EXTEND, target_size_gb=new_size_gb)
+    return volume
+
+
+def delete_volume(session: Session, project_id: str, volume_id: str) -> Volume:
+    volume = get_volume(session, project_id, volume_id)
+    if volume.status == VolumeStatus.DELETING:
+        return volume
+    try:
+        next_state(VOLUME_TRANSITIONS, "volume", volume.status, VolumeTrigger.DELETE)
+    except InvalidState:
+        raise InvalidState(
+            "volume status must be available, error, error_extending or error_deleting "
+            f"to delete, not {volume.status}"
+            + (": detach it first" if volume.status == VolumeStatus.IN_USE else ""),
+            code=codes.DELETE_STATUS_INVALID,
+        ) from None
+    _transition(session, volume, VolumeTrigger.DELETE)
+    return volume
+
+
+def attachments_of(session: Session, volume_ids: list[str]) -> dict[str, list[Attachment]]:
+    result: dict[str, list[Attachment]] = {vid: [] for vid in volume_ids}
+    if not volume_ids:
+        return result
+    rows = session.scalars(
+        select(Attachment)
+        .where(Attachment.volume_id.in_(volume_ids))
+        .order_by(Attachment.created_at)
+    )
+    for row in rows:
+        result[row.volume_id].append(row)
+    return result
