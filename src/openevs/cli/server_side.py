@@ -32,6 +32,7 @@ def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def clouds_yaml(settings: Settings, password: str | None) -> str:
@@ -74,9 +75,9 @@ def _announce(settings: Settings, created: str | None) -> None:
     if password:
         path.write_text(snippet)
         path.chmod(0o600)
-    out.print("clouds.yaml:\n" + snippet, highlight=False, markup=False)
+    print("clouds.yaml:\n" + snippet)
     if password:
-        out.print(f"(also written to {path}; use it with OS_CLIENT_CONFIG_FILE={path} OS_CLOUD=openevs)")
+        print(f"(also written to {path}: OS_CLIENT_CONFIG_FILE={path} OS_CLOUD=openevs)")
     sys.stdout.flush()
 
 
@@ -169,10 +170,14 @@ def agent(
     nbd: Annotated[str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port)")] = "127.0.0.1:10809",
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ)."""
-    from openevs.agent.runner import main_from_args
+    from openevs.agent.runner import parse_hostport, run_agent
 
-    _logging()
-    main_from_args(az=az, pool=pool, listen=listen, nbd=nbd)
+    try:
+        nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    run_agent(az, pool, listen, nbd_host, nbd_port)
 
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
