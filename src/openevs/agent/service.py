@@ -1,0 +1,180 @@
+"""The storage agent of one AZ: its pool, its export grants and its NBD server.
+
+`Agent` is what the control API (control.py) drives and what the NBD server
+asks, through `resolve_export`, which volume an export name opens. One
+`FileExport` is opened per (volume, read_only) and shared by every NBD
+connection; it is closed when its volume is deleted. Mutations are
+serialised by one lock and their blocking file work runs in a thread, so
+the event loop keeps serving NBD traffic while a volume is fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from openevs.agent.exports import ExportGrant, ExportTable, validate_export_name
+from openevs.agent.interface import AgentHealth, VolumeInfo
+from openevs.agent.pool import FileVolumePool, validate_volume_id
+
+log = logging.getLogger(__name__)
+
+
+def _load_nbd() -> tuple[Any, Any]:
+    """(NbdServer, FileExport), or (None, None) while agent/nbd/ is incomplete."""
+    try:
+        from openevs.agent.nbd.export import FileExport
+        from openevs.agent.nbd.server import NbdServer
+    except ImportError as exc:  # pragma: no cover
+        log.debug("NBD server unavailable: %s", exc)
+        return None, None
+    return NbdServer, FileExport
+
+
+NbdServer, FileExport = _load_nbd()
+
+
+async def _maybe_await(value: object) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+class Agent:
+    """One AZ's pool plus the export table; `start()` brings up the NBD server."""
+
+    def __init__(self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0):
+        self.az = az
+        self.pool = FileVolumePool(Path(pool_dir))
+        self.exports = ExportTable(self.pool.root)
+        self.nbd_host = nbd_host
+        self._nbd_port_wanted = nbd_port
+        self.boot_id = uuid.uuid4().hex
+        self.nbd: Any = None
+        self._open: dict[tuple[str, bool], Any] = {}  # (volume_id, read_only) -> FileExport
+        self._lock = asyncio.Lock()
+
+    @property
+    def nbd_port(self) -> int:
+        return int(self.nbd.port) if self.nbd is not None else 0
+
+    async def start(self) -> None:
+        if NbdServer is None:
+            log.warning("agent %s: NBD server not available, serving the control API only", self.az)
+            return
+        self.nbd = NbdServer(self.resolve_export, self.nbd_host, self._nbd_port_wanted)
+        await self.nbd.start()
+        log.info("agent %s: NBD on %s:%d", self.az, self.nbd_host, self.nbd_port)
+
+    async def close(self) -> None:
+        if self.nbd is not None:
+            await _maybe_await(self.nbd.close())
+            self.nbd = None
+        for export in self._open.values():
+            await self._close_export(export)
+        self._open.clear()
+
+    # -- NBD side ---------------------------------------------------------
+
+    async def resolve_export(self, name: str) -> Any:
+        """The FileExport an NBD client opens under `name`, or None if not granted."""
+        grant = self.exports.get(name)
+        if grant is None or FileExport is None:
+            return None
+        key = (grant.volume_id, grant.read_only)
+        export = self._open.get(key)
+        if export is None:
+            path = self.pool.path(grant.volume_id)
+            if not path.is_file():
+                return None
+            export = FileExport(path, read_only=grant.read_only)
+            self._open[key] = export
+        return export
+
+    async def _drop_export(self, name: str) -> None:
+        if self.nbd is not None:
+            await _maybe_await(self.nbd.drop_export(name))
+
+    async def _wait_disconnected(self, names: list[str], timeout_s: float = 5.0) -> None:
+        """Let dropped connections unwind before their export's descriptor is closed."""
+        count = getattr(self.nbd, "connection_count", None)
+        if count is None:
+            return
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(count(n) for n in names):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("agent %s: connections to %s still open", self.az, names)
+                return
+            await asyncio.sleep(0.01)
+
+    @staticmethod
+    async def _close_export(export: Any) -> None:
+        close = getattr(export, "close", None)
+        if close is not None:
+            await _maybe_await(close())
+
+    # -- control side -----------------------------------------------------
+
+    async def health(self) -> AgentHealth:
+        capacity, free = await asyncio.to_thread(self.pool.capacity)
+        volumes = await asyncio.to_thread(self.pool.list)
+        return AgentHealth(
+            az=self.az,
+            nbd_host=self.nbd_host,
+            nbd_port=self.nbd_port,
+            boot_id=self.boot_id,
+            capacity_bytes=capacity,
+            free_bytes=free,
+            volume_count=len(volumes),
+        )
+
+    async def list_volumes(self) -> list[VolumeInfo]:
+        return await asyncio.to_thread(self.pool.list)
+
+    async def get_volume(self, volume_id: str) -> VolumeInfo:
+        return await asyncio.to_thread(self.pool.info, volume_id)
+
+    async def create_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
+        async with self._lock:
+            return await asyncio.to_thread(self.pool.create, volume_id, size_bytes)
+
+    async def grow_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
+        # FileExport re-reads the size per request, so open exports see it at once.
+        async with self._lock:
+            return await asyncio.to_thread(self.pool.grow, volume_id, size_bytes)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        validate_volume_id(volume_id)
+        async with self._lock:
+            names = self.exports.names_for(volume_id)
+            await asyncio.to_thread(self.exports.revoke, names)
+            for name in names:
+                await self._drop_export(name)
+            await self._wait_disconnected(names)
+            for read_only in (False, True):
+                export = self._open.pop((volume_id, read_only), None)
+                if export is not None:
+                    await self._close_export(export)
+            await asyncio.to_thread(self.pool.delete, volume_id)
+
+    async def grant_export(self, name: str, volume_id: str, read_only: bool) -> ExportGrant:
+        validate_export_name(name)
+        async with self._lock:
+            await asyncio.to_thread(self.pool.info, volume_id)  # NotFound if absent
+            grant = ExportGrant(volume_id, bool(read_only))
+            replaced = await asyncio.to_thread(self.exports.grant, name, grant)
+            if replaced:  # a rw client must not keep writing through a now read-only grant
+                await self._drop_export(name)
+            return grant
+
+    async def revoke_export(self, name: str) -> None:
+        validate_export_name(name)
+        async with self._lock:
+            await asyncio.to_thread(self.exports.revoke, [name])
+            await self._drop_export(name)
+
+    def list_exports(self) -> list[tuple[str, ExportGrant]]:
+        return self.exports.items()
