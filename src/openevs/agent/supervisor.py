@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +45,7 @@ BACKOFF_INITIAL_S = 0.25
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 POLL_S = 0.1
+_MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 
 
 def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
@@ -102,6 +105,19 @@ def kill_stale_agent(pid_file: Path, pool_dir: Path, timeout_s: float = 5.0) -> 
     return pid
 
 
+def control_socket_path(agent_dir: Path, az: str) -> Path:
+    """`<agent_dir>/<az>.sock`, or a short private path when that exceeds AF_UNIX's limit."""
+    sock = agent_dir.resolve() / f"{az}.sock"
+    if len(os.fsencode(sock)) <= _MAX_UNIX_PATH:
+        return sock
+    digest = hashlib.sha256(os.fsencode(agent_dir.resolve())).hexdigest()[:16]
+    short_dir = Path(tempfile.gettempdir()) / f"openevs-{os.getuid()}-{digest}"
+    short_dir.mkdir(mode=0o700, exist_ok=True)
+    if short_dir.stat().st_uid != os.getuid():
+        raise PermissionError(f"{short_dir} belongs to another user")
+    return short_dir / f"{az}.sock"
+
+
 @dataclass
 class _Child:
     az: str
@@ -132,7 +148,7 @@ class AgentSupervisor:
                 )
                 continue
             port = settings.nbd_port_base + index if settings.nbd_port_base else 0
-            sock = agent_dir / f"{az}.sock"
+            sock = control_socket_path(agent_dir, az)
             pool = settings.pool_dir(az).resolve()
             self._children[az] = _Child(
                 az=az,

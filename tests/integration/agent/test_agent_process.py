@@ -196,3 +196,15 @@ def test_agents_die_with_a_killed_serve(short_dir: Path) -> None:
     finally:
         serve.kill()
         serve.wait()
+
+
+def test_supervisor_with_a_data_dir_too_long_for_a_unix_socket(tmp_path: Path) -> None:
+    data_dir = tmp_path / ("d" * 100)
+    settings = Settings(data_dir=data_dir, azs=("az1.dc1",), nbd_port_base=0)
+    supervisor = AgentSupervisor(settings)
+    try:
+        supervisor.start()
+        assert supervisor.wait_ready(15)["az1.dc1"].az == "az1.dc1"
+        assert len(supervisor.client_for("az1.dc1").url) <= 112
+    finally:
+        supervisor.stop()
