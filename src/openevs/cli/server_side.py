@@ -102,7 +102,9 @@ def _agent_clients(settings: Settings, supervisor: object | None) -> dict[str, o
         elif supervisor is not None:
             clients[az] = supervisor.client_for(az)  # type: ignore[attr-defined]
         else:
-            sock = settings.agent_dir() / f"{az}.sock"
+            from openevs.agent.supervisor import control_socket_path
+
+            sock = control_socket_path(settings.agent_dir(), az)
             clients[az] = HttpAgentClient(az, f"unix:{sock}")
     return clients
 
