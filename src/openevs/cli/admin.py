@@ -14,8 +14,7 @@ from openevs.db.models import Project, RoleAssignment, User
 from openevs.domain.errors import OpenEvsError
 from openevs.services import identity
 
-app = typer.Typer(help="Manage projects, users and roles (run on the controller host).",
-                  no_args_is_help=True)
+app = typer.Typer(help="Manage projects, users and roles (run on the controller host).", no_args_is_help=True)
 project_app = typer.Typer(help="Projects.", no_args_is_help=True)
 user_app = typer.Typer(help="Users.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
@@ -33,8 +32,12 @@ def _db():  # type: ignore[no-untyped-def]
 def project_create(
     name: str,
     description: Annotated[str, typer.Option(help="free text")] = "",
-    quota_volumes: Annotated[int | None, typer.Option(help="max disks (default: OPENEVS_QUOTA_VOLUMES)")] = None,
-    quota_gigabytes: Annotated[int | None, typer.Option(help="max GB (default: OPENEVS_QUOTA_GIGABYTES)")] = None,
+    quota_volumes: Annotated[
+        int | None, typer.Option(help="max disks (default: OPENEVS_QUOTA_VOLUMES)")
+    ] = None,
+    quota_gigabytes: Annotated[
+        int | None, typer.Option(help="max GB (default: OPENEVS_QUOTA_GIGABYTES)")
+    ] = None,
 ) -> None:
     """Create a project."""
     db = _db()
@@ -56,8 +59,13 @@ def project_list() -> None:
     table = Table("id", "name", "quota volumes", "quota GB", "description")
     with db.session() as session:
         for p in session.scalars(select(Project).order_by(Project.name)):
-            table.add_row(p.id, p.name, str(p.quota_volumes or "default"),
-                          str(p.quota_gigabytes or "default"), p.description)
+            table.add_row(
+                p.id,
+                p.name,
+                str(p.quota_volumes or "default"),
+                str(p.quota_gigabytes or "default"),
+                p.description,
+            )
     out.print(table)
 
 

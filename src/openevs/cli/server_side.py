@@ -86,8 +86,14 @@ def _run_api(runtime: Runtime) -> None:
 
     host, port = runtime.settings.listen_host_port
     config = uvicorn.Config(
-        create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=5, limit_concurrency=512, h11_max_incomplete_event_size=16 * 1024,
+        create_app(runtime),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        limit_concurrency=512,
+        h11_max_incomplete_event_size=16 * 1024,
     )
     uvicorn.Server(config).run()
 
@@ -168,8 +174,12 @@ def worker() -> None:
 def agent(
     az: Annotated[str, typer.Option(help="the availability zone this agent serves")],
     pool: Annotated[Path, typer.Option(help="directory holding the AZ's volume files")],
-    listen: Annotated[str, typer.Option(help="control API address: HOST:PORT or unix:/path.sock")] = "127.0.0.1:8780",
-    nbd: Annotated[str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port)")] = "127.0.0.1:10809",
+    listen: Annotated[
+        str, typer.Option(help="control API address: HOST:PORT or unix:/path.sock")
+    ] = "127.0.0.1:8780",
+    nbd: Annotated[
+        str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port)")
+    ] = "127.0.0.1:10809",
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ)."""
     from openevs.agent.runner import parse_hostport, run_agent

@@ -129,3 +129,76 @@ class Agent(Base):
     healthy: Mapped[bool] = mapped_column(Boolean, default=False)
     checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ReplicationGroup(Base):
+    """A replication consistency group: pairs that split, sync and fail over as one."""
+
+    __tablename__ = "replication_groups"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    replication_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    replication_model: Mapped[str] = mapped_column(String(32), default="hypermetro")
+    priority_station: Mapped[str] = mapped_column(String(64))
+    fault_level: Mapped[str] = mapped_column(String(8), default="0")
+    failure_detail: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    progress: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # Pending work of a transitional status (e.g. members to add/remove), as JSON.
+    pending: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ReplicationPair(Base):
+    """An EVS replication pair: a production disk and its DR disk in another AZ."""
+
+    __tablename__ = "replication_pairs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    replication_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    replication_model: Mapped[str] = mapped_column(String(32), default="hypermetro")
+    progress: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    fault_level: Mapped[str] = mapped_column(String(8), default="0")
+    failure_detail: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # volume_ids exactly as the create request gave them, comma-joined.
+    volume_ids: Mapped[str] = mapped_column(String(80))
+    priority_station: Mapped[str] = mapped_column(String(64), index=True)
+    # The disk in priority_station (writable, primary role) and its peer.
+    production_volume_id: Mapped[str] = mapped_column(String(36), index=True)
+    dr_volume_id: Mapped[str] = mapped_column(String(36), index=True)
+    group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("replication_groups.id"), nullable=True, index=True
+    )
+    # Generation of the roles; bumped by failover and switchover (the fence).
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    # NBD export on the DR agent through which the primary writes (per epoch secret).
+    link_export: Mapped[str] = mapped_column(String(128))
+    volume_size_gb: Mapped[int] = mapped_column(Integer)
+    volume_type: Mapped[str] = mapped_column(String(64))
+    multiattach: Mapped[bool] = mapped_column(Boolean, default=False)
+    synced_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ReplicationClaim(Base):
+    """One row per disk in a pair: the primary key makes a disk's claim exclusive,
+    so two concurrent creates naming one disk cannot both win."""
+
+    __tablename__ = "replication_claims"
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), primary_key=True)
+    pair_id: Mapped[str] = mapped_column(
+        ForeignKey("replication_pairs.id", ondelete="CASCADE"), index=True
+    )

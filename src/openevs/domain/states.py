@@ -85,9 +85,7 @@ S = TypeVar("S", bound=StrEnum)
 T = TypeVar("T", bound=StrEnum)
 
 
-def next_state(
-    table: Mapping[tuple[S, T], S], entity: str, state: S | str, trigger: T
-) -> S:
+def next_state(table: Mapping[tuple[S, T], S], entity: str, state: S | str, trigger: T) -> S:
     """Return the state after `trigger`, or raise InvalidState saying why not."""
     for (from_state, trig), to_state in table.items():
         if from_state == state and trig == trigger:

@@ -63,6 +63,9 @@ class AgentWatcher:
                 .where(Volume.availability_zone == az, Attachment.export_name.is_not(None))
             ).all()
             known = set(session.scalars(select(Volume.id).where(Volume.availability_zone == az)))
+        from openevs.reconciler.replications import push_roles
+
+        push_roles(self.runtime, az)
         for name, volume_id, read_only in grants:
             agent.grant_export(name, volume_id, read_only)
         live_names = {g[0] for g in grants}

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from openevs.reconciler import volumes
+from openevs.reconciler import replications, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.runtime import Runtime
 
@@ -28,10 +28,13 @@ class Reconciler:
 
     def run_once(self) -> int:
         now = time.monotonic()
-        if now - self._last_health >= self.runtime.settings.health_interval_s:
+        observe = now - self._last_health >= self.runtime.settings.health_interval_s
+        if observe:
             self._last_health = now
             self.watcher.check()
-        return volumes.step(self.runtime)
+        busy = volumes.step(self.runtime)
+        busy += replications.step(self.runtime, observe_all=True)
+        return busy
 
     def run_forever(self) -> None:
         interval = self.runtime.settings.reconcile_interval_s

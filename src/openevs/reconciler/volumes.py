@@ -54,12 +54,18 @@ def extend(runtime: Runtime, volume: Volume) -> None:
         runtime.agent(volume.availability_zone).grow_volume(volume.id, volume.target_size_gb * GIB)
     except AgentUnavailable as exc:
         if _timed_out(runtime, volume):
-            _advance(runtime, volume, VolumeTrigger.EXTEND_FAILED, fault=f"agent unreachable: {exc}"[:1024],
-                     target_size_gb=volume.size_gb)
+            _advance(
+                runtime,
+                volume,
+                VolumeTrigger.EXTEND_FAILED,
+                fault=f"agent unreachable: {exc}"[:1024],
+                target_size_gb=volume.size_gb,
+            )
         return
     except AgentRequestFailed as exc:
-        _advance(runtime, volume, VolumeTrigger.EXTEND_FAILED, fault=str(exc)[:1024],
-                 target_size_gb=volume.size_gb)
+        _advance(
+            runtime, volume, VolumeTrigger.EXTEND_FAILED, fault=str(exc)[:1024], target_size_gb=volume.size_gb
+        )
         return
     with runtime.db.session() as session:
         attached = session.scalar(select(exists().where(Attachment.volume_id == volume.id)))
@@ -78,9 +84,7 @@ def remove(runtime: Runtime, volume: Volume) -> None:
         _advance(runtime, volume, VolumeTrigger.DELETE_FAILED, fault=str(exc)[:1024])
         return
     with runtime.db.session() as session:
-        session.execute(
-            delete(Volume).where(Volume.id == volume.id, Volume.status == VolumeStatus.DELETING)
-        )
+        session.execute(delete(Volume).where(Volume.id == volume.id, Volume.status == VolumeStatus.DELETING))
     log.info("volume %s deleted", volume.id)
 
 

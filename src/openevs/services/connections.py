@@ -12,11 +12,13 @@ import secrets
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
 from openevs.db.models import Agent, Attachment
 from openevs.domain.errors import InvalidInput, InvalidState, ServiceUnavailable
 from openevs.runtime import Runtime
+from openevs.services.replications import pair_of_volume
 from openevs.services.volumes import get_volume
 
 
@@ -47,9 +49,10 @@ def _agent_call(fn: Any, *args: Any) -> None:
         raise ServiceUnavailable(f"the storage agent refused: {exc}") from exc
 
 
-def export_is_read_only(runtime: Runtime, volume_id: str) -> bool:
-    """Hook for replication: a DR disk under replication is exported read-only."""
-    return False
+def export_is_read_only(session: Session, volume_id: str) -> bool:
+    """A DR disk (secondary role) of a replication pair is exported read-only."""
+    pair = pair_of_volume(session, volume_id)
+    return pair is not None and pair.dr_volume_id == volume_id
 
 
 def initialize_connection(
@@ -63,7 +66,7 @@ def initialize_connection(
         att = _pick_attachment(atts, connector)
         if att.export_name is None:
             att.export_name = secrets.token_urlsafe(24)
-        att.export_read_only = export_is_read_only(runtime, volume.id)
+        att.export_read_only = export_is_read_only(session, volume.id)
         export_name, read_only, az = att.export_name, att.export_read_only, volume.availability_zone
         agent_row = session.get(Agent, az)
     if agent_row is None or not agent_row.nbd_port:

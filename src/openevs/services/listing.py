@@ -41,7 +41,9 @@ def parse_page(
     try:
         lim = MAX_LIMIT if limit in (None, "") else int(str(limit))
     except ValueError:
-        raise InvalidInput("limit must be an integer from 1 to 1000", code=codes.FILTER_LIMIT_INVALID) from None
+        raise InvalidInput(
+            "limit must be an integer from 1 to 1000", code=codes.FILTER_LIMIT_INVALID
+        ) from None
     if not 1 <= lim <= MAX_LIMIT:
         raise InvalidInput("limit must be an integer from 1 to 1000", code=codes.FILTER_LIMIT_INVALID)
     try:
@@ -75,9 +77,7 @@ def paginate(session: Session, model: Any, stmt: Select[Any], page: Page) -> lis
     """Apply changes-since, marker (keyset), sorting, offset and limit to `stmt`."""
     column = getattr(model, page.sort_key)
     if page.changes_since is not None:
-        stmt = stmt.where(
-            or_(model.updated_at >= page.changes_since, model.created_at >= page.changes_since)
-        )
+        stmt = stmt.where(or_(model.updated_at >= page.changes_since, model.created_at >= page.changes_since))
     if page.marker:
         anchor = session.scalar(stmt.where(model.id == page.marker))
         if anchor is None:

@@ -22,6 +22,7 @@ from openevs.domain.errors import InvalidInput, InvalidState, NotFound, QuotaExc
 from openevs.domain.states import VOLUME_TRANSITIONS, VolumeStatus, VolumeTrigger, next_state
 from openevs.domain.volumes import check_metadata, check_new_size, check_size, check_text
 from openevs.services.listing import Page, paginate
+from openevs.services.replications import refuse_if_paired
 
 VOLUME_SORT_KEYS = ("created_at", "updated_at", "name", "size_gb", "status", "id")
 
@@ -172,6 +173,7 @@ def extend_volume(
     session: Session, settings: Settings, project_id: str, volume_id: str, new_size_gb: int
 ) -> Volume:
     volume = get_volume(session, project_id, volume_id)
+    refuse_if_paired(session, volume.id, "extended")
     if volume.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
         raise InvalidState(
             f"volume status must be available or in-use to extend, not {volume.status}",
@@ -192,6 +194,7 @@ def delete_volume(session: Session, project_id: str, volume_id: str) -> Volume:
     volume = get_volume(session, project_id, volume_id)
     if volume.status == VolumeStatus.DELETING:
         return volume
+    refuse_if_paired(session, volume.id, "deleted")
     try:
         next_state(VOLUME_TRANSITIONS, "volume", volume.status, VolumeTrigger.DELETE)
     except InvalidState:
