@@ -42,6 +42,8 @@ class Settings:
     reconcile_interval_s: float = 0.5
     agent_timeout_s: float = 300.0  # transitional work waiting on an unreachable agent fails after this
     health_interval_s: float = 2.0
+    # Replication consistency groups allowed per AZ (primary and secondary side).
+    group_limit_per_az: int = 128
     # Standalone agents: "az1.dc1=http://host:port,az2.dc2=http://..."; AZs not
     # listed here get an embedded agent (a child process of `openevs serve`).
     agent_urls: dict[str, str] = field(default_factory=dict)

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
-from openevs.api import identity, replications, servers, versions, volumes
+from openevs.api import groups, identity, replications, servers, versions, volumes
 from openevs.api.errors import fault, install_error_handlers
 from openevs.runtime import Runtime
 
@@ -58,4 +58,5 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(volumes.router)
     app.include_router(servers.router)
     app.include_router(replications.router)
+    app.include_router(groups.router)
     return app

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
 
 from openevs.api.auth import RuntimeDep, ScopedDep
 from openevs.api.identity import base_url
@@ -23,9 +23,16 @@ router = APIRouter(prefix="/v2/{project_id}")
 TYPE_NAMESPACE = uuid.UUID("7d1c5ae2-3f0a-4c55-9f54-0e8b5b6f2a10")
 
 
+def _not_bool(value: Any) -> Any:
+    # JSON true is no size: pydantic's lax int would read it as 1 GB.
+    if isinstance(value, bool):
+        raise ValueError("size must be an integer number of GB, not a boolean")
+    return value
+
+
 class VolumeCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    size: int
+    size: Annotated[int, BeforeValidator(_not_bool)]
     availability_zone: str = Field(max_length=255)
     name: str | None = Field(default=None, max_length=1024)
     description: str | None = Field(default=None, max_length=1024)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +83,18 @@ def _announce(settings: Settings, created: str | None) -> None:
     sys.stdout.flush()
 
 
+class _ApiServer(uvicorn.Server):
+    """uvicorn that returns after a SIGTERM/SIGINT shutdown instead of re-raising
+    the signal, so the caller's cleanup (reconciler, agents, database) still runs
+    and the process exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
 def _run_api(runtime: Runtime) -> None:
     from openevs.api.app import create_app
 
@@ -95,7 +109,7 @@ def _run_api(runtime: Runtime) -> None:
         limit_concurrency=512,
         h11_max_incomplete_event_size=16 * 1024,
     )
-    uvicorn.Server(config).run()
+    _ApiServer(config).run()
 
 
 def _agent_clients(settings: Settings, supervisor: object | None) -> dict[str, object]:

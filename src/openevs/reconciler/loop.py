@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from openevs.reconciler import replications, volumes
+from openevs.reconciler import groups, replications, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.runtime import Runtime
 
@@ -34,6 +34,7 @@ class Reconciler:
             self.watcher.check()
         busy = volumes.step(self.runtime)
         busy += replications.step(self.runtime, observe_all=True)
+        busy += groups.step(self.runtime)
         return busy
 
     def run_forever(self) -> None:

@@ -265,22 +265,40 @@ def step(runtime: Runtime, observe_all: bool) -> int:
 
 def push_roles(runtime: Runtime, az: str) -> None:
     """After an agent (re)start: re-send the roles of its paired disks (this also
-    lifts the fence a restarted primary holds until the controller confirms it)."""
-    from openevs.db.models import Volume
+    lifts the fence a restarted primary holds until the controller confirms it).
+
+    Pairs of a group in a transitional status are left to that transition,
+    which re-sends their (new) roles itself.
+    """
+    from openevs.db.models import ReplicationGroup, Volume
+    from openevs.domain.replication import GROUP_TRANSITIONAL
 
     with runtime.db.session() as session:
-        pairs = list(
-            session.scalars(select(ReplicationPair).where(ReplicationPair.status == PairStatus.AVAILABLE))
-        )
-        azs = {v.id: v.availability_zone for v in session.scalars(select(Volume))}
-    for pair in pairs:
-        if azs.get(pair.dr_volume_id) == az:
-            runtime.agent(az).set_replication(pair.dr_volume_id, secondary_config(pair, False))
-        if azs.get(pair.production_volume_id) == az:
-            state = None
-            with contextlib.suppress(AgentUnavailable, AgentRequestFailed):
-                state = runtime.agent(az).get_replication(pair.production_volume_id)
-            mirroring = bool(state.get("mirroring", True)) if state else True
-            runtime.agent(az).set_replication(
-                pair.production_volume_id, primary_config(runtime, pair, False, mirroring)
+        busy_groups = set(
+            session.scalars(
+                select(ReplicationGroup.id).where(ReplicationGroup.status.in_(list(GROUP_TRANSITIONAL)))
             )
+        )
+        pairs = [
+            p
+            for p in session.scalars(
+                select(ReplicationPair).where(ReplicationPair.status == PairStatus.AVAILABLE)
+            )
+            if p.group_id not in busy_groups
+        ]
+        azs = {v.id: v.availability_zone for v in session.scalars(select(Volume))}
+    agent = runtime.agent(az)
+    for pair in pairs:
+        try:
+            if azs.get(pair.dr_volume_id) == az:
+                agent.set_replication(pair.dr_volume_id, secondary_config(pair, False))
+            if azs.get(pair.production_volume_id) == az:
+                state = None
+                with contextlib.suppress(AgentUnavailable, AgentRequestFailed):
+                    state = agent.get_replication(pair.production_volume_id)
+                mirroring = bool(state.get("mirroring", True)) if state else True
+                agent.set_replication(
+                    pair.production_volume_id, primary_config(runtime, pair, False, mirroring)
+                )
+        except AgentRequestFailed as exc:
+            log.warning("pair %s: could not re-send roles to the agent of %s: %s", pair.id, az, exc)

@@ -1,0 +1,221 @@
+"""Replication consistency groups: `/v2/{project_id}/os-vendor-replication-consistency-groups`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from openevs.api.auth import RuntimeDep, ScopedDep
+from openevs.api.timefmt import evs_time
+from openevs.api.volumes import _parse
+from openevs.db.models import ReplicationGroup
+from openevs.domain import codes
+from openevs.domain.errors import InvalidInput
+from openevs.services import group_actions, groups
+from openevs.services.listing import parse_page
+
+router = APIRouter(prefix="/v2/{project_id}")
+BASE = "/os-vendor-replication-consistency-groups"
+
+
+class GroupCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr | None = Field(default=None, max_length=1024)
+    description: StrictStr | None = Field(default=None, max_length=1024)
+    replication_ids: list[StrictStr] = Field(max_length=1000)
+    priority_station: StrictStr = Field(max_length=255)
+    replication_model: StrictStr = Field(max_length=255)
+
+
+class GroupCreateBody(BaseModel):
+    replication_consistency_group: GroupCreate
+
+
+class GroupUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr | None = Field(default=None, max_length=1024)
+    description: StrictStr | None = Field(default=None, max_length=1024)
+    replication_model: StrictStr | None = Field(default=None, max_length=255)
+    add_replication_ids: list[StrictStr] = Field(default_factory=list, max_length=1000)
+    remove_replication_ids: list[StrictStr] = Field(default_factory=list, max_length=1000)
+
+
+class GroupUpdateBody(BaseModel):
+    replication_consistency_group: GroupUpdate
+
+
+class ExtendItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: StrictStr = Field(max_length=64)
+    new_size: StrictInt
+
+
+class ExtendMany(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replications: list[ExtendItem] = Field(min_length=1, max_length=1000)
+
+
+def group_view(group: ReplicationGroup, replication_ids: list[str]) -> dict[str, Any]:
+    return {
+        "id": group.id,
+        "name": group.name,
+        "description": group.description,
+        "status": group.status,
+        "priority_station": group.priority_station,
+        "replication_model": group.replication_model,
+        "replication_status": group.replication_status,
+        "replication_ids": replication_ids,
+        "created_at": evs_time(group.created_at),
+        "updated_at": evs_time(group.updated_at),
+        "failure_detail": group.failure_detail,
+        "fault_level": group.fault_level,
+    }
+
+
+def _view(runtime: RuntimeDep, group: ReplicationGroup) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        ids = [p.id for p in groups.members(session, group.id)]
+    return group_view(group, ids)
+
+
+@router.post(BASE, status_code=202)
+def create_group(
+    project_id: str, body: GroupCreateBody, token: ScopedDep, runtime: RuntimeDep
+) -> JSONResponse:
+    spec = body.replication_consistency_group
+    new = groups.NewGroup(
+        replication_ids=list(spec.replication_ids),
+        priority_station=spec.priority_station,
+        replication_model=spec.replication_model,
+        name=spec.name,
+        description=spec.description,
+    )
+    with runtime.db.session() as session:
+        group = groups.create_group(session, runtime.settings, project_id, new)
+    runtime.kick()
+    return JSONResponse({"replication_consistency_group": _view(runtime, group)}, status_code=202)
+
+
+Q = Annotated[str | None, Query(max_length=1024)]
+
+
+@router.get(BASE)
+@router.get(BASE + "/detail", include_in_schema=False)
+def list_groups(
+    project_id: str,
+    token: ScopedDep,
+    runtime: RuntimeDep,
+    marker: Q = None,
+    limit: Q = None,
+    offset: Q = None,
+    sort_key: Q = None,
+    sort_dir: Q = None,
+    name: Q = None,
+    status: Q = None,
+    priority_station: Q = None,
+    volume_id: Q = None,
+    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+) -> dict[str, Any]:
+    page = parse_page(limit, marker, offset, sort_key, sort_dir, changes_since, groups.GROUP_SORT_KEYS)
+    filters = {"name": name, "status": status, "priority_station": priority_station, "volume_id": volume_id}
+    with runtime.db.session() as session:
+        rows = groups.list_groups(session, project_id, page, filters)
+        views = [group_view(g, [p.id for p in groups.members(session, g.id)]) for g in rows]
+    return {"replication_consistency_groups": views}
+
+
+@router.get(BASE + "/{group_id}")
+def show_group(project_id: str, group_id: str, token: ScopedDep, runtime: RuntimeDep) -> dict[str, Any]:
+    with runtime.db.session() as session:
+        group = groups.get_group(session, project_id, group_id)
+    return {"replication_consistency_group": _view(runtime, group)}
+
+
+@router.put(BASE + "/{group_id}", status_code=202)
+def update_group(
+    project_id: str, group_id: str, body: GroupUpdateBody, token: ScopedDep, runtime: RuntimeDep
+) -> JSONResponse:
+    spec = body.replication_consistency_group
+    with runtime.db.session() as session:
+        group = groups.update_group(
+            session,
+            project_id,
+            group_id,
+            spec.name,
+            spec.description,
+            spec.replication_model,
+            list(spec.add_replication_ids),
+            list(spec.remove_replication_ids),
+        )
+    runtime.kick()
+    return JSONResponse({"replication_consistency_group": _view(runtime, group)}, status_code=202)
+
+
+@router.delete(BASE + "/{group_id}", status_code=202)
+def delete_group(project_id: str, group_id: str, token: ScopedDep, runtime: RuntimeDep) -> Response:
+    with runtime.db.session() as session:
+        groups.delete_group(session, project_id, group_id)
+    runtime.kick()
+    return Response(status_code=202)
+
+
+NULL_ACTIONS = {
+    "os-stop-replication-consistency-group",
+    "os-sync-replication-consistency-group",
+    "os-failover-replication-consistency-group",
+    "os-reverse-replication-consistency-group",
+    "os-reprotect-replication-consistency-group",
+}
+EXTEND = "os-extend-replication-volumes"
+
+
+def _extend_sizes(args: Any) -> list[tuple[str, int]]:
+    if isinstance(args, dict) and "replications" in args:
+        many = _parse(ExtendMany, args, EXTEND)
+        return [(item.id, item.new_size) for item in many.replications]
+    one = _parse(ExtendItem, args, EXTEND)
+    return [(one.id, one.new_size)]
+
+
+@router.post(BASE + "/{group_id}/action")
+def group_action(
+    project_id: str,
+    group_id: str,
+    token: ScopedDep,
+    runtime: RuntimeDep,
+    body: Annotated[dict[str, Any], Body()],
+) -> Response:
+    if len(body) != 1:
+        raise InvalidInput(
+            'an action body must have exactly one key, e.g. {"os-sync-replication-consistency-group": null}',
+            code=codes.MALFORMED_REQUEST,
+        )
+    ((action, args),) = body.items()
+    if action in NULL_ACTIONS and args not in (None, {}):
+        raise InvalidInput(
+            f'{action} takes no arguments; send {{"{action}": null}}', code=codes.MALFORMED_REQUEST
+        )
+    if action == "os-stop-replication-consistency-group":
+        group_actions.pause_group(runtime, project_id, group_id)
+    elif action == "os-sync-replication-consistency-group":
+        group_actions.sync_group(runtime, project_id, group_id)
+    elif action == EXTEND:
+        group_actions.extend_group(runtime, project_id, group_id, _extend_sizes(args))
+    elif action in NULL_ACTIONS:
+        planner = {
+            "os-failover-replication-consistency-group": groups.plan_failover,
+            "os-reverse-replication-consistency-group": groups.plan_reverse,
+            "os-reprotect-replication-consistency-group": groups.plan_reprotect,
+        }[action]
+        with runtime.db.session() as session:
+            planner(session, project_id, group_id)
+        runtime.kick()
+    else:
+        raise InvalidInput(
+            f"unknown action {action[:64]!r}; supported: {', '.join(sorted(NULL_ACTIONS | {EXTEND}))}",
+            code=codes.MALFORMED_REQUEST,
+        )
+    return Response(status_code=200)

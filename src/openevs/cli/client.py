@@ -1,0 +1,33 @@
+"""The client side of `openevs`: one sub-command per resource family.
+
+Each family lives in its own module (`client_volumes`, `client_servers`,
+`client_replication`) built on `client_common` (options, tables, JSON
+output, `--wait`) and `session` (credentials, token, HTTP). Consistency
+groups join the same way: a `client_groups.py` with its own typer app,
+added to FAMILIES below.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from openevs.cli import client_replication, client_servers, client_volumes
+
+FAMILIES: list[tuple[str, typer.Typer]] = [
+    ("volume", client_volumes.app),
+    ("server", client_servers.app),
+    ("replication", client_replication.app),
+]
+
+CREDENTIALS_HELP = (
+    "Credentials: OS_CLOUD / OS_CLIENT_CONFIG_FILE (a clouds.yaml, e.g. the one "
+    "`openevs serve` writes to <data_dir>/clouds.yaml; cloud `openevs` by default), "
+    "or OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME; otherwise ./clouds.yaml, "
+    "~/.config/openstack/clouds.yaml and ./openevs-data/clouds.yaml are tried."
+)
+
+
+def register(app: typer.Typer) -> None:
+    for name, sub in FAMILIES:
+        help_text = (sub.info.help or "") + "\n\n" + CREDENTIALS_HELP
+        app.add_typer(sub, name=name, help=help_text)

@@ -1,0 +1,237 @@
+"""What every client command shares: options, error exits, tables, `--wait`.
+
+A resource family (volumes, servers, replication pairs, and consistency
+groups next) declares its table columns and how to tell "done" and "failed"
+from a fetched object; this module renders lists and single objects (a rich
+table, or the API's JSON with `-f json`) and polls with a deadline behind a
+progress bar. Human output and progress go to stderr where they would spoil
+`-f json` on stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from openevs.cli.session import ApiSession, ClientError, NotFoundError, open_session
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_TIMEOUT_S = 600.0
+POLL_INTERVAL_S = 0.5
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[
+    OutputFormat,
+    typer.Option("--format", "-f", help="table (for people) or json (the API's objects, for scripts)."),
+]
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Poll until the work is finished and print the final status.")
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="With --wait: give up (exit 1) after this many seconds.", min=0)
+]
+
+
+# -- errors and the session -----------------------------------------------------
+
+
+def api_command(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a ClientError into its message on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            fail(exc)
+
+    return wrapper
+
+
+def fail(exc: ClientError) -> NoReturn:
+    detail = []
+    if exc.error_code:
+        detail.append(f"error_code {exc.error_code}")
+    if exc.status:
+        detail.append(f"HTTP {exc.status}")
+    suffix = f" ({', '.join(detail)})" if detail else ""
+    err.print(f"[red]error:[/red] {exc.message}{suffix}", soft_wrap=True, highlight=False, markup=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def connect() -> Iterator[ApiSession]:
+    """A logged-in API session, closed afterwards."""
+    api = open_session()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+# -- rendering ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    value: Callable[[dict[str, Any]], Any]
+
+
+def field(header: str, key: str) -> Column:
+    return Column(header, lambda obj: obj.get(key))
+
+
+def text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    # print() rather than rich: no highlighting, no wrapping, exactly parseable.
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def print_list(items: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: OutputFormat,
+               title: str | None = None) -> None:
+    if fmt is OutputFormat.json:
+        print_json(list(items))
+        return
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for col in columns:
+        table.add_column(col.header, overflow="fold")
+    for item in items:
+        table.add_row(*(text(col.value(item)) for col in columns))
+    out.print(table)
+    if not items:
+        err.print("(none)")
+
+
+def print_object(obj: dict[str, Any], fmt: OutputFormat, title: str | None = None) -> None:
+    if fmt is OutputFormat.json:
+        print_json(obj)
+        return
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("Field", style="cyan", no_wrap=True)
+    table.add_column("Value", overflow="fold")
+    for key, value in obj.items():
+        if key == "links":
+            continue
+        table.add_row(key, text(value))
+    out.print(table)
+
+
+def say(message: str) -> None:
+    """A human status line, on stderr so that stdout carries only results."""
+    err.print(message, soft_wrap=True, highlight=False)
+
+
+# -- waiting --------------------------------------------------------------------
+
+
+@dataclass
+class Waiter:
+    """How to watch one resource until its work is finished.
+
+    fetch returns the current object, or None once it is gone (404);
+    done / failed look at that; percent gives 0-100 when the API reports
+    progress (a bar), None otherwise (a spinner); status names the state.
+    """
+
+    what: str
+    fetch: Callable[[], dict[str, Any] | None]
+    done: Callable[[dict[str, Any] | None], bool]
+    failed: Callable[[dict[str, Any]], str | None]
+    status: Callable[[dict[str, Any]], str]
+    percent: Callable[[dict[str, Any]], float | None] = lambda _obj: None
+
+
+def fetch_or_none(get: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any] | None]:
+    """A fetch for Waiter that maps 404 to None (the resource is gone)."""
+
+    def fetch() -> dict[str, Any] | None:
+        try:
+            return get()
+        except NotFoundError:
+            return None
+
+    return fetch
+
+
+def wait(waiter: Waiter, timeout_s: float, interval_s: float = POLL_INTERVAL_S) -> dict[str, Any] | None:
+    """Poll until done (returns the last object; None if gone); ClientError on failure or deadline."""
+    deadline = time.monotonic() + timeout_s
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(waiter.what, total=None)
+        while True:
+            obj = waiter.fetch()
+            if obj is not None:
+                problem = waiter.failed(obj)
+                if problem is not None:
+                    raise ClientError(f"{waiter.what} failed: {problem}")
+                pct = waiter.percent(obj)
+                description = f"{waiter.what}: {waiter.status(obj)}"
+                if pct is None:
+                    bar.update(task, description=description)
+                else:
+                    bar.update(task, description=description, total=100.0, completed=pct)
+            if waiter.done(obj):
+                if obj is None:
+                    bar.update(task, description=f"{waiter.what}: gone", total=100.0, completed=100.0)
+                else:
+                    bar.update(task, total=100.0, completed=100.0)
+                return obj
+            if time.monotonic() >= deadline:
+                last = waiter.status(obj) if obj is not None else "unknown"
+                raise ClientError(
+                    f"timed out after {timeout_s:.0f}s waiting for {waiter.what} (last status: {last}); "
+                    "the work goes on in the service: check again later or raise --timeout"
+                )
+            time.sleep(interval_s)
+
+
+def percent_of(value: Any) -> float | None:
+    """The API's progress strings ("42", "42.5", "42%") as a number, None if absent."""
+    if value is None or value == "":
+        return None
+    try:
+        return max(0.0, min(100.0, float(str(value).rstrip("%"))))
+    except ValueError:
+        return None

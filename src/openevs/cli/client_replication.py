@@ -1,0 +1,171 @@
+"""`openevs replication ...`: replication pairs (EVS `os-vendor-replications`).
+
+A pair mirrors a production disk to a DR disk in another AZ. `create --wait`
+follows the initial synchronisation: a bar driven by the pair's `progress`
+(a string percentage) while `replication_status` is `copying`, finished when
+it is `active`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from openevs.cli.client_common import (
+    DEFAULT_TIMEOUT_S,
+    FormatOption,
+    OutputFormat,
+    TimeoutOption,
+    Waiter,
+    WaitOption,
+    api_command,
+    connect,
+    fetch_or_none,
+    field,
+    percent_of,
+    print_list,
+    print_object,
+    say,
+    wait,
+)
+from openevs.cli.session import ApiSession, ClientError
+
+app = typer.Typer(
+    help="Replication pairs: a production disk mirrored in real time to a DR disk in another AZ.\n\n"
+    "Create one from two disks of the same type and size in different AZs; "
+    "--priority-station names the AZ of the production disk.",
+    no_args_is_help=True,
+)
+
+PATH = "/os-vendor-replications"
+COLUMNS = [
+    field("ID", "id"),
+    field("Name", "name"),
+    field("Status", "status"),
+    field("Replication", "replication_status"),
+    field("Progress %", "progress"),
+    field("Volumes", "volume_ids"),
+    field("Priority station", "priority_station"),
+    field("Fault level", "fault_level"),
+    field("Group", "replication_consistency_group_id"),
+]
+
+PairId = Annotated[str, typer.Argument(help="The replication pair's ID.")]
+
+
+def get_pair(api: ApiSession, pair_id: str) -> dict[str, Any]:
+    return dict(api.volume("GET", f"{PATH}/{pair_id}")["replication"])
+
+
+def pair_problem(pair: dict[str, Any]) -> str | None:
+    """Why a pair cannot reach its goal by itself, or None."""
+    if pair.get("status") in ("error", "error_deleting") or pair.get("replication_status") == "error":
+        detail = pair.get("failure_detail")
+        return (f"status {pair.get('status')}, replication_status {pair.get('replication_status')}"
+                + (f", failure_detail {detail}" if detail else ""))
+    return None
+
+
+def pair_status(pair: dict[str, Any]) -> str:
+    state = f"{pair.get('status')} / {pair.get('replication_status') or '-'}"
+    if pair.get("replication_status") == "copying" and pair.get("progress") is not None:
+        state += f" {pair['progress']}%"
+    return state
+
+
+def pair_percent(pair: dict[str, Any]) -> float | None:
+    if pair.get("replication_status") == "active":
+        return 100.0
+    if pair.get("replication_status") == "copying":
+        return percent_of(pair.get("progress")) or 0.0
+    return None
+
+
+def in_sync(pair: dict[str, Any] | None) -> bool:
+    if pair is None:
+        return False
+    return pair.get("status") == "available" and pair.get("replication_status") == "active"
+
+
+@app.command("create")
+@api_command
+def create(
+    volumes: Annotated[list[str], typer.Option(
+        "--volume", help="A disk of the pair; give it twice: the production disk, then the DR disk.",
+    )],
+    priority_station: Annotated[str, typer.Option(
+        "--priority-station", help="The AZ of the production disk (the side that takes writes).",
+    )],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    description: Annotated[str | None, typer.Option(help="Free text.")] = None,
+    wait_: WaitOption = False,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Pair two disks (hypermetro); with --wait, follow the initial copy until active."""
+    if len(volumes) != 2:
+        raise ClientError(f"give --volume exactly twice (production, then DR); got {len(volumes)}")
+    spec: dict[str, Any] = {
+        "volume_ids": volumes, "priority_station": priority_station, "replication_model": "hypermetro",
+    }
+    if name is not None:
+        spec["name"] = name
+    if description is not None:
+        spec["description"] = description
+    with connect() as api:
+        pair = dict(api.volume("POST", PATH, json={"replication": spec})["replication"])
+        if wait_:
+            waiter = Waiter(
+                what=f"replication {pair['id']}",
+                fetch=lambda: get_pair(api, pair["id"]),
+                done=in_sync, failed=pair_problem, status=pair_status, percent=pair_percent,
+            )
+            pair = wait(waiter, timeout) or pair
+            say(f"replication {pair['id']} is {pair.get('status')}, {pair.get('replication_status')}")
+    print_object(pair, fmt)
+
+
+@app.command("list")
+@api_command
+def list_(
+    status: Annotated[str | None, typer.Option(help="Only pairs in this status, e.g. available.")] = None,
+    volume_id: Annotated[str | None, typer.Option("--volume-id", help="Only the pair of this disk.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only pairs with this name.")] = None,
+    group: Annotated[str | None, typer.Option(help="Only members of this consistency group.")] = None,
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """List the project's replication pairs."""
+    params = {"status": status, "volume_id": volume_id, "name": name,
+              "replication_consistency_group_id": group}
+    with connect() as api:
+        page = api.volume("GET", PATH, params=params)
+    print_list(list(page.get("replications", [])), COLUMNS, fmt)
+
+
+@app.command("show")
+@api_command
+def show(pair_id: PairId, fmt: FormatOption = OutputFormat.table) -> None:
+    """Show one replication pair, with its progress, fault level and failure detail."""
+    with connect() as api:
+        print_object(get_pair(api, pair_id), fmt)
+
+
+@app.command("delete")
+@api_command
+def delete(pair_id: PairId, wait_: WaitOption = False, timeout: TimeoutOption = DEFAULT_TIMEOUT_S) -> None:
+    """Dissolve a pair (both disks are kept); with --wait, until it is gone."""
+    with connect() as api:
+        api.volume("DELETE", f"{PATH}/{pair_id}")
+        if wait_:
+            waiter = Waiter(
+                what=f"deleting replication {pair_id}",
+                fetch=fetch_or_none(lambda: get_pair(api, pair_id)),
+                done=lambda p: p is None,
+                failed=lambda p: pair_problem(p) if p.get("status") == "error_deleting" else None,
+                status=pair_status,
+            )
+            wait(waiter, timeout)
+            say(f"replication {pair_id} deleted")
+        else:
+            say(f"deletion of replication {pair_id} requested")

@@ -1,0 +1,288 @@
+"""Replication consistency group use cases.
+
+Requests are checked against the documented constraints and refused at
+once; state changes go through GROUP_TRANSITIONS with compare-and-set, and
+the agent work of transitional statuses (creating, updating, failovering,
+reversing, deleting) is done by reconciler/groups.py. Pause, sync and
+extend act on the agents within the request (they answer 200 when done).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from openevs.config import Settings
+from openevs.db.cas import compare_and_set
+from openevs.db.models import ReplicationGroup, ReplicationPair, Volume, utcnow
+from openevs.domain import codes
+from openevs.domain import replication as rep
+from openevs.domain.errors import Conflict, InvalidInput, InvalidState, NotFound
+from openevs.domain.replication import (
+    GROUP_TRANSITIONS,
+    GroupStatus,
+    GroupTrigger,
+    PairStatus,
+    ReplicationStatus,
+)
+from openevs.domain.states import next_state
+from openevs.domain.volumes import check_text
+from openevs.services.listing import Page, paginate
+from openevs.services.replications import new_link_export
+
+GROUP_SORT_KEYS = ("created_at", "updated_at", "name", "status", "id")
+PAUSED = (ReplicationStatus.ACTIVE_STOPPED, ReplicationStatus.INACTIVE)
+
+
+@dataclass(frozen=True)
+class NewGroup:
+    replication_ids: list[str]
+    priority_station: str
+    replication_model: str
+    name: str | None = None
+    description: str | None = None
+
+
+def get_group(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
+    group = session.get(ReplicationGroup, group_id)
+    if group is None or group.project_id != project_id:
+        raise NotFound(
+            f"replication consistency group {group_id[:64]} could not be found", code=codes.NOT_FOUND
+        )
+    return group
+
+
+def members(session: Session, group_id: str) -> list[ReplicationPair]:
+    return list(
+        session.scalars(
+            select(ReplicationPair)
+            .where(ReplicationPair.group_id == group_id)
+            .order_by(ReplicationPair.created_at)
+        )
+    )
+
+
+def transition(session: Session, group: ReplicationGroup, trigger: GroupTrigger, **values: Any) -> None:
+    new = next_state(GROUP_TRANSITIONS, "replication consistency group", group.status, trigger)
+    if not compare_and_set(session, ReplicationGroup, group.id, group.status, new, **values):
+        raise Conflict("the group changed status concurrently; retry the request")
+    session.refresh(group)
+
+
+def _load_pairs(session: Session, project_id: str, ids: list[str], station: str) -> list[ReplicationPair]:
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("replication_ids lists a pair twice")
+    pairs = []
+    for pid in ids:
+        pair = session.get(ReplicationPair, pid)
+        if pair is None or pair.project_id != project_id:
+            raise InvalidInput(f"replication pair {pid[:64]} does not exist")
+        if pair.status != PairStatus.AVAILABLE:
+            raise InvalidState(f"replication pair {pid} must be available, not {pair.status}")
+        if pair.group_id is not None:
+            raise Conflict(f"replication pair {pid} is already in group {pair.group_id}")
+        if pair.priority_station != station:
+            raise InvalidInput(
+                f"replication pair {pid} has priority_station {pair.priority_station}; "
+                f"every member must have the group's priority_station {station}"
+            )
+        pairs.append(pair)
+    return pairs
+
+
+def _claim(session: Session, group_id: str, pairs: list[ReplicationPair]) -> None:
+    """Put the pairs in the group; all or none (a pair claimed meanwhile → 409)."""
+    if not pairs:
+        return
+    result = session.execute(
+        update(ReplicationPair)
+        .where(
+            ReplicationPair.id.in_([p.id for p in pairs]),
+            ReplicationPair.group_id.is_(None),
+            ReplicationPair.status == PairStatus.AVAILABLE,
+        )
+        .values(group_id=group_id, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != len(pairs):  # type: ignore[attr-defined]
+        raise Conflict("a replication pair was claimed by another group meanwhile; retry")
+
+
+def _dr_azs(session: Session, pairs: list[ReplicationPair]) -> set[str]:
+    ids = [p.dr_volume_id for p in pairs]
+    return set(session.scalars(select(Volume.availability_zone).where(Volume.id.in_(ids))))
+
+
+def _check_limits(session: Session, settings: Settings, station: str, dr_azs: set[str]) -> None:
+    limit = settings.group_limit_per_az
+    primary = session.scalar(
+        select(func.count(ReplicationGroup.id)).where(ReplicationGroup.priority_station == station)
+    )
+    if int(primary or 0) >= limit:
+        raise InvalidState(
+            f"AZ {station} already has {limit} replication consistency groups (the limit)",
+            code=rep.FD_GROUP_LIMIT_PRIMARY,
+        )
+    for az in dr_azs:
+        count = session.scalar(
+            select(func.count(func.distinct(ReplicationPair.group_id)))
+            .join(Volume, Volume.id == ReplicationPair.dr_volume_id)
+            .where(ReplicationPair.group_id.is_not(None), Volume.availability_zone == az)
+        )
+        if int(count or 0) >= limit:
+            raise InvalidState(
+                f"AZ {az} already holds the DR side of {limit} replication consistency groups (the limit)",
+                code=rep.FD_GROUP_LIMIT_SECONDARY,
+            )
+
+
+def create_group(session: Session, settings: Settings, project_id: str, new: NewGroup) -> ReplicationGroup:
+    rep.check_model(new.replication_model)
+    check_text(new.name, "name")
+    check_text(new.description, "description")
+    if not new.replication_ids:
+        raise InvalidInput("replication_ids must name at least one replication pair")
+    if new.priority_station not in settings.azs:
+        raise InvalidInput(
+            f"priority_station {new.priority_station[:64]!r} is not an AZ", code=codes.AZ_INVALID
+        )
+    pairs = _load_pairs(session, project_id, new.replication_ids, new.priority_station)
+    _check_limits(session, settings, new.priority_station, _dr_azs(session, pairs))
+    group = ReplicationGroup(
+        id=str(uuid.uuid4()),
+        project_id=project_id,
+        name=new.name or "",
+        description=new.description,
+        status=GroupStatus.CREATING,
+        replication_model=new.replication_model,
+        priority_station=new.priority_station,
+        fault_level=rep.FAULT_NONE,
+        pending={},
+    )
+    session.add(group)
+    session.flush()
+    _claim(session, group.id, pairs)
+    return group
+
+
+def list_groups(
+    session: Session, project_id: str, page: Page, filters: dict[str, str | None]
+) -> list[ReplicationGroup]:
+    stmt = select(ReplicationGroup).where(ReplicationGroup.project_id == project_id)
+    if filters.get("name"):
+        stmt = stmt.where(ReplicationGroup.name == filters["name"])
+    if filters.get("status"):
+        stmt = stmt.where(ReplicationGroup.status == filters["status"])
+    if filters.get("priority_station"):
+        stmt = stmt.where(ReplicationGroup.priority_station == filters["priority_station"])
+    if filters.get("volume_id"):
+        vid = str(filters["volume_id"])
+        sub = select(ReplicationPair.group_id).where(
+            (ReplicationPair.production_volume_id == vid) | (ReplicationPair.dr_volume_id == vid)
+        )
+        stmt = stmt.where(ReplicationGroup.id.in_(sub))
+    return paginate(session, ReplicationGroup, stmt, page)
+
+
+def update_group(
+    session: Session,
+    project_id: str,
+    group_id: str,
+    name: str | None,
+    description: str | None,
+    replication_model: str | None,
+    add_ids: list[str],
+    remove_ids: list[str],
+) -> ReplicationGroup:
+    group = get_group(session, project_id, group_id)
+    check_text(name, "name")
+    check_text(description, "description")
+    if replication_model is not None:
+        rep.check_model(replication_model)
+    if set(add_ids) & set(remove_ids):
+        raise InvalidInput("a pair cannot be both added and removed")
+    current = {p.id for p in members(session, group.id)}
+    if (add_ids or remove_ids) and group.replication_status not in PAUSED:
+        raise InvalidState(
+            "pairs can be added or removed only while the group is paused "
+            f"(replication_status active-stopped or inactive, not {group.replication_status}); "
+            "pause it with os-stop-replication-consistency-group first"
+        )
+    for pid in remove_ids:
+        if pid not in current:
+            raise InvalidInput(f"replication pair {pid[:64]} is not a member of this group")
+    adds = _load_pairs(session, project_id, add_ids, group.priority_station)
+    values: dict[str, Any] = {"pending": {"add": add_ids, "remove": remove_ids}}
+    if name is not None:
+        values["name"] = name
+    if description is not None:
+        values["description"] = description
+    transition(session, group, GroupTrigger.UPDATE, **values)
+    _claim(session, group.id, adds)
+    return group
+
+
+def delete_group(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
+    group = get_group(session, project_id, group_id)
+    if group.status == GroupStatus.DELETING:
+        return group
+    if members(session, group.id):
+        raise InvalidState(
+            "the group still has replication pairs; remove them first (PUT remove_replication_ids)"
+        )
+    transition(session, group, GroupTrigger.DELETE)
+    return group
+
+
+def plan_failover(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
+    """Record the new epoch and link of every member, then enter failovering."""
+    group = get_group(session, project_id, group_id)
+    pairs = members(session, group.id)
+    if not pairs:
+        raise InvalidState("the group has no replication pairs to fail over")
+    plan = {
+        p.id: {
+            "epoch": p.epoch + 1,
+            "link_export": new_link_export(),
+            "new_primary": p.dr_volume_id,
+            "old_primary": p.production_volume_id,
+        }
+        for p in pairs
+    }
+    transition(session, group, GroupTrigger.FAILOVER, pending={"action": "failover", "pairs": plan})
+    return group
+
+
+def plan_reverse(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
+    group = get_group(session, project_id, group_id)
+    pairs = members(session, group.id)
+    if group.status == GroupStatus.AVAILABLE and group.replication_status != ReplicationStatus.ACTIVE:
+        raise InvalidState(
+            "a switchover needs every pair in sync (replication_status active, not "
+            f"{group.replication_status}); sync the group first"
+        )
+    if not pairs:
+        raise InvalidState("the group has no replication pairs to switch over")
+    plan = {
+        p.id: {
+            "epoch": p.epoch + 1,
+            "link_export": new_link_export(),
+            "new_primary": p.dr_volume_id,
+            "old_primary": p.production_volume_id,
+        }
+        for p in pairs
+    }
+    transition(session, group, GroupTrigger.REVERSE, pending={"action": "reverse", "pairs": plan})
+    return group
+
+
+def plan_reprotect(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
+    group = get_group(session, project_id, group_id)
+    if not members(session, group.id):
+        raise InvalidState("the group has no replication pairs to reprotect")
+    transition(session, group, GroupTrigger.REPROTECT, pending={"action": "reprotect"})
+    return group
