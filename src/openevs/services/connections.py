@@ -65,7 +65,7 @@ def initialize_connection(
             raise InvalidState("the volume is not attached; attach it to a server first")
         att = _pick_attachment(atts, connector)
         if att.export_name is None:
-            att.export_name = secrets.token_urlsafe(24)
+            att.export_name = "att-" + secrets.token_urlsafe(24)
         att.export_read_only = export_is_read_only(session, volume.id)
         export_name, read_only, az = att.export_name, att.export_read_only, volume.availability_zone
         agent_row = session.get(Agent, az)
