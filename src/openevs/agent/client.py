@@ -121,6 +121,44 @@ class HttpAgentClient:
     def revoke_export(self, export_name: str) -> None:
         self._call("DELETE", f"/exports/{quote(export_name, safe='')}")
 
+    # -- replication (agent/mirror/) ---------------------------------------
+
+    def _repl_path(self, volume_id: str, suffix: str = "") -> str:
+        return f"/volumes/{quote(volume_id, safe='')}/replication{suffix}"
+
+    def set_replication(self, volume_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Apply a replication config (role, epoch, pair_id, group_id, peer, link_export,
+        mirroring, initial_sync, add_dirty); the same config again is a no-op."""
+        result: dict[str, Any] = self._call("PUT", self._repl_path(volume_id), config)
+        return result
+
+    def get_replication(self, volume_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", self._repl_path(volume_id))
+        return result
+
+    def get_replication_dirty(self, volume_id: str) -> list[list[int]]:
+        """The merged dirty ranges [[offset, length], ...] of a replicated volume."""
+        return [[int(o), int(n)] for o, n in self._call("GET", self._repl_path(volume_id, "/dirty"))]
+
+    def delete_replication(self, volume_id: str) -> None:
+        self._call("DELETE", self._repl_path(volume_id))
+
+    def pause_replication(self, volume_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", self._repl_path(volume_id, "/pause"))
+        return result
+
+    def resume_replication(self, volume_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", self._repl_path(volume_id, "/resume"))
+        return result
+
+    def pause_group(self, group_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/groups/{quote(group_id, safe='')}/pause")
+        return result
+
+    def resume_group(self, group_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/groups/{quote(group_id, safe='')}/resume")
+        return result
+
     def close(self) -> None:
         self._http.close()
 

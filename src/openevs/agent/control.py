@@ -14,9 +14,11 @@ from dataclasses import asdict
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from openevs.agent.interface import VolumeInfo
+from openevs.agent.mirror.config import Peer, ReplicationConfig
+from openevs.agent.mirror.engine import Role
 from openevs.agent.pool import PoolError
 from openevs.agent.service import Agent
 
@@ -28,6 +30,7 @@ _STATUS = {
     "conflict": 409,
     "no_space": 507,
     "io_error": 500,
+    "stale_epoch": 409,
 }
 
 
@@ -40,6 +43,40 @@ class ExportBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     volume_id: str
     read_only: StrictBool = False
+
+
+class PeerBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(min_length=1, max_length=255)
+    port: StrictInt = Field(ge=1, le=65535)
+    export: str = Field(min_length=1, max_length=255)
+
+
+class ReplicationBody(BaseModel):
+    """A volume's replication config (see agent/mirror/manager.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    epoch: StrictInt = Field(ge=0)
+    pair_id: str = Field(default="", max_length=128)
+    group_id: str | None = Field(default=None, max_length=128)
+    peer: PeerBody | None = None
+    link_export: str | None = None
+    mirroring: StrictBool = True
+    initial_sync: StrictBool = False
+    add_dirty: list[tuple[StrictInt, StrictInt]] | None = None
+
+    def config(self) -> ReplicationConfig:
+        peer = self.peer
+        return ReplicationConfig(
+            role=self.role,
+            epoch=self.epoch,
+            pair_id=self.pair_id,
+            group_id=self.group_id or None,
+            peer=Peer(peer.host, peer.port, peer.export) if peer else None,
+            link_export=self.link_export if self.role is Role.SECONDARY else None,
+            mirroring=self.mirroring,
+        )
 
 
 def _error(status: int, reason: str, message: str) -> JSONResponse:
@@ -123,5 +160,51 @@ def create_control_app(agent: Agent) -> FastAPI:
     async def revoke_export(name: str) -> Response:
         await agent.revoke_export(name)
         return Response(status_code=204)
+
+    # -- replication ------------------------------------------------------
+
+    repl = agent.replication
+
+    @app.put("/volumes/{volume_id}/replication")
+    async def set_replication(volume_id: str, body: ReplicationBody) -> dict[str, object]:
+        return await repl.put(
+            volume_id, body.config(), initial_sync=body.initial_sync,
+            add_dirty=body.add_dirty or (),
+        )  # fmt: skip
+
+    @app.get("/volumes/{volume_id}/replication")
+    async def get_replication(volume_id: str) -> dict[str, object]:
+        return repl.describe(volume_id)
+
+    @app.get("/volumes/{volume_id}/replication/dirty")
+    async def get_replication_dirty(volume_id: str) -> list[list[int]]:
+        return [[o, n] for o, n in repl.dirty_ranges(volume_id)]
+
+    @app.delete("/volumes/{volume_id}/replication", status_code=204)
+    async def delete_replication(volume_id: str) -> Response:
+        await repl.delete(volume_id)
+        return Response(status_code=204)
+
+    @app.post("/volumes/{volume_id}/replication/pause")
+    async def pause_replication(volume_id: str) -> dict[str, object]:
+        await repl.set_mirroring([volume_id], False)
+        return repl.describe(volume_id)
+
+    @app.post("/volumes/{volume_id}/replication/resume")
+    async def resume_replication(volume_id: str) -> dict[str, object]:
+        await repl.set_mirroring([volume_id], True)
+        return repl.describe(volume_id)
+
+    @app.post("/groups/{group_id}/pause")
+    async def pause_group(group_id: str) -> dict[str, object]:
+        members = repl.group_members(group_id)
+        await repl.set_mirroring(members, False)
+        return {"group_id": group_id, "volumes": [repl.describe(v) for v in members]}
+
+    @app.post("/groups/{group_id}/resume")
+    async def resume_group(group_id: str) -> dict[str, object]:
+        members = repl.group_members(group_id)
+        await repl.set_mirroring(members, True)
+        return {"group_id": group_id, "volumes": [repl.describe(v) for v in members]}
 
     return app

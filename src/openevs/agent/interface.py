@@ -11,7 +11,7 @@ reconciler can repeat it after a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class AgentUnavailable(Exception):
@@ -69,5 +69,34 @@ class AgentClient(Protocol):
     def revoke_export(self, export_name: str) -> None:
         """Revoke and close its connections; unknown name succeeds."""
         ...
+
+    # Replication (agent/mirror/manager.py has the rules). Configs and states are
+    # plain dicts: {role, epoch, pair_id, group_id, peer: {host, port, export},
+    # link_export, mirroring, initial_sync, add_dirty: [[offset, length], ...]}.
+
+    def set_replication(self, volume_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Apply a config; the same one again is a no-op; a lower epoch is refused (409)."""
+        ...
+
+    def get_replication(self, volume_id: str) -> dict[str, Any]:
+        """{role, epoch, replication_status, link_up, mirroring, fenced, dirty_bytes,
+        sync: {copied_bytes, total_bytes} | None, resynced_bytes_total, io_error, ...}"""
+        ...
+
+    def get_replication_dirty(self, volume_id: str) -> list[list[int]]: ...
+
+    def delete_replication(self, volume_id: str) -> None:
+        """Back to standalone: stop forwarding, drop the bitmap, revoke the link export."""
+        ...
+
+    def pause_replication(self, volume_id: str) -> dict[str, Any]: ...
+
+    def resume_replication(self, volume_id: str) -> dict[str, Any]: ...
+
+    def pause_group(self, group_id: str) -> dict[str, Any]:
+        """Stop mirroring every member on this agent at one instant."""
+        ...
+
+    def resume_group(self, group_id: str) -> dict[str, Any]: ...
 
     def close(self) -> None: ...

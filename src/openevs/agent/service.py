@@ -19,6 +19,7 @@ from typing import Any
 
 from openevs.agent.exports import ExportGrant, ExportTable, validate_export_name
 from openevs.agent.interface import AgentHealth, VolumeInfo
+from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,14 @@ class Agent:
         self.nbd: Any = None
         self._open: dict[tuple[str, bool], Any] = {}  # (volume_id, read_only) -> FileExport
         self._lock = asyncio.Lock()
+        self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count)
 
     @property
     def nbd_port(self) -> int:
         return int(self.nbd.port) if self.nbd is not None else 0
 
     async def start(self) -> None:
+        await self.replication.start()
         if NbdServer is None:
             log.warning("agent %s: NBD server not available, serving the control API only", self.az)
             return
@@ -73,6 +76,7 @@ class Agent:
         if self.nbd is not None:
             await _maybe_await(self.nbd.close())
             self.nbd = None
+        await self.replication.close()
         for export in self._open.values():
             await self._close_export(export)
         self._open.clear()
@@ -80,19 +84,37 @@ class Agent:
     # -- NBD side ---------------------------------------------------------
 
     async def resolve_export(self, name: str) -> Any:
-        """The FileExport an NBD client opens under `name`, or None if not granted."""
-        grant = self.exports.get(name)
-        if grant is None or FileExport is None:
+        """The export an NBD client opens under `name`, or None if not granted.
+
+        A secondary's link export (the primary writes through it) is the
+        volume's writable file itself; user exports are wrapped so that the
+        volume's replication role decides what a write does.
+        """
+        if FileExport is None:
             return None
-        key = (grant.volume_id, grant.read_only)
+        link_volume = self.replication.link_export_volume(name)
+        if link_volume is not None:
+            return self._file_export(link_volume, False)
+        grant = self.exports.get(name)
+        if grant is None:
+            return None
+        export = self._file_export(grant.volume_id, grant.read_only)
+        return None if export is None else self.replication.wrap(grant.volume_id, export)
+
+    def _file_export(self, volume_id: str, read_only: bool) -> Any:
+        key = (volume_id, read_only)
         export = self._open.get(key)
         if export is None:
-            path = self.pool.path(grant.volume_id)
+            path = self.pool.path(volume_id)
             if not path.is_file():
                 return None
-            export = FileExport(path, read_only=grant.read_only)
+            export = FileExport(path, read_only=read_only)
             self._open[key] = export
         return export
+
+    def _connection_count(self, name: str) -> int:
+        count = getattr(self.nbd, "connection_count", None)
+        return int(count(name)) if count is not None else 0
 
     async def _drop_export(self, name: str) -> None:
         if self.nbd is not None:
@@ -149,6 +171,7 @@ class Agent:
     async def delete_volume(self, volume_id: str) -> None:
         validate_volume_id(volume_id)
         async with self._lock:
+            await self.replication.delete(volume_id)  # its link export is revoked too
             names = self.exports.names_for(volume_id)
             await asyncio.to_thread(self.exports.revoke, names)
             for name in names:

@@ -1,0 +1,229 @@
+"""The replication decisions, without any I/O.
+
+Everything here works on region numbers (a region is `REGION_BYTES` of the
+volume) and plain state; it imports no asyncio, socket, file or clock, so
+every decision is unit-tested directly. The I/O wrappers (replica.py,
+link.py) ask this module and carry out the answer.
+
+Rules this module keeps:
+
+- a write is forwarded to the peer only when mirroring is on, the link is
+  up, the consistency group (if any) is not split, no touched region is
+  dirty and none is being copied; a region being copied makes the write
+  wait, so a copy can never overwrite newer data on the peer;
+- a write that touches any dirty region is kept local and marks all its
+  regions dirty (the sync will copy them);
+- the sync never picks a region that a forwarded write is still in flight
+  to, for the same reason;
+- one failed forward splits the whole group at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+REGION_BYTES = 64 * 1024
+# The activity log records "hot" extents, each this many regions (4 MiB),
+# so a sequential writer persists one hot record per 4 MiB, not per write.
+HOT_EXTENT_REGIONS = 64
+MAX_CHUNK_REGIONS = 64  # one sync request copies at most 4 MiB
+
+
+class Role(enum.StrEnum):
+    STANDALONE = "standalone"
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+class Status(enum.StrEnum):
+    COPYING = "copying"
+    ACTIVE = "active"
+    ACTIVE_STOPPED = "active-stopped"
+    INACTIVE = "inactive"
+    ERROR = "error"
+
+
+class WriteAction(enum.Enum):
+    LOCAL = "local"  # standalone: write locally, track nothing
+    REFUSE = "refuse"  # secondary or fenced: EPERM
+    LOCAL_DIRTY = "local_dirty"  # write locally, mark its regions dirty
+    WAIT = "wait"  # a touched region is being copied: wait, then decide again
+    FORWARD = "forward"  # write locally and on the peer before the reply
+
+
+def regions_of(offset: int, length: int, region_bytes: int = REGION_BYTES) -> range:
+    """The regions a byte range touches (empty for length 0)."""
+    if length <= 0:
+        return range(0)
+    return range(offset // region_bytes, (offset + length - 1) // region_bytes + 1)
+
+
+def hot_extents_of(regions: range) -> range:
+    if not regions:
+        return range(0)
+    return range(regions.start // HOT_EXTENT_REGIONS, (regions.stop - 1) // HOT_EXTENT_REGIONS + 1)
+
+
+def extent_regions(extent: int) -> range:
+    return range(extent * HOT_EXTENT_REGIONS, (extent + 1) * HOT_EXTENT_REGIONS)
+
+
+@dataclass
+class GroupState:
+    """A consistency group's members on this agent, split as one."""
+
+    group_id: str
+    members: set[str] = field(default_factory=set)
+    split: bool = True  # nothing is forwarded until every member's link is up
+
+    def forward_failed(self) -> set[str]:
+        """A member could not forward: every member stops forwarding now."""
+        self.split = True
+        return set(self.members)
+
+    def maybe_join(self, ready: dict[str, bool]) -> bool:
+        """Rejoin (forward again) only when every member is mirroring with its link up."""
+        if self.split and self.members and all(ready.get(m, False) for m in self.members):
+            self.split = False
+            return True
+        return False
+
+
+@dataclass
+class MirrorState:
+    """What a write decision depends on, for one volume."""
+
+    role: Role = Role.STANDALONE
+    fenced: bool = False
+    mirroring: bool = False
+    link_up: bool = False
+    group_split: bool = False
+    dirty: set[int] = field(default_factory=set)
+    copying: set[int] = field(default_factory=set)
+    forwarding: dict[int, int] = field(default_factory=dict)  # region -> writes in flight
+
+    @property
+    def in_sync_path(self) -> bool:
+        """True when writes may go to the peer (the link is usable)."""
+        return (
+            self.role is Role.PRIMARY
+            and not self.fenced
+            and self.mirroring
+            and self.link_up
+            and not self.group_split
+        )
+
+
+def decide_write(state: MirrorState, offset: int, length: int) -> WriteAction:
+    """What to do with a user WRITE, TRIM or WRITE_ZEROES of [offset, offset+length)."""
+    if state.role is Role.STANDALONE:
+        return WriteAction.LOCAL
+    if state.role is Role.SECONDARY or state.fenced:
+        return WriteAction.REFUSE
+    regions = regions_of(offset, length)
+    if any(r in state.copying for r in regions):
+        return WriteAction.WAIT
+    if not state.in_sync_path:
+        return WriteAction.LOCAL_DIRTY
+    if state.dirty and any(r in state.dirty for r in regions):
+        return WriteAction.LOCAL_DIRTY
+    return WriteAction.FORWARD
+
+
+def decide_flush(state: MirrorState) -> bool:
+    """True when a FLUSH must also flush the peer."""
+    return state.in_sync_path
+
+
+def status(
+    state: MirrorState, *, io_error: bool, sync_running: bool, peer_ok: bool = True
+) -> Status | None:
+    """The replication_status of DESIGN.md section 3, from measured state.
+
+    Only a primary knows it (the secondary cannot tell whether the primary
+    has unreplicated writes); a secondary or standalone volume has none.
+    """
+    if state.role is not Role.PRIMARY:
+        return None
+    if io_error or not peer_ok:
+        return Status.ERROR
+    behind = bool(state.dirty or state.copying)
+    if not state.mirroring:
+        return Status.INACTIVE if behind else Status.ACTIVE_STOPPED
+    if not state.in_sync_path:
+        return Status.INACTIVE
+    if behind or sync_running:
+        return Status.COPYING
+    return Status.ACTIVE
+
+
+def sync_candidates(state: MirrorState) -> bool:
+    """True when the sync has something it may copy now."""
+    return state.in_sync_path and bool(state.dirty)
+
+
+def plan_sync(
+    dirty: Iterable[int],
+    *,
+    busy: Iterable[int] = (),
+    max_chunk_regions: int = MAX_CHUNK_REGIONS,
+    max_chunks: int = 16,
+    last_region: int | None = None,
+) -> list[tuple[int, int]]:
+    """The next chunks to copy, as (first_region, region_count), in disk order.
+
+    Consecutive dirty regions merge into one chunk of at most
+    `max_chunk_regions`; regions in `busy` (being copied or with a forwarded
+    write in flight) are skipped this round. `last_region` drops regions past
+    the end of the volume.
+    """
+    busy_set = set(busy)
+    chunks: list[tuple[int, int]] = []
+    start = -1
+    count = 0
+    for region in sorted(dirty):
+        if region in busy_set or (last_region is not None and region > last_region):
+            continue
+        if count and region == start + count and count < max_chunk_regions:
+            count += 1
+            continue
+        if count:
+            chunks.append((start, count))
+            if len(chunks) >= max_chunks:
+                return chunks
+        start, count = region, 1
+    if count:
+        chunks.append((start, count))
+    return chunks[:max_chunks]
+
+
+def merge_ranges(
+    regions: Iterable[int], size_bytes: int | None = None, region_bytes: int = REGION_BYTES
+) -> list[tuple[int, int]]:
+    """Regions as merged byte ranges (offset, length), clipped to `size_bytes`."""
+    ranges: list[tuple[int, int]] = []
+    for region in sorted(regions):
+        offset = region * region_bytes
+        length = region_bytes
+        if size_bytes is not None:
+            if offset >= size_bytes:
+                break
+            length = min(length, size_bytes - offset)
+        if ranges and ranges[-1][0] + ranges[-1][1] == offset:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
+        else:
+            ranges.append((offset, length))
+    return ranges
+
+
+def regions_of_ranges(ranges: Iterable[tuple[int, int]]) -> set[int]:
+    result: set[int] = set()
+    for offset, length in ranges:
+        result.update(regions_of(offset, length))
+    return result
+
+
+def dirty_bytes(regions: Iterable[int], size_bytes: int) -> int:
+    return sum(length for _, length in merge_ranges(regions, size_bytes))

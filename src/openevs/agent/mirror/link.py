@@ -1,0 +1,182 @@
+"""The replication link: a few NBD connections to the DR volume's link export.
+
+`PeerLink` is up when every connection of its pool is open. Any failed or
+timed-out request (a black-holed link counts as down after
+`request_timeout_s`) takes the whole link down at once: every connection is
+aborted and `on_down` is called synchronously, before the failing request's
+caller sees the error, so the caller's decision (mark dirty, split the
+group) happens in the same event-loop step. While `want_up`, a reconnect
+loop retries with a short backoff and calls `on_up` when the link is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+
+from openevs.agent.mirror.config import Peer
+from openevs.agent.nbd.client import NbdClient
+from openevs.agent.nbd.errors import NbdConnectionClosed
+
+log = logging.getLogger(__name__)
+
+CONNECTIONS = 4
+REQUEST_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 3.0
+BACKOFF_S = (0.25, 0.5, 1.0)
+
+
+class LinkDown(Exception):
+    """The request did not reach the peer; the link is down now."""
+
+
+class _LinkClient(NbdClient):
+    def abort(self) -> None:
+        """Drop the connection now, failing every pending request (no DISC, no wait)."""
+        self._fail_all(NbdConnectionClosed("link aborted"))
+        transport = self._writer.transport
+        transport.abort()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+class PeerLink:
+    def __init__(
+        self,
+        label: str,
+        peer: Peer,
+        *,
+        on_up: Callable[[], None],
+        on_down: Callable[[str], None],
+        min_size_bytes: Callable[[], int] = lambda: 0,
+        connections: int = CONNECTIONS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self.label = label
+        self.peer = peer
+        self._on_up = on_up
+        self._on_down = on_down
+        self._min_size_bytes = min_size_bytes
+        self._count = connections
+        self.request_timeout_s = request_timeout_s
+        self._clients: list[_LinkClient] = []
+        self._next = itertools.count()
+        self.up = False
+        self.last_error = ""
+        self.peer_size_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._wake = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._keep_up())
+
+    async def close(self) -> None:
+        self._closed = True
+        self._drop("link closed", notify=False)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def mark_down(self, reason: str) -> None:
+        """Take the link down now (synchronously) and let the loop reconnect."""
+        self._drop(reason, notify=True)
+
+    def _drop(self, reason: str, *, notify: bool) -> None:
+        clients, self._clients = self._clients, []
+        for client in clients:
+            client.abort()
+        was_up, self.up = self.up, False
+        if reason:
+            self.last_error = reason
+        self._wake.set()
+        if was_up:
+            log.warning("replication link %s down: %s", self.label, reason)
+            if notify:
+                self._on_down(reason)
+
+    async def _keep_up(self) -> None:
+        attempt = 0
+        while not self._closed:
+            if self.up:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._connect()
+            except Exception as exc:
+                self.last_error = f"cannot connect to {self.peer.host}:{self.peer.port}: {exc}"
+                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self.up = True
+            self.last_error = ""
+            log.info("replication link %s up", self.label)
+            self._on_up()
+
+    async def _connect(self) -> None:
+        clients: list[_LinkClient] = []
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                for _ in range(self._count):
+                    client = await _LinkClient.connect(
+                        self.peer.host, self.peer.port, self.peer.export
+                    )
+                    assert isinstance(client, _LinkClient)
+                    clients.append(client)
+                    if client.read_only:
+                        raise ConnectionError("the peer's link export is read-only")
+        except BaseException:
+            for client in clients:
+                client.abort()
+            raise
+        self.peer_size_bytes = clients[0].size_bytes
+        wanted = self._min_size_bytes()
+        if self.peer_size_bytes < wanted:
+            for client in clients:
+                client.abort()
+            raise ConnectionError(
+                f"the peer volume is smaller ({self.peer_size_bytes} bytes) than this one"
+                f" ({wanted} bytes): grow it first"
+            )
+        self._clients = clients
+
+    # -- requests ---------------------------------------------------------
+
+    def _client(self) -> _LinkClient:
+        if not self.up or not self._clients:
+            raise LinkDown(self.last_error or "link is down")
+        return self._clients[next(self._next) % len(self._clients)]
+
+    async def _call(self, what: str, make: Callable[[_LinkClient], object]) -> None:
+        client = self._client()
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                await make(client)  # type: ignore[misc]
+        except Exception as exc:
+            reason = f"{what} failed: {exc or type(exc).__name__}"
+            if self._clients and client in self._clients:
+                self.mark_down(reason)
+            raise LinkDown(reason) from exc
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
+        await self._call("write", lambda c: c.write(offset, data, fua=fua))
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool = False) -> None:
+        await self._call("write_zeroes", lambda c: c.write_zeroes(offset, length, fua=fua))
+
+    async def trim(self, offset: int, length: int, fua: bool = False) -> None:
+        await self._call("trim", lambda c: c.trim(offset, length, fua=fua))
+
+    async def flush(self) -> None:
+        await self._call("flush", lambda c: c.flush())

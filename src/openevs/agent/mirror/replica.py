@@ -1,0 +1,496 @@
+"""One replicated volume on this agent: its state, its write path and its sync.
+
+The decisions come from engine.py; this module only carries them out.
+Ordering rules it keeps (why each step is where it is):
+
+- every user write on a primary has a durable bit on disk before it touches
+  the local file: a dirty bit (the write stays local) or a hot-extent bit
+  (the write is forwarded) — so after a crash the bitmap covers every
+  region that may differ;
+- a write marks its regions `writing` while it runs, and the sync never
+  picks such a region; the sync moves a region from `dirty` to `copying`
+  in one step before it reads it, and writes to a `copying` region wait —
+  so a copy never overwrites newer data on the peer and a write during a
+  copy is never lost;
+- the link going down (a failed forward) splits the group synchronously,
+  before the failing write is acknowledged;
+- bits are cleared lazily, and only after a peer FLUSH that began after the
+  data was sent, so a bit is never cleared for data the peer may not hold
+  durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from openevs.agent.mirror import engine
+from openevs.agent.mirror.bitmap import BitmapFile
+from openevs.agent.mirror.config import ReplicationConfig
+from openevs.agent.mirror.engine import REGION_BYTES, MirrorState, Role, WriteAction
+from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.pool import data_extents
+
+if TYPE_CHECKING:
+    from openevs.agent.mirror.manager import ReplicationManager
+
+log = logging.getLogger(__name__)
+
+PIPELINE = 12  # sync requests in flight
+COOL_INTERVAL_S = 2.0  # hot extents idle this long are flushed on the peer and cleared
+_ZEROS = bytes(engine.MAX_CHUNK_REGIONS * REGION_BYTES)
+_IO_ERRNOS = (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+LocalOp = Callable[[bool], Awaitable[None]]  # local(fua)
+ForwardOp = Callable[[PeerLink], Awaitable[None]]  # the same request, sent to the peer
+
+
+class Replica:
+    def __init__(
+        self, manager: ReplicationManager, volume_id: str, config: ReplicationConfig,
+        image_path: os.PathLike[str] | str, bitmap_path: os.PathLike[str] | str,
+    ) -> None:  # fmt: skip
+        self.manager = manager
+        self.volume_id = volume_id
+        self.config = config
+        self.state = MirrorState(role=config.role, mirroring=config.mirroring)
+        self.image_path = os.fspath(image_path)
+        self._rfd = os.open(self.image_path, os.O_RDONLY)
+        self.bitmap = BitmapFile(bitmap_path)
+        self.state.dirty = self.bitmap.load()  # on start, every persisted bit is dirty
+        self.hot: dict[int, int] = {}  # hot extent -> write counter at its last write
+        self._write_seq = 0
+        self._round_seq = -1  # write counter at the previous housekeeping round
+        self._clean_after_flush: set[int] = set()  # copied regions whose bit may go
+        self.link: PeerLink | None = None
+        self.io_error = False
+        self.peer_blank = False  # the peer was punched: all-zero chunks need no request
+        self.link_open = True  # secondary: the link export may be opened
+        self.copied_bytes = 0
+        self.resynced_bytes_total = 0
+        self.sync_running = False
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._sync_loop()),
+            loop.create_task(self._housekeeping()),
+        ]
+        self.update_link()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._notify()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
+        self.state.copying.clear()
+        self._notify()
+        self.bitmap.close()
+        if self._rfd >= 0:
+            os.close(self._rfd)
+            self._rfd = -1
+
+    def _notify(self) -> None:
+        """Wake everything waiting for a state change (waiting writes, the sync)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self, timeout_s: float | None = None) -> None:
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+
+    @property
+    def size_bytes(self) -> int:
+        return os.fstat(self._rfd).st_size
+
+    # -- link -------------------------------------------------------------
+
+    def wants_link(self) -> bool:
+        st = self.state
+        return (
+            st.role is Role.PRIMARY and st.mirroring and not st.fenced
+            and self.config.peer is not None and not self._closed
+        )  # fmt: skip
+
+    def update_link(self) -> None:
+        """Start or stop the link to match the config (synchronous part)."""
+        peer = self.config.peer
+        if self.link is not None and (not self.wants_link() or self.link.peer != peer):
+            link, self.link = self.link, None
+            self.state.link_up = False
+            if link.up:
+                self._link_lost("link closed")
+            asyncio.get_running_loop().create_task(self._close_link(link))
+        if self.link is None and self.wants_link():
+            assert peer is not None
+            self.link = PeerLink(
+                f"{self.volume_id}->{peer.host}:{peer.port}", peer,
+                on_up=self._on_link_up, on_down=self._on_link_down,
+                min_size_bytes=lambda: self.size_bytes,
+            )  # fmt: skip
+            self.link.start()
+        self._notify()
+
+    async def _close_link(self, link: PeerLink) -> None:
+        if link.up:
+            with contextlib.suppress(LinkDown):
+                await link.flush()  # best effort: what was forwarded becomes durable there
+        await link.close()
+
+    def _on_link_up(self) -> None:
+        self.state.link_up = True
+        self.manager.link_changed(self)
+        self._notify()
+
+    def _on_link_down(self, reason: str) -> None:
+        self._link_lost(reason)
+
+    def _link_lost(self, reason: str) -> None:
+        """Synchronous: what was forwarded but maybe not durable there becomes dirty."""
+        st = self.state
+        st.link_up = False
+        for extent in self.hot:
+            st.dirty.update(engine.extent_regions(extent))  # their bits are already on disk
+        self.manager.member_failed(self, reason)
+        self._notify()
+
+    # -- user I/O ---------------------------------------------------------
+
+    async def user_io(
+        self, offset: int, length: int, local: LocalOp, forward: ForwardOp, fua: bool,
+        local_flush: Callable[[], Awaitable[None]],
+    ) -> None:  # fmt: skip
+        """Carry out one WRITE / TRIM / WRITE_ZEROES of a user of this volume."""
+        st = self.state
+        regions = engine.regions_of(offset, length)
+        while True:
+            action = engine.decide_write(st, offset, length)
+            if action is WriteAction.LOCAL:
+                await self._local(local, fua)
+                return
+            if action is WriteAction.REFUSE:
+                raise OSError(errno.EPERM, self._refusal())
+            if action is WriteAction.WAIT:
+                await self._wait_change()
+                continue
+            if action is WriteAction.FORWARD:
+                cold = [e for e in engine.hot_extents_of(regions) if e not in self.hot]
+                if cold:
+                    await self._persist(r for e in cold for r in engine.extent_regions(e))
+                    for extent in cold:
+                        self.hot.setdefault(extent, self._write_seq)
+                    continue  # the state may have changed while the bits were synced
+                await self._forwarded(regions, local, forward, fua, local_flush)
+                return
+            await self._local_dirty(regions, local, fua)
+            return
+
+    def _refusal(self) -> str:
+        if self.state.role is Role.SECONDARY:
+            return f"volume {self.volume_id} is a replication secondary (read-only)"
+        return f"volume {self.volume_id} is fenced until the controller confirms its epoch"
+
+    async def _local(self, local: LocalOp, fua: bool) -> None:
+        try:
+            await local(fua)
+        except OSError as exc:
+            if exc.errno in _IO_ERRNOS:
+                self.io_error = True
+            raise
+
+    def _begin(self, regions: range) -> None:
+        writing = self.state.forwarding
+        for r in regions:
+            writing[r] = writing.get(r, 0) + 1
+
+    def _end(self, regions: range) -> None:
+        writing = self.state.forwarding
+        for r in regions:
+            left = writing[r] - 1
+            if left:
+                writing[r] = left
+            else:
+                del writing[r]
+
+    async def _local_dirty(self, regions: range, local: LocalOp, fua: bool) -> None:
+        self._begin(regions)
+        try:
+            self.state.dirty.update(regions)
+            await self._persist(regions)
+            await self._local(local, fua)
+        finally:
+            self._end(regions)
+            self._notify()
+
+    async def _forwarded(
+        self, regions: range, local: LocalOp, forward: ForwardOp, fua: bool,
+        local_flush: Callable[[], Awaitable[None]],
+    ) -> None:  # fmt: skip
+        link = self.link
+        self._write_seq += 1
+        for extent in engine.hot_extents_of(regions):
+            self.hot[extent] = self._write_seq
+        self._begin(regions)
+        try:
+            await self._local(local, False)
+            flush_error: BaseException | None = None
+            try:
+                if link is None:
+                    raise LinkDown("link closed")
+                if fua:
+                    flushed, sent = await asyncio.gather(
+                        self._local(lambda _f: local_flush(), False), forward(link),
+                        return_exceptions=True,
+                    )  # fmt: skip
+                    flush_error = flushed if isinstance(flushed, BaseException) else None
+                    if isinstance(sent, BaseException):
+                        raise sent
+                else:
+                    await forward(link)
+            except LinkDown:
+                # The link (and the group) went down synchronously in on_down; the
+                # regions are dirty now, and their bits are on disk (hot extent).
+                self.state.dirty.update(regions)
+                await self._persist(regions)
+            if flush_error is not None:
+                raise flush_error
+        finally:
+            self._end(regions)
+
+    async def user_flush(self, local_flush: Callable[[], Awaitable[None]]) -> None:
+        if engine.decide_flush(self.state) and self.link is not None:
+            link = self.link
+
+            async def peer() -> None:
+                with contextlib.suppress(LinkDown):
+                    await link.flush()
+
+            await asyncio.gather(self._local(lambda _f: local_flush(), False), peer())
+        else:
+            await self._local(lambda _f: local_flush(), False)
+
+    async def _persist(self, regions: Iterable[int]) -> None:
+        try:
+            self.bitmap.set_now(regions)
+            await self.bitmap.sync()
+        except OSError as exc:
+            self.io_error = True
+            raise OSError(exc.errno or errno.EIO, f"dirty bitmap: {exc.strerror}") from exc
+
+    # -- marking dirty (control API) ---------------------------------------
+
+    async def mark_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
+        regions = engine.regions_of_ranges(ranges)
+        self.state.dirty.update(regions)
+        await self._persist(regions)
+        self._notify()
+
+    async def mark_all_data(self) -> None:
+        extents = await asyncio.to_thread(data_extents, self._rfd, 0, self.size_bytes)
+        await self.mark_ranges(extents)
+
+    async def clear_bitmap(self) -> None:
+        self.state.dirty.clear()
+        self.hot.clear()
+        self._clean_after_flush.clear()
+        self.bitmap.clear_all()
+        await self.bitmap.sync()
+
+    # -- sync -------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while not self._closed:
+            if not engine.sync_candidates(self.state):
+                if self.sync_running and not self.state.copying:
+                    await self._finish_sync()
+                await self._wait_change(1.0)
+                continue
+            if not self.sync_running:
+                self.sync_running = True
+                self.copied_bytes = 0
+            progressed = await self._copy_pass()
+            if not progressed:
+                await self._wait_change(0.2)  # only busy regions left: let the writes end
+
+    async def _copy_pass(self) -> bool:
+        st = self.state
+        order = sorted(st.dirty)
+        index = 0
+        tasks: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(PIPELINE)
+        progressed = False
+        last_region = (self.size_bytes - 1) // REGION_BYTES
+        try:
+            while index < len(order) and st.in_sync_path:
+                await slots.acquire()
+                if not st.in_sync_path:
+                    slots.release()
+                    break
+                chunk: list[int] = []
+                while index < len(order) and len(chunk) < engine.MAX_CHUNK_REGIONS:
+                    region = order[index]
+                    if chunk and region != chunk[-1] + 1:
+                        break
+                    index += 1
+                    if region > last_region:
+                        st.dirty.discard(region)  # past the end (never grown back)
+                        continue
+                    if region not in st.dirty or region in st.copying:
+                        if chunk:
+                            break
+                        continue
+                    if region in st.forwarding:
+                        if chunk:
+                            break
+                        continue  # a write is in flight there: next pass
+                    chunk.append(region)
+                if not chunk:
+                    slots.release()
+                    continue
+                # One step: the regions leave `dirty` and enter `copying` before the read.
+                st.dirty.difference_update(chunk)
+                st.copying.update(chunk)
+                progressed = True
+                task = asyncio.get_running_loop().create_task(self._copy(chunk))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _t: slots.release())
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        return progressed
+
+    async def _copy(self, chunk: list[int]) -> None:
+        st = self.state
+        link = self.link
+        offset = chunk[0] * REGION_BYTES
+        length = min(len(chunk) * REGION_BYTES, self.size_bytes - offset)
+        try:
+            if link is None or length <= 0:
+                raise LinkDown("link closed")
+            data = await asyncio.to_thread(self._read_chunk, offset, length)
+            if data is None:
+                if not self.peer_blank:
+                    await link.write_zeroes(offset, length)
+            else:
+                await link.write(offset, data, False)
+            self.copied_bytes += length
+            self.resynced_bytes_total += length
+            self._clean_after_flush.update(chunk)
+        except (LinkDown, OSError) as exc:
+            st.dirty.update(chunk)  # their bits are still on disk (clearing is lazy)
+            if isinstance(exc, OSError):
+                self.io_error = True
+                log.error("replication of %s: cannot read local data: %s", self.volume_id, exc)
+        finally:
+            st.copying.difference_update(chunk)
+            self._notify()
+
+    def _read_chunk(self, offset: int, length: int) -> bytes | None:
+        """The chunk's bytes, or None when it is all zeros (a hole or written zeros)."""
+        if not data_extents(self._rfd, offset, length):
+            return None
+        data = os.pread(self._rfd, length, offset)
+        if len(data) < length:
+            data += bytes(length - len(data))
+        if data == (_ZEROS if length == len(_ZEROS) else bytes(length)):
+            return None
+        return data
+
+    async def _finish_sync(self) -> None:
+        """The dirty set drained: make the copies durable on the peer, then clear their bits."""
+        link = self.link
+        if link is None or not link.up:
+            return
+        try:
+            await link.flush()
+        except LinkDown:
+            return
+        self._clear_bits(self._clean_after_flush)
+        self._clean_after_flush.clear()
+        self.sync_running = False
+        self.peer_blank = False
+        self._notify()
+
+    def _clear_bits(self, regions: Iterable[int]) -> None:
+        st = self.state
+        hot_regions = {r for e in self.hot for r in engine.extent_regions(e)}
+        with contextlib.suppress(OSError):  # lazy: a bit left set only costs a resync
+            self.bitmap.clear_now(
+                regions, lambda r: r in st.dirty or r in st.copying or r in hot_regions
+            )
+
+    async def _housekeeping(self) -> None:
+        """Cool idle hot extents: flush the peer, then clear their bits (lazily)."""
+        while not self._closed:
+            await asyncio.sleep(COOL_INTERVAL_S)
+            if not self.hot or not self.state.in_sync_path or self.link is None:
+                continue
+            previous, self._round_seq = self._round_seq, self._write_seq
+            busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.forwarding}
+            candidates = [e for e, last in self.hot.items() if last <= previous and e not in busy]
+            if not candidates:
+                continue
+            try:
+                await self.link.flush()  # begins after every candidate's last write ended
+            except LinkDown:
+                continue
+            cooled = [e for e in candidates if self.hot.get(e, previous + 1) <= previous]
+            for extent in cooled:
+                del self.hot[extent]
+            self._clear_bits(r for e in cooled for r in engine.extent_regions(e))
+
+    # -- reporting --------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        st = self.state
+        size = self.size_bytes
+        status = engine.status(st, io_error=self.io_error, sync_running=self.sync_running)
+        remaining = engine.dirty_bytes(st.dirty | st.copying, size)
+        sync = None
+        if status is engine.Status.COPYING:
+            sync = {
+                "copied_bytes": self.copied_bytes,
+                "total_bytes": self.copied_bytes + remaining,
+            }
+        cfg = self.config
+        return {
+            "volume_id": self.volume_id,
+            "role": str(cfg.role),
+            "epoch": cfg.epoch,
+            "pair_id": cfg.pair_id,
+            "group_id": cfg.group_id,
+            "peer": None if cfg.peer is None else asdict(cfg.peer),
+            "link_export_set": cfg.link_export is not None,
+            "replication_status": None if status is None else str(status),
+            "link_up": st.link_up if st.role is Role.PRIMARY else self.manager.link_connected(self),
+            "link_error": (self.link.last_error if self.link is not None else "") or None,
+            "mirroring": st.mirroring,
+            "fenced": st.fenced or st.role is Role.SECONDARY,
+            "group_split": st.group_split,
+            "dirty_bytes": remaining,
+            "sync": sync,
+            "resynced_bytes_total": self.resynced_bytes_total,
+            "io_error": self.io_error,
+        }
