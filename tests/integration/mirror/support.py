@@ -1,0 +1,99 @@
+"""Two real agent processes on loopback, paired through their control APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from openevs.agent.nbd.client import NbdClient
+from tests.conftest import free_port
+from tests.integration.agent.support import AgentProcess, wait_for
+
+MiB = 1 << 20
+
+
+class PairedAgent(AgentProcess):
+    """An agent whose NBD port stays the same across restarts (the peer reconnects)."""
+
+    def __init__(self, root: Path, az: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root, az)
+        self.nbd_port = free_port()
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        cmd[cmd.index("--nbd") + 1] = f"127.0.0.1:{self.nbd_port}"
+        return cmd
+
+    def peer(self, export: str) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": self.nbd_port, "export": export}
+
+    def state(self, volume_id: str) -> dict[str, Any]:
+        return self.client.get_replication(volume_id)
+
+    def wait_status(self, volume_id: str, status: str, timeout_s: float = 20.0) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            state = self.state(volume_id)
+            return state if state["replication_status"] == status else None
+
+        try:
+            return wait_for(f"{volume_id} {status}", check, timeout_s)
+        except AssertionError:
+            raise AssertionError(f"{volume_id} not {status}: {self.state(volume_id)}") from None
+
+    def image(self, volume_id: str) -> Path:
+        return self.pool / f"{volume_id}.img"
+
+    def checksum(self, volume_id: str) -> str:
+        return checksum(self.image(volume_id))
+
+
+def checksum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(4 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pair(
+    primary: PairedAgent, secondary: PairedAgent, volume: str, dr_volume: str, *,
+    epoch: int = 1, link: str = "link-secret-1", group_id: str | None = None,
+    initial_sync: bool = True,
+) -> None:  # fmt: skip
+    """Configure the DR volume as secondary first, then the production volume as primary."""
+    secondary.client.set_replication(
+        dr_volume,
+        {"role": "secondary", "epoch": epoch, "pair_id": f"p-{volume}", "group_id": group_id,
+         "link_export": link, "initial_sync": initial_sync},
+    )  # fmt: skip
+    primary.client.set_replication(
+        volume,
+        {"role": "primary", "epoch": epoch, "pair_id": f"p-{volume}", "group_id": group_id,
+         "peer": secondary.peer(link), "mirroring": True, "initial_sync": initial_sync},
+    )  # fmt: skip
+
+
+async def connect(agent: PairedAgent, export: str) -> NbdClient:
+    return await NbdClient.connect("127.0.0.1", agent.nbd_port, export)
+
+
+async def write_blocks(
+    client: NbdClient, offsets: Iterable[int], size: int, seed: int = 0
+) -> int:
+    """Write `size` random bytes at every offset, 8 in flight; returns the bytes written."""
+    sem = asyncio.Semaphore(8)
+    total = 0
+
+    async def one(offset: int) -> None:
+        nonlocal total
+        async with sem:
+            await client.write(offset, os.urandom(size))
+            total += size
+
+    await asyncio.gather(*(one(o) for o in offsets))
+    return total

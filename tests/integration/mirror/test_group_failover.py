@@ -1,0 +1,158 @@
+"""Consistency groups split as one; failover, fencing and reprotect between two agents."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+
+from openevs.agent.interface import AgentRequestFailed
+from openevs.agent.nbd.errors import NbdError
+from tests.integration.agent.support import wait_for
+from tests.integration.mirror.support import MiB, PairedAgent, connect, pair, write_blocks
+
+EPERM = 1
+RECORD = 4096
+RECORDS = 600
+
+
+def _records(data: bytes) -> set[int]:
+    """Sequence numbers found in a member's record slots."""
+    found = set()
+    for i in range(RECORDS):
+        (value,) = struct.unpack_from(">Q", data, i * RECORD)
+        if value == i + 1:
+            found.add(i)
+    return found
+
+
+def test_group_splits_as_one_crash_consistent_point(
+    agents: tuple[PairedAgent, PairedAgent],
+) -> None:
+    a, b = agents
+    for vol in ("m1", "m2"):
+        a.client.create_volume(vol, 8 * MiB)
+        b.client.create_volume(f"{vol}-dr", 8 * MiB)
+        a.client.grant_export(f"att-{vol}", vol, False)
+        pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
+    for vol in ("m1", "m2"):
+        a.wait_status(vol, "active")
+
+    async def ordered_writes() -> None:
+        m1 = await connect(a, "att-m1")
+        m2 = await connect(a, "att-m2")
+        for i in range(RECORDS):
+            # Each write is acknowledged before the next one starts: m1's record i
+            # happens-before m2's record i, which happens-before m1's record i+1.
+            await m1.write(i * RECORD, struct.pack(">Q", i + 1).ljust(RECORD, b"\0"))
+            await m2.write(i * RECORD, struct.pack(">Q", i + 1).ljust(RECORD, b"\0"))
+            if i == RECORDS // 3:
+                # Break m1's link only: its DR side is re-keyed (connections dropped).
+                await asyncio.to_thread(
+                    b.client.set_replication, "m1-dr",
+                    {"role": "secondary", "epoch": 2, "pair_id": "p-m1", "group_id": "g1",
+                     "link_export": "link-m1-rekeyed"},
+                )  # fmt: skip
+        await m1.close()
+        await m2.close()
+
+    asyncio.run(ordered_writes())
+    for vol in ("m1", "m2"):
+        state = a.state(vol)
+        assert state["replication_status"] == "inactive", state
+        assert state["group_split"] and state["dirty_bytes"] > 0
+    dr1 = _records(b.image("m1-dr").read_bytes())
+    dr2 = _records(b.image("m2-dr").read_bytes())
+    assert len(dr1) >= RECORDS // 3 and len(dr1) < RECORDS
+    assert dr1 == set(range(len(dr1)))  # a prefix: no hole in the order
+    # The DR disks are one point in time: never m2's record i without m1's record i,
+    # and never m1's record i+1 without m2's record i.
+    assert dr2 <= dr1
+    assert len(dr1) - len(dr2) <= 1
+    assert dr2 == set(range(len(dr2)))
+
+
+def test_group_pause_resume(agents: tuple[PairedAgent, PairedAgent]) -> None:
+    a, b = agents
+    for vol in ("m1", "m2"):
+        a.client.create_volume(vol, 8 * MiB)
+        b.client.create_volume(f"{vol}-dr", 8 * MiB)
+        a.client.grant_export(f"att-{vol}", vol, False)
+        pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
+    for vol in ("m1", "m2"):
+        a.wait_status(vol, "active")
+    paused = a.client.pause_group("g1")
+    assert {v["replication_status"] for v in paused["volumes"]} == {"active-stopped"}
+
+    async def write() -> None:
+        async with await connect(a, "att-m1") as nbd:
+            await write_blocks(nbd, [0, 2 * MiB], 4096)
+
+    asyncio.run(write())
+    assert a.state("m1")["replication_status"] == "inactive"
+    assert a.state("m2")["replication_status"] == "active-stopped"
+    a.client.resume_group("g1")
+    for vol in ("m1", "m2"):
+        a.wait_status(vol, "active")
+        assert a.checksum(vol) == b.checksum(f"{vol}-dr")
+    with pytest.raises(AgentRequestFailed) as unknown:
+        a.client.pause_group("nope")
+    assert unknown.value.status == 404
+
+
+def test_failover_fences_the_old_primary(agents: tuple[PairedAgent, PairedAgent]) -> None:
+    a, b = agents
+    a.client.create_volume("vol", 16 * MiB)
+    b.client.create_volume("dr", 16 * MiB)
+    a.client.grant_export("att", "vol", False)
+    b.client.grant_export("att-dr", "dr", False)
+    pair(a, b, "vol", "dr")
+    a.wait_status("vol", "active")
+
+    async def write(agent: PairedAgent, export: str, offsets: list[int]) -> None:
+        async with await connect(agent, export) as nbd:
+            await write_blocks(nbd, offsets, 64 * 1024)
+
+    asyncio.run(write(a, "att", [0, MiB]))
+    a.kill()  # the production AZ is lost
+
+    # Failover: the DR disk becomes a writable primary at epoch 2; its peer is down.
+    b.client.set_replication(
+        "dr", {"role": "primary", "epoch": 2, "pair_id": "p-vol",
+               "peer": a.peer("link-2"), "mirroring": False},
+    )  # fmt: skip
+    asyncio.run(write(b, "att-dr", [4 * MiB, 5 * MiB]))
+    state = b.state("dr")
+    assert state["role"] == "primary" and state["replication_status"] == "inactive"
+    assert state["dirty_bytes"] == 2 * 64 * 1024
+
+    # The old primary comes back: fenced until the controller speaks.
+    a.start()
+    assert a.state("vol")["fenced"]
+
+    async def refused() -> None:
+        async with await connect(a, "att") as nbd:
+            with pytest.raises(NbdError) as err:
+                await nbd.write(8 * MiB, b"z" * 4096)
+            assert err.value.errno == EPERM
+
+    asyncio.run(refused())
+    # Demoted with the new epoch: still refused, and its bitmap is kept.
+    a.client.set_replication(
+        "vol", {"role": "secondary", "epoch": 2, "pair_id": "p-vol", "link_export": "link-2"}
+    )
+    asyncio.run(refused())
+    state = a.state("vol")
+    assert state["role"] == "secondary" and state["fenced"]
+    old_dirty = a.client.get_replication_dirty("vol")
+
+    # Reprotect: resync from the new primary, including what the old one wrote alone.
+    before = b.state("dr")["resynced_bytes_total"]
+    b.client.set_replication(
+        "dr", {"role": "primary", "epoch": 2, "pair_id": "p-vol", "peer": a.peer("link-2"),
+               "mirroring": True, "add_dirty": old_dirty},
+    )  # fmt: skip
+    state = b.wait_status("dr", "active")
+    print(f"\nreprotect resynced {state['resynced_bytes_total'] - before} B")
+    wait_for("checksums", lambda: a.checksum("vol") == b.checksum("dr"))
