@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
 from openevs.api import groups, identity, replications, servers, versions, volumes
 from openevs.api.errors import fault, install_error_handlers
+from openevs.api.text_guard import refuse_unstorable_text
 from openevs.runtime import Runtime
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -49,6 +50,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         description="Elastic Volume Service with cross-AZ replication (EVS v2 API).",
         docs_url="/docs",
         redoc_url=None,
+        dependencies=[Depends(refuse_unstorable_text)],
     )
     app.state.runtime = runtime
     install_error_handlers(app)
