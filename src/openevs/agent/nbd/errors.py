@@ -1,0 +1,50 @@
+"""Errors of the NBD layer.
+
+Protocol violations reuse the project's error tree (`LocalProtocolError` when
+we misuse the API or break the rules, `RemoteProtocolError` when the peer
+does). `NbdError` is an error reply from a server (carrying the wire errno);
+`NbdConnectionClosed` is a connection that ended while requests were pending.
+"""
+
+from __future__ import annotations
+
+import os
+
+from openevs.domain.errors import (
+    LocalProtocolError,
+    OpenEvsError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+
+__all__ = [
+    "LocalProtocolError",
+    "NbdConnectionClosed",
+    "NbdError",
+    "NbdOptionRefused",
+    "OpenEvsError",
+    "ProtocolError",
+    "RemoteProtocolError",
+]
+
+
+class NbdError(OpenEvsError):
+    """The server answered a request with an error (``errno`` is the wire value)."""
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        text = message or os.strerror(errno)
+        super().__init__(f"NBD error {errno}: {text}")
+        self.errno = errno
+
+
+class NbdConnectionClosed(ConnectionError):
+    """The NBD connection is closed (dropped by the peer or closed locally)."""
+
+
+class NbdOptionRefused(OpenEvsError):
+    """The server refused a handshake option (``reply`` is the NBD_REP_ERR_* value)."""
+
+    def __init__(self, option: int, reply: int, message: str = "") -> None:
+        super().__init__(f"NBD option {option} refused with reply {reply:#x}: {message}")
+        self.option = option
+        self.reply = reply
