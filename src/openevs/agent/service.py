@@ -19,6 +19,7 @@ from typing import Any
 
 from openevs.agent.exports import ExportGrant, ExportTable, validate_export_name
 from openevs.agent.interface import AgentHealth, VolumeInfo
+from openevs.agent.mirror.export import LinkExport
 from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 
@@ -94,7 +95,8 @@ class Agent:
             return None
         link_volume = self.replication.link_export_volume(name)
         if link_volume is not None:
-            return self._file_export(link_volume, False)
+            export = self._file_export(link_volume, False)
+            return None if export is None else LinkExport(export)
         grant = self.exports.get(name)
         if grant is None:
             return None

@@ -225,5 +225,12 @@ def regions_of_ranges(ranges: Iterable[tuple[int, int]]) -> set[int]:
     return result
 
 
-def dirty_bytes(regions: Iterable[int], size_bytes: int) -> int:
-    return sum(length for _, length in merge_ranges(regions, size_bytes))
+def dirty_bytes(regions: set[int], size_bytes: int, region_bytes: int = REGION_BYTES) -> int:
+    """Bytes covered by `regions` within the volume, in O(1) for the usual case."""
+    if not regions:
+        return 0
+    last = (size_bytes - 1) // region_bytes
+    total = len(regions) * region_bytes
+    if max(regions) >= last:  # rare: regions at or past the end are clipped
+        total = sum(min(region_bytes, size_bytes - r * region_bytes) for r in regions if r <= last)
+    return total

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,7 @@ class Replica:
         self.copied_bytes = 0
         self.resynced_bytes_total = 0
         self.sync_running = False
+        self._sync_started = 0.0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -170,6 +172,8 @@ class Replica:
         st.link_up = False
         for extent in self.hot:
             st.dirty.update(engine.extent_regions(extent))  # their bits are already on disk
+        st.dirty.update(self._clean_after_flush)  # copied, but maybe not durable there
+        self._clean_after_flush.clear()
         self.manager.member_failed(self, reason)
         self._notify()
 
@@ -327,6 +331,7 @@ class Replica:
             if not self.sync_running:
                 self.sync_running = True
                 self.copied_bytes = 0
+                self._sync_started = time.monotonic()
             progressed = await self._copy_pass()
             if not progressed:
                 await self._wait_change(0.2)  # only busy regions left: let the writes end
@@ -419,18 +424,15 @@ class Replica:
         return data
 
     async def _finish_sync(self) -> None:
-        """The dirty set drained: make the copies durable on the peer, then clear their bits."""
-        link = self.link
-        if link is None or not link.up:
-            return
-        try:
-            await link.flush()
-        except LinkDown:
-            return
-        self._clear_bits(self._clean_after_flush)
-        self._clean_after_flush.clear()
+        """The dirty set drained: the peer holds every write (in its page cache, as
+        acknowledged user writes are here). The copied regions' bits stay on disk
+        until housekeeping has flushed the peer."""
         self.sync_running = False
         self.peer_blank = False
+        log.info(
+            "replication of %s: sync done, %d bytes copied in %.2f s", self.volume_id,
+            self.copied_bytes, time.monotonic() - self._sync_started,
+        )  # fmt: skip
         self._notify()
 
     def _clear_bits(self, regions: Iterable[int]) -> None:
@@ -442,15 +444,17 @@ class Replica:
             )
 
     async def _housekeeping(self) -> None:
-        """Cool idle hot extents: flush the peer, then clear their bits (lazily)."""
+        """Flush the peer, then clear (lazily) the bits of what it now holds durably:
+        copied regions and hot extents idle since the previous round."""
         while not self._closed:
             await asyncio.sleep(COOL_INTERVAL_S)
-            if not self.hot or not self.state.in_sync_path or self.link is None:
+            if not self.state.in_sync_path or self.link is None:
                 continue
             previous, self._round_seq = self._round_seq, self._write_seq
             busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.forwarding}
             candidates = [e for e, last in self.hot.items() if last <= previous and e not in busy]
-            if not candidates:
+            copied = set(self._clean_after_flush) if not self.sync_running else set()
+            if not candidates and not copied:
                 continue
             try:
                 await self.link.flush()  # begins after every candidate's last write ended
@@ -459,7 +463,8 @@ class Replica:
             cooled = [e for e in candidates if self.hot.get(e, previous + 1) <= previous]
             for extent in cooled:
                 del self.hot[extent]
-            self._clear_bits(r for e in cooled for r in engine.extent_regions(e))
+            self._clean_after_flush -= copied
+            self._clear_bits(copied | {r for e in cooled for r in engine.extent_regions(e)})
 
     # -- reporting --------------------------------------------------------
 
@@ -467,7 +472,7 @@ class Replica:
         st = self.state
         size = self.size_bytes
         status = engine.status(st, io_error=self.io_error, sync_running=self.sync_running)
-        remaining = engine.dirty_bytes(st.dirty | st.copying, size)
+        remaining = engine.dirty_bytes(st.dirty, size) + engine.dirty_bytes(st.copying, size)
         sync = None
         if status is engine.Status.COPYING:
             sync = {
