@@ -36,14 +36,15 @@ class ExportChosen:
 
 @dataclass(slots=True)
 class Request:
-    """A valid transmission request; `payload` is set for WRITE only."""
+    """A valid transmission request; `payload` is set for WRITE only (bytes when it
+    arrived with its header, else the buffer from the payload allocator)."""
 
     kind: Command
     cookie: int
     offset: int
     length: int
     flags: int
-    payload: bytes | bytearray | None = None
+    payload: bytes | bytearray | memoryview | None = None
 
     @property
     def fua(self) -> bool:

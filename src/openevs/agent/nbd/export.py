@@ -27,10 +27,19 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 _ZERO_CHUNK_BYTES = 1024 * 1024
 _MAX_EXTENTS = 1024
+_THREAD_WRITE_BYTES = 256 * 1024
 
 
 @runtime_checkable
 class Export(Protocol):
+    """The backend of one export.
+
+    Optional: an export may also have `fileno() -> int`; the server then sends
+    large reads straight from that descriptor with sendfile(2). Offer it only
+    if reading that descriptor gives what `pread` would, and keep it open
+    until every connection to the export has been dropped.
+    """
+
     @property
     def size_bytes(self) -> int: ...
 
@@ -39,7 +48,16 @@ class Export(Protocol):
 
     def pread(self, offset: int, length: int) -> bytes: ...
 
-    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None: ...
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Fill all of `buf` from `offset` (zeroes past the end of the data)."""
+        ...
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
+        """Write and return once readable by every connection (persisted if `fua`).
+
+        `data` may be a pooled buffer that is reused once this returns: copy
+        what must outlive the call."""
+        ...
 
     async def write_zeroes(
         self, offset: int, length: int, fua: bool, may_trim: bool, fast_only: bool = False
@@ -113,6 +131,15 @@ class FileExport:
             data += self._pread_rest(offset + len(data), length - len(data))
         return data
 
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        while buf:
+            n = os.preadv(self._fd, [buf], offset)
+            if n == 0:
+                buf[:] = bytes(len(buf))
+                return
+            buf = buf[n:]
+            offset += n
+
     def _pread_rest(self, offset: int, length: int) -> bytes:
         parts = []
         while length:
@@ -126,7 +153,11 @@ class FileExport:
         return b"".join(parts)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-        self._pwrite_all(offset, data)
+        if len(data) >= _THREAD_WRITE_BYTES:
+            # Large copies into the page cache overlap with receiving the next payload.
+            await asyncio.to_thread(self._pwrite_all, offset, data)
+        else:
+            self._pwrite_all(offset, data)
         if fua:
             await self.flush()
 

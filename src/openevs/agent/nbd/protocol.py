@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from typing import Final, NoReturn
 
 from . import constants as c
@@ -101,8 +102,12 @@ class ServerConnection(ReplyBuilder):
         max_payload: int = c.MAX_PAYLOAD,
         max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES,
         max_options: int = DEFAULT_MAX_OPTIONS,
+        payload_allocator: Callable[[int], bytearray | memoryview] = bytearray,
     ) -> None:
+        """`payload_allocator(n)` gives a writable buffer of exactly n bytes for a
+        write payload that does not fit in the receive buffer (a pool, say)."""
         super().__init__()
+        self._allocate = payload_allocator
         self.max_payload = max_payload
         self.max_option_bytes = max_option_bytes
         self.max_options = max_options
@@ -116,7 +121,7 @@ class ServerConnection(ReplyBuilder):
         self._start = 0
         self._end = 0
         self._max_buffered = max_payload + self._default_rbuf_bytes
-        self._payload: bytearray | None = None
+        self._payload: bytearray | memoryview | None = None
         self._payload_view: memoryview | None = None
         self._payload_filled = 0
         self._payload_request: Request | None = None
@@ -464,7 +469,9 @@ class ServerConnection(ReplyBuilder):
 
     def _begin_payload(self, request: Request, error: int) -> None:
         have = self._end - self._start
-        payload = bytearray(request.length)
+        payload = self._allocate(request.length)
+        if len(payload) != request.length:
+            raise LocalProtocolError("payload allocator returned a buffer of the wrong size")
         payload[:have] = self._rbuf[self._start : self._end]
         self._start = self._end = 0
         self._payload = payload

@@ -8,7 +8,7 @@ not check the connection state: they are on the hot path.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from typing import Final
 
 from . import constants as c
@@ -62,15 +62,22 @@ class ReplyBuilder:
             return [head + data]
         return [head, data]
 
+    def reply_read_header(self, cookie: int, offset: int, length: int) -> bytes:
+        """What precedes `length` (> 0) bytes of READ data sent by the caller itself."""
+        if not self.structured:
+            return _SIMPLE.pack(c.SIMPLE_REPLY_MAGIC, 0, cookie)
+        return _DATA_CHUNK.pack(_SR_MAGIC, _DONE, c.CHUNK_OFFSET_DATA, cookie, length + 8, offset)
+
     def reply_read_pieces(
-        self, cookie: int, offset: int, pieces: Sequence[Buffer | int]
-    ) -> list[Buffer]:
-        """Successful READ from consecutive pieces: data buffers or hole lengths (ints).
+        self, cookie: int, offset: int, pieces: Sequence[Sized | int]
+    ) -> list[Sized]:
+        """Successful READ from consecutive pieces: hole lengths (ints) and data
+        (buffers, or any sized object the caller knows how to send).
 
         Without structured replies holes are sent as zeroes.
         """
         if not self.structured:
-            out: list[Buffer] = [_SIMPLE.pack(c.SIMPLE_REPLY_MAGIC, 0, cookie)]
+            out: list[Sized] = [_SIMPLE.pack(c.SIMPLE_REPLY_MAGIC, 0, cookie)]
             out.extend(bytes(p) if isinstance(p, int) else p for p in pieces)
             return out
         out = []

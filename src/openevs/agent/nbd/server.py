@@ -21,23 +21,23 @@ import contextlib
 import errno
 import logging
 import socket
-from collections import deque
-from collections.abc import Awaitable, Callable
-from itertools import islice
+from collections.abc import Awaitable, Callable, Sized
+from functools import partial
 
 from . import constants as c
+from .buffers import POOL_MIN_BYTES, BufferPool, FileRegion, SendQueue
 from .constants import Command, Errno
+from .eager import start_eagerly
 from .errors import ProtocolError
 from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request
 from .export import Export
 from .protocol import ServerConnection
-from .replies import Buffer, merge_extents
+from .replies import merge_extents
 
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], Awaitable[Export | None]]
 
-_IOV_MAX = 512
 _HOLE_SCAN_MIN_BYTES = 256 * 1024
 
 
@@ -81,6 +81,7 @@ class NbdServer:
         self._by_name: dict[str, set[_Connection]] = {}
         self._connections: set[_Connection] = set()
         self._drop_epoch = 0
+        self.pool = BufferPool()
 
     async def start(self) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(
@@ -173,11 +174,10 @@ class _Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
-        self.proto = ServerConnection()
+        self.proto = ServerConnection(payload_allocator=server.pool.get)
         self.name: str | None = None
         self.export: Export | None = None
-        self._out: deque[Buffer] = deque()
-        self._out_bytes = 0
+        self._out = SendQueue(server.pool)
         self._reading = False
         self._writing = False
         self._resume_scheduled = False
@@ -185,9 +185,10 @@ class _Connection:
         self._closed = False
         self._in_flight = 0
         self._in_flight_bytes = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bytes]] = set()
         self._done: asyncio.Future[None] = self.loop.create_future()
         self._handshaking = True
+        self._sendfile_fd: int | None = None
         self.task: asyncio.Task[None] | None = None
 
     def _label(self) -> str:
@@ -226,6 +227,8 @@ class _Connection:
                     proto.export_not_found()
                 else:
                     self.export = export
+                    fileno = getattr(export, "fileno", None)
+                    self._sendfile_fd = fileno() if callable(fileno) else None
                     proto.export_found(size_bytes=export.size_bytes, read_only=export.read_only)
             elif isinstance(event, ExportChosen):
                 self.name = event.name
@@ -279,10 +282,7 @@ class _Connection:
                 self._dispatch(event)
             elif isinstance(event, Disconnect):
                 self._begin_close()
-        out = proto.data_to_send()
-        if out:
-            self._out.append(out)
-            self._out_bytes += len(out)
+        self._out.append(proto.data_to_send())
 
     def _dispatch(self, req: Request) -> None:
         kind = req.kind
@@ -290,54 +290,74 @@ class _Connection:
         assert export is not None
         if kind is Command.READ:
             try:
-                bufs = self._read(export, req)
+                self._read(export, req)
             except OSError as exc:
-                self._queue(self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc)))
-            else:
-                for buf in bufs:
-                    self._out.append(buf)
-                    self._out_bytes += len(buf)
+                self._out.append(
+                    self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc))
+                )
         elif kind is Command.BLOCK_STATUS:
             try:
                 extents = export.extents(req.offset, req.length)
             except OSError as exc:
-                self._queue(self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc)))
+                reply = self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc))
             else:
-                merged = merge_extents(
-                    extents, req.length, req_one=bool(req.flags & c.CMD_FLAG_REQ_ONE)
-                )
-                self._queue(self.proto.reply_block_status(req.cookie, merged))
+                one = bool(req.flags & c.CMD_FLAG_REQ_ONE)
+                merged = merge_extents(extents, req.length, req_one=one)
+                reply = self.proto.reply_block_status(req.cookie, merged)
+            self._out.append(reply)
         elif kind is Command.CACHE:
-            self._queue(self.proto.reply_ok(req.cookie))
+            self._out.append(self.proto.reply_ok(req.cookie))
         else:
+            done, result = start_eagerly(self._execute(export, req), self.loop)
+            if done:
+                assert isinstance(result, bytes)
+                self._release_payload(req)
+                self._out.append(result)
+                return
+            assert isinstance(result, asyncio.Task)
             self._in_flight += 1
             self._in_flight_bytes += req.length if kind is Command.WRITE else 0
-            task = self.loop.create_task(self._run(export, req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.add(result)
+            result.add_done_callback(partial(self._on_done, req))
             self._update_reading()
 
-    def _read(self, export: Export, req: Request) -> list[Buffer]:
-        proto, offset, length = self.proto, req.offset, req.length
-        if (
-            length >= _HOLE_SCAN_MIN_BYTES
-            and proto.structured
-            and not req.flags & c.CMD_FLAG_DF
-        ):
+    def _read(self, export: Export, req: Request) -> None:
+        proto, offset, length, out = self.proto, req.offset, req.length, self._out
+        fd = self._sendfile_fd
+        if length >= _HOLE_SCAN_MIN_BYTES and proto.structured and not req.flags & c.CMD_FLAG_DF:
             extents = merge_extents(export.extents(offset, length), length)
             if len(extents) > 1 or extents[0][1] & c.STATE_ZERO:
-                pieces: list[Buffer | int] = []
+                pieces: list[Sized | int] = []
                 pos = offset
                 for ext_len, flags in extents:
                     if flags & c.STATE_ZERO:
                         pieces.append(ext_len)
+                    elif fd is not None:
+                        pieces.append(FileRegion(fd, pos, ext_len))
                     else:
                         pieces.append(export.pread(pos, ext_len))
                     pos += ext_len
-                return proto.reply_read_pieces(req.cookie, offset, pieces)
-        return proto.reply_read(req.cookie, offset, export.pread(offset, length))
+                out.extend(proto.reply_read_pieces(req.cookie, offset, pieces))  # type: ignore[arg-type]
+                return
+        if length < POOL_MIN_BYTES:
+            out.extend(proto.reply_read(req.cookie, offset, export.pread(offset, length)))
+        elif fd is not None:
+            # Straight from the page cache to the socket; the data is read when sent,
+            # which only differs for requests that overlap in flight (undefined in NBD).
+            out.append(proto.reply_read_header(req.cookie, offset, length))
+            out.append_region(FileRegion(fd, offset, length))
+        else:
+            view = self.server.pool.get(length)
+            try:
+                export.readinto(offset, view)
+            except BaseException:
+                self.server.pool.put(view)
+                raise
+            out.extend(proto.reply_read(req.cookie, offset, view))
+            out.release_after(view)
 
-    async def _run(self, export: Export, req: Request) -> None:
+    async def _execute(self, export: Export, req: Request) -> bytes:
+        """Run a write-like request; its reply."""
         kind, cookie = req.kind, req.cookie
         try:
             if kind is Command.WRITE:
@@ -357,18 +377,27 @@ class _Connection:
                     may_trim=not req.flags & c.CMD_FLAG_NO_HOLE,
                     fast_only=bool(req.flags & c.CMD_FLAG_FAST_ZERO),
                 )
-            reply = self.proto.reply_ok(cookie)
+            return self.proto.reply_ok(cookie)
         except OSError as exc:
-            reply = self.proto.reply_error(cookie, wire_errno(exc.errno), str(exc))
+            return self.proto.reply_error(cookie, wire_errno(exc.errno), str(exc))
         except Exception:
             log.exception("nbd %s on export %s failed", kind.name, self._label())
-            reply = self.proto.reply_error(cookie, Errno.EIO, "internal error")
-        finally:
-            self._in_flight -= 1
-            self._in_flight_bytes -= req.length if kind is Command.WRITE else 0
-        if self._closed:
+            return self.proto.reply_error(cookie, Errno.EIO, "internal error")
+
+    def _release_payload(self, req: Request) -> None:
+        payload = req.payload
+        if isinstance(payload, memoryview):
+            req.payload = None
+            self.server.pool.put(payload)
+
+    def _on_done(self, req: Request, task: asyncio.Task[bytes]) -> None:
+        self._tasks.discard(task)
+        self._in_flight -= 1
+        self._in_flight_bytes -= req.length if req.kind is Command.WRITE else 0
+        self._release_payload(req)
+        if self._closed or task.cancelled():
             return
-        self._queue(reply)
+        self._out.append(task.result())
         if not self._resume_scheduled:
             self._resume_scheduled = True
             self.loop.call_soon(self._after_completions)
@@ -379,7 +408,6 @@ class _Connection:
             return
         try:
             self._flush()
-            self._update_reading()
             if self._closing and not self._in_flight and not self._out:
                 self.abort()
         except OSError as exc:
@@ -388,29 +416,9 @@ class _Connection:
 
     # -- transmission: output and flow control ---------------------------
 
-    def _queue(self, data: Buffer) -> None:
-        self._out.append(data)
-        self._out_bytes += len(data)
-
     def _flush(self) -> None:
         out = self._out
-        while out:
-            try:
-                if len(out) == 1:
-                    sent = self.sock.send(out[0])
-                else:
-                    sent = self.sock.sendmsg(list(islice(out, _IOV_MAX)))
-            except (BlockingIOError, InterruptedError):
-                break
-            self._out_bytes -= sent
-            while sent:
-                head = out[0]
-                if sent >= len(head):
-                    out.popleft()
-                    sent -= len(head)
-                else:
-                    out[0] = memoryview(head)[sent:]
-                    sent = 0
+        out.flush(self.sock)
         if out and not self._writing:
             self.loop.add_writer(self.fd, self._on_writable)
             self._writing = True
@@ -435,7 +443,7 @@ class _Connection:
             not self._closing
             and self._in_flight < server.max_in_flight
             and self._in_flight_bytes < server.max_in_flight_bytes
-            and self._out_bytes < server.max_output_bytes
+            and len(self._out) < server.max_output_bytes
         )
         if want and not self._reading:
             self.loop.add_reader(self.fd, self._on_readable)
@@ -460,8 +468,8 @@ class _Connection:
         """Soft disconnect: finish in-flight requests, send their replies, then close."""
         self._closing = True
         self._update_reading()
-        if not self._in_flight and not self._out:
-            self.loop.call_soon(self.abort)
+        if not self._in_flight:
+            self.loop.call_soon(self._after_completions)
 
     def abort(self) -> None:
         """Hard disconnect now; in-flight requests are cancelled.
