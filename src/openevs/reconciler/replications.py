@@ -161,7 +161,7 @@ def create(runtime: Runtime, pair: ReplicationPair) -> None:
 def remove(runtime: Runtime, pair: ReplicationPair) -> None:
     try:
         for volume_id, primary in ((pair.production_volume_id, True), (pair.dr_volume_id, False)):
-            _call(runtime, az_of(runtime, volume_id), "clear_replication", volume_id, primary=primary)
+            _call(runtime, az_of(runtime, volume_id), "delete_replication", volume_id, primary=primary)
     except AgentUnavailable as exc:
         if _timed_out(runtime, pair):
             _advance(
