@@ -25,7 +25,7 @@ _IOV_MAX = 512
 class BufferPool:
     """Free lists of bytearrays by power-of-two size class; bounded in bytes kept."""
 
-    def __init__(self, max_kept_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, max_kept_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_kept_bytes = max_kept_bytes
         self._kept_bytes = 0
         self._free: dict[int, list[bytearray]] = {}
@@ -50,10 +50,15 @@ class BufferPool:
         buf = view.obj
         try:
             view.release()
-        except BufferError:  # still exported somewhere: let the GC have it
+        except BufferError:
             return
         if not isinstance(buf, bytearray):
             return
+        try:  # a resize fails while any view (a slice, say) still exports the buffer
+            buf.append(0)
+            buf.pop()
+        except BufferError:
+            return  # still in use somewhere: let the GC have it
         size = len(buf)
         if size != self._size_class(size) or self._kept_bytes + size > self.max_kept_bytes:
             return

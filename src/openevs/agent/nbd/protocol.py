@@ -143,6 +143,12 @@ class ServerConnection(ReplyBuilder):
     def state(self) -> State:
         return self._state
 
+    @property
+    def awaiting_payload(self) -> bool:
+        """True while a write payload is being received (more bytes are due now)."""
+        view = self._payload_view
+        return view is not None and self._payload_filled < len(view)
+
     def _transition(self, trigger: Trigger) -> None:
         try:
             self._state = TRANSITIONS[(self._state, trigger)]

@@ -262,8 +262,8 @@ class _Connection:
                     return
                 proto.buffer_updated(n)
                 self._process()
-                if n < size:
-                    break  # the socket is most likely drained
+                if n < size and not proto.awaiting_payload:
+                    break  # drained; but a payload usually follows its header closely
             self._flush()
         except (ProtocolError, OSError) as exc:
             log.info("nbd connection to export %s dropped: %s", self._label(), exc)
@@ -394,8 +394,11 @@ class _Connection:
         self._tasks.discard(task)
         self._in_flight -= 1
         self._in_flight_bytes -= req.length if req.kind is Command.WRITE else 0
+        if task.cancelled():
+            # A thread may still be copying from the payload: never recycle it.
+            return
         self._release_payload(req)
-        if self._closed or task.cancelled():
+        if self._closed:
             return
         self._out.append(task.result())
         if not self._resume_scheduled:
