@@ -31,6 +31,7 @@ from openevs.reconciler.replications import (
     secondary_config,
 )
 from openevs.runtime import Runtime
+from openevs.services.connections import regrant_exports
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def _commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigge
                 )
             )
         new = next_state(GROUP_TRANSITIONS, "replication consistency group", group.status, trigger)
-        compare_and_set(
+        won = compare_and_set(
             session,
             ReplicationGroup,
             group.id,
@@ -202,6 +203,13 @@ def _commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigge
             priority_station=new_station,
             failure_detail=None,
         )
+    if won:
+        volume_ids = [v for plan in plans.values() for v in (plan["new_primary"], plan["old_primary"])]
+        try:
+            regrant_exports(runtime, volume_ids)
+        except (AgentUnavailable, AgentRequestFailed) as exc:
+            # The database holds the new access; an agent re-grants it when it returns.
+            log.warning("group %s: exports not re-granted yet: %s", group.id, exc)
 
 
 def failover(runtime: Runtime, group: ReplicationGroup) -> None:

@@ -20,6 +20,7 @@ from openevs.db.models import Agent, ReplicationClaim, ReplicationPair, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.replication import PairStatus, PairTrigger
 from openevs.runtime import Runtime
+from openevs.services.connections import regrant_exports
 from openevs.services.replications import pair_transition
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,10 @@ def remove(runtime: Runtime, pair: ReplicationPair) -> None:
                 ReplicationPair.id == pair.id, ReplicationPair.status == PairStatus.DELETING
             )
         )
+    try:
+        regrant_exports(runtime, [pair.production_volume_id, pair.dr_volume_id])
+    except (AgentUnavailable, AgentRequestFailed) as exc:
+        log.warning("pair %s: exports not re-granted yet (done when the agent returns): %s", pair.id, exc)
     log.info("pair %s deleted; both disks are ordinary disks again", pair.id)
 
 

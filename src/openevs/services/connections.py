@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
-from openevs.db.models import Agent, Attachment
+from openevs.db.models import Agent, Attachment, Volume
 from openevs.domain.errors import InvalidInput, InvalidState, ServiceUnavailable
 from openevs.runtime import Runtime
 from openevs.services.replications import pair_of_volume
@@ -109,3 +109,22 @@ def terminate_connection(
 def revoke_attachment_export(runtime: Runtime, az: str, export_name: str | None) -> None:
     if export_name:
         _agent_call(runtime.agent(az).revoke_export, export_name)
+
+
+def regrant_exports(runtime: Runtime, volume_ids: list[str]) -> None:
+    """Re-grant the live exports of these disks with the access their role gives
+    now (after a pair is deleted, failed over or switched over)."""
+    with runtime.db.session() as session:
+        grants = []
+        for vid in volume_ids:
+            volume = session.get(Volume, vid)
+            if volume is None:
+                continue
+            read_only = export_is_read_only(session, vid)
+            for att in session.scalars(select(Attachment).where(Attachment.volume_id == vid)):
+                if att.export_name is None:
+                    continue
+                att.export_read_only = read_only
+                grants.append((volume.availability_zone, att.export_name, vid, read_only))
+    for az, name, vid, read_only in grants:
+        runtime.agent(az).grant_export(name, vid, read_only)
