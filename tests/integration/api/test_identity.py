@@ -37,7 +37,7 @@ def issue(api: Api, body: dict[str, Any]) -> Any:
     return api.client.post(f"{api.base}/v3/auth/tokens", json=body)
 
 
-def test_v3_discovery_without_token(api: Api) -> None:
+def check_v3_discovery(api: Api) -> None:
     r = api.client.get(f"{api.base}/v3")
     assert r.status_code == 200, r.text
     version = r.json()["version"]
@@ -76,26 +76,23 @@ def check_token_body(api: Api, r: Any) -> dict[str, Any]:
     return dict(body)
 
 
-def test_token_by_project_id(api: Api) -> None:
-    body = password_body({"name": "admin", "domain": {"name": "Default"}}, ADMIN_PASSWORD,
-                         {"id": api.project_id})
-    r = issue(api, body)
+def test_token_by_project_id_and_by_name_with_domain(api: Api) -> None:
+    user = {"name": "admin", "domain": {"name": "Default"}}
+    r = issue(api, password_body(user, ADMIN_PASSWORD, {"id": api.project_id}))
     check_token_body(api, r)
     # The new token works.
     r2 = api.client.get(api.url("/v2/{p}/volumes"), headers={"X-Auth-Token": r.headers["X-Subject-Token"]})
     assert r2.status_code == 200, r2.text
-
-
-def test_token_by_project_name_and_domain_name(api: Api) -> None:
-    body = password_body({"name": "admin", "domain": {"name": "Default"}}, ADMIN_PASSWORD,
-                         {"name": "admin", "domain": {"name": "Default"}})
-    check_token_body(api, issue(api, body))
-
-
-def test_token_by_project_name_and_domain_id(api: Api) -> None:
-    body = password_body({"name": "admin", "domain": {"id": "default"}}, ADMIN_PASSWORD,
-                         {"name": "admin", "domain": {"id": "default"}})
-    check_token_body(api, issue(api, body))
+    check_token_body(api, issue(api, password_body(user, ADMIN_PASSWORD,
+                                                   {"name": "admin", "domain": {"name": "Default"}})))
+    check_token_body(api, issue(api, password_body({"name": "admin", "domain": {"id": "default"}},
+                                                   ADMIN_PASSWORD,
+                                                   {"name": "admin", "domain": {"id": "default"}})))
+    # Without a scope, the token is scoped to the user's project.
+    check_token_body(api, issue(api, password_body(user, ADMIN_PASSWORD, None)))
+    tokens = {issue(api, password_body(user, ADMIN_PASSWORD, None)).headers["X-Subject-Token"]
+              for _ in range(3)}
+    assert len(tokens) == 3, "every token must be new"
 
 
 BAD_CREDENTIALS: list[tuple[dict[str, Any], str, dict[str, Any] | None]] = [
@@ -129,14 +126,11 @@ MALFORMED_AUTH: list[Any] = [
 ]
 
 
-def test_bad_credentials_are_401(api: Api) -> None:
+def test_bad_credentials_are_401_and_malformed_requests_4xx(api: Api) -> None:
     for user, password, scope in BAD_CREDENTIALS:
         r = issue(api, password_body(user, password, scope))
         assert_fault(r, 401, "unauthorized")
         assert "X-Subject-Token" not in r.headers
-
-
-def test_malformed_auth_requests_are_4xx(api: Api) -> None:
     for body in MALFORMED_AUTH:
         r = issue(api, body)
         assert_client_error(r)
@@ -181,7 +175,8 @@ def test_validate_and_revoke_token(api: Api) -> None:
     assert api.get("/v2/{p}/volumes").status_code == 200
 
 
-def test_missing_or_garbage_token_is_401(api: Api) -> None:
+def test_discovery_is_open_and_everything_else_needs_a_token(api: Api) -> None:
+    check_v3_discovery(api)
     url = api.url("/v2/{p}/volumes")
     r = api.client.get(url)
     inner = assert_fault(r, 401, "unauthorized")

@@ -281,7 +281,7 @@ def test_extend_grows_the_pool_file(api: Api) -> None:
                  404, "itemNotFound")
 
 
-def test_delete_removes_the_pool_file(api: Api) -> None:
+def test_delete_removes_the_pool_file_and_refuses_attached_disks(api: Api) -> None:
     vol = api.create_volume(size=1, az="az3.dc3")
     assert vol["id"] in pool_sizes(api, "az3.dc3")
     r = api.delete(f"{VOLUMES}/{vol['id']}")
@@ -292,8 +292,7 @@ def test_delete_removes_the_pool_file(api: Api) -> None:
     assert_fault(api.delete(f"{VOLUMES}/{vol['id']}"), 404, "itemNotFound")
     assert vol["id"] not in [v["id"] for v in api.get(VOLUMES).json()["volumes"]]
 
-
-def test_delete_attached_is_refused(api: Api) -> None:
+    # A disk attached to a server cannot be deleted until it is detached.
     vol = api.create_volume(size=1)
     server = create_server(api)
     assert attach(api, server["id"], vol["id"]).status_code == 200
