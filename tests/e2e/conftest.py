@@ -121,6 +121,7 @@ class ServeProcess:
 
     root: Path
     database_url: str = ""
+    admin_password: str | None = ADMIN_PASSWORD  # None: serve generates and prints one
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -158,10 +159,11 @@ class ServeProcess:
             OPENEVS_DATA_DIR=str(self.data_dir),
             OPENEVS_LISTEN=f"127.0.0.1:{self.port}",
             OPENEVS_NBD_PORT_BASE="0",
-            OPENEVS_ADMIN_PASSWORD=ADMIN_PASSWORD,
             OPENEVS_HEALTH_INTERVAL_S="0.5",
             PYTHONUNBUFFERED="1",
         )
+        if self.admin_password is not None:
+            env["OPENEVS_ADMIN_PASSWORD"] = self.admin_password
         if self.database_url:
             env["OPENEVS_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
@@ -279,8 +281,11 @@ class ServeProcess:
         env["OS_CLOUD"] = "openevs"
         return env
 
-    def login(self, user: str = "admin", password: str = ADMIN_PASSWORD,
+    def login(self, user: str = "admin", password: str | None = None,
               project: str = "admin") -> Session:
+        if password is None:
+            password = self.admin_password or self.written_clouds_yaml()["clouds"]["openevs"][
+                "auth"]["password"]
         body = {
             "auth": {
                 "identity": {

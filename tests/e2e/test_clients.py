@@ -164,8 +164,6 @@ def test_openstackclient_volume_commands(shared_serve: ServeProcess) -> None:
     _osc(shared_serve, *v2, "volume", "delete", volume_id)
     wait_for(f"volume {volume_id} gone",
              lambda: session.get(f"/v2/{{p}}/volumes/{volume_id}").status_code == 404)
-    listed = _osc(shared_serve, *v2, "volume", "list", "-f", "json")
-    assert volume_id not in {row["ID"] for row in listed}
     session.client.close()
 
 

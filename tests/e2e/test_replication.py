@@ -13,9 +13,6 @@ import asyncio
 import errno
 import hashlib
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,61 +23,13 @@ from openevs.agent.client import HttpAgentClient
 from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.errors import NbdError
 from openevs.agent.supervisor import control_socket_path
-from tests.conftest import free_port
+from tests.e2e.agents import StandaloneAgent
 from tests.e2e.conftest import ServeProcess, Session, wait_for
 
 pytestmark = pytest.mark.e2e
 
 MIB = 1 << 20
 PROD_AZ, DR_AZ = "az1.dc1", "az3.dc3"
-
-
-class StandaloneAgent:
-    """`openevs agent` for one AZ as a process the test can kill and restart."""
-
-    def __init__(self, root: Path, az: str) -> None:
-        self.root, self.az = root, az
-        self.pool = root / f"pool-{az}"
-        self.control_port, self.nbd_port = free_port(), free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.control_port}"
-
-    def start(self) -> None:
-        self.runs += 1
-        log = (self.root / f"agent-{self.az}-{self.runs}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "openevs.cli.main", "agent", "--az", self.az, "--pool", str(self.pool),
-             "--listen", f"127.0.0.1:{self.control_port}", "--nbd", f"127.0.0.1:{self.nbd_port}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-        client = HttpAgentClient(self.az, self.url, timeout_s=2)
-        wait_for(f"standalone agent {self.az} to start", lambda: _healthy(client), 30)
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def _healthy(client: HttpAgentClient) -> bool:
-    try:
-        client.health()
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
 
 
 @pytest.fixture
@@ -121,13 +70,19 @@ def make_disk(session: Session, az: str, size_gb: int = 1) -> str:
 
 def nbd_address(session: Session, volume_id: str, az: str) -> tuple[str, int, str, bool]:
     """Attach the disk to a (stopped) server of its AZ and get the NBD grant."""
-    r = session.post("/v2.1/{p}/servers", {"server": {"name": f"host-{volume_id[:8]}", "availability_zone": az}})
+    r = session.post(
+        "/v2.1/{p}/servers", {"server": {"name": f"host-{volume_id[:8]}", "availability_zone": az}}
+    )
     sid = r.json()["server"]["id"]
     assert session.post(f"/v2.1/{{p}}/servers/{sid}/action", {"os-stop": None}).status_code == 202
-    r = session.post(f"/v2.1/{{p}}/servers/{sid}/os-volume_attachments", {"volumeAttachment": {"volumeId": volume_id}})
+    r = session.post(
+        f"/v2.1/{{p}}/servers/{sid}/os-volume_attachments", {"volumeAttachment": {"volumeId": volume_id}}
+    )
     assert r.status_code == 200, r.text
-    r = session.post(f"/v2/{{p}}/volumes/{volume_id}/action",
-                     {"os-initialize_connection": {"connector": {"server_id": sid}}})
+    r = session.post(
+        f"/v2/{{p}}/volumes/{volume_id}/action",
+        {"os-initialize_connection": {"connector": {"server_id": sid}}},
+    )
     assert r.status_code == 200, r.text
     data = r.json()["connection_info"]["data"]
     return data["host"], data["port"], data["export_name"], data["read_only"]
@@ -166,12 +121,25 @@ def test_pair_copies_real_bytes_and_survives_a_link_cut(
     prod_addr = nbd_address(session, prod, PROD_AZ)
     asyncio.run(write_blocks(prod_addr, range(0, 40)))  # before pairing
 
-    r = session.post("/v2/{p}/os-vendor-replications", {"replication": {
-        "name": "e2e", "volume_ids": [prod, dr], "priority_station": PROD_AZ, "replication_model": "hypermetro"}})
+    r = session.post(
+        "/v2/{p}/os-vendor-replications",
+        {
+            "replication": {
+                "name": "e2e",
+                "volume_ids": [prod, dr],
+                "priority_station": PROD_AZ,
+                "replication_model": "hypermetro",
+            }
+        },
+    )
     assert r.status_code == 202, r.text
     pair_path = f"/v2/{{p}}/os-vendor-replications/{r.json()['replication']['id']}"
-    pair = wait_json(session, pair_path, "replication",
-                     lambda p: p["status"] == "available" and p["replication_status"] == "active")
+    pair = wait_json(
+        session,
+        pair_path,
+        "replication",
+        lambda p: p["status"] == "available" and p["replication_status"] == "active",
+    )
     assert pair["progress"] == "100" and pair["fault_level"] == "0"
 
     asyncio.run(write_blocks(prod_addr, range(40, 60)))  # after pairing, while active
@@ -195,15 +163,24 @@ def test_pair_copies_real_bytes_and_survives_a_link_cut(
     outage_seeds = range(100, 132)
     asyncio.run(write_blocks(prod_addr, outage_seeds, stride=5 * MIB))
     written_during_outage = len(outage_seeds) * MIB
-    pair = wait_json(session, pair_path, "replication",
-                     lambda p: p["replication_status"] == "inactive" and p["fault_level"] == "5")
+    pair = wait_json(
+        session,
+        pair_path,
+        "replication",
+        lambda p: p["replication_status"] == "inactive" and p["fault_level"] == "5",
+    )
 
     prod_agent = HttpAgentClient(PROD_AZ, f"unix:{control_socket_path(serve.data_dir / 'agents', PROD_AZ)}")
     before = prod_agent.get_replication(prod)
     assert before["dirty_bytes"] >= written_during_outage
     agent.start()  # the link returns: only dirty regions are copied
-    pair = wait_json(session, pair_path, "replication",
-                     lambda p: p["replication_status"] == "active" and p["fault_level"] == "0", timeout_s=90)
+    pair = wait_json(
+        session,
+        pair_path,
+        "replication",
+        lambda p: p["replication_status"] == "active" and p["fault_level"] == "0",
+        timeout_s=90,
+    )
     after = prod_agent.get_replication(prod)
     resynced = after["resynced_bytes_total"] - before["resynced_bytes_total"]
     print(f"\nwritten during outage: {written_during_outage} bytes; resynced: {resynced} bytes")

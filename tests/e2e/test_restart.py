@@ -5,6 +5,7 @@ projects, and the pool files; on SQLite and on PostgreSQL alike.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -66,12 +67,29 @@ def nbd_greeting(host: str, port: int) -> bytes:
     return data
 
 
+def check_generated_password(serve: ServeProcess) -> str:
+    """serve printed the generated password once, in its clouds.yaml too, and wrote that file."""
+    stdout = serve.log_paths()[0].read_text()
+    match = re.search(r"admin password \(generated, shown once\): (\S+)", stdout)
+    assert match, stdout
+    written = serve.written_clouds_yaml()
+    assert serve.printed_clouds_yaml() == written
+    assert written["clouds"]["openevs"]["auth"]["password"] == match.group(1)
+    return match.group(1)
+
+
+# SQLite runs with a generated admin password, PostgreSQL with OPENEVS_ADMIN_PASSWORD.
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_restart_keeps_every_resource(
     db: str, serve_factory: Callable[..., ServeProcess], request: pytest.FixtureRequest
 ) -> None:
-    database_url = request.getfixturevalue("pg_database_url") if db == "postgresql" else ""
-    serve = serve_factory(database_url=database_url).start()
+    if db == "postgresql":
+        serve = serve_factory(database_url=request.getfixturevalue("pg_database_url"))
+    else:
+        serve = serve_factory(admin_password=None)
+    serve.start()
+    password = check_generated_password(serve) if serve.admin_password is None else None
+    clouds_yaml = serve.written_clouds_yaml()
 
     serve.admin_cli("project", "create", "tenant-b")
     serve.admin_cli("user", "create", "alice", "--password", ALICE_PASSWORD,
@@ -114,6 +132,11 @@ def test_restart_keeps_every_resource(
     assert serve.agent_pids() == {}, "a clean stop removes the agents' pid files"
 
     serve.start()
+    # The clouds.yaml written at first start still holds; a generated password
+    # is never shown again.
+    assert serve.written_clouds_yaml() == clouds_yaml
+    if password is not None:
+        assert password not in serve.log_paths()[0].read_text()
     admin = serve.login()
     alice = serve.login("alice", ALICE_PASSWORD, "tenant-b")
     assert {"admin": snapshot(admin), "alice": snapshot(alice)} == before

@@ -1,0 +1,75 @@
+"""Standalone storage agents (`openevs agent`) as processes a test can kill and
+restart on the same pool and ports: an AZ whose node really goes down."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from openevs.agent.client import HttpAgentClient
+from tests.conftest import free_port
+from tests.e2e.conftest import wait_for
+
+
+class StandaloneAgent:
+    """`openevs agent` for one AZ as a process the test can kill and restart."""
+
+    def __init__(self, root: Path, az: str) -> None:
+        self.root, self.az = root, az
+        self.pool = root / f"pool-{az}"
+        self.control_port, self.nbd_port = free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    def start(self) -> None:
+        self.runs += 1
+        log = (self.root / f"agent-{self.az}-{self.runs}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openevs.cli.main",
+                "agent",
+                "--az",
+                self.az,
+                "--pool",
+                str(self.pool),
+                "--listen",
+                f"127.0.0.1:{self.control_port}",
+                "--nbd",
+                f"127.0.0.1:{self.nbd_port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        client = HttpAgentClient(self.az, self.url, timeout_s=2)
+        wait_for(f"standalone agent {self.az} to start", lambda: _healthy(client), 30)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _healthy(client: HttpAgentClient) -> bool:
+    try:
+        client.health()
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
