@@ -19,7 +19,6 @@ from typing import Any
 
 from openevs.agent.exports import ExportGrant, ExportTable, validate_export_name
 from openevs.agent.interface import AgentHealth, VolumeInfo
-from openevs.agent.mirror.export import LinkExport
 from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 
@@ -95,8 +94,7 @@ class Agent:
             return None
         link_volume = self.replication.link_export_volume(name)
         if link_volume is not None:
-            export = self._file_export(link_volume, False)
-            return None if export is None else LinkExport(export)
+            return self._file_export(link_volume, False)
         grant = self.exports.get(name)
         if grant is None:
             return None

@@ -23,4 +23,6 @@ def agents() -> Iterator[tuple[PairedAgent, PairedAgent]]:
     for agent in (a, b):
         agent.kill()
         agent.client.close()
+        if agent.log.exists():  # shown by pytest when the test failed
+            print(f"--- {agent.az} log ---\n{agent.log.read_text()[-20000:]}")
     shutil.rmtree(root, ignore_errors=True)

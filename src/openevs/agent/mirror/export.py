@@ -10,8 +10,6 @@ effect on connections that are already open.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from typing import TYPE_CHECKING
 
 from openevs.agent.mirror.engine import Role
@@ -97,58 +95,3 @@ class MirroredExport:
         else:
             await replica.user_flush(self.inner.flush)
 
-
-_THREAD_WRITE_BYTES = 256 * 1024
-
-
-class LinkExport:
-    """A secondary's link export: the volume's writable file, for its primary only.
-
-    Large writes (sync chunks) run in worker threads, so several pwrites that
-    allocate blocks of the punched DR disk proceed in parallel instead of one
-    at a time on the event loop.
-    """
-
-    def __init__(self, inner: FileExport) -> None:
-        self.inner = inner
-
-    @property
-    def size_bytes(self) -> int:
-        return self.inner.size_bytes
-
-    @property
-    def read_only(self) -> bool:
-        return False
-
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.inner.pread(offset, length)
-
-    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
-        return self.inner.extents(offset, length)
-
-    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-        if len(data) < _THREAD_WRITE_BYTES:
-            await self.inner.write(offset, data, fua)
-            return
-        await asyncio.to_thread(_pwrite_all, self.inner.fileno(), data, offset)
-        if fua:
-            await self.inner.flush()
-
-    async def write_zeroes(
-        self, offset: int, length: int, fua: bool, may_trim: bool, fast_only: bool = False
-    ) -> None:
-        await self.inner.write_zeroes(offset, length, fua, may_trim, fast_only)
-
-    async def trim(self, offset: int, length: int) -> None:
-        await self.inner.trim(offset, length)
-
-    async def flush(self) -> None:
-        await self.inner.flush()
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n

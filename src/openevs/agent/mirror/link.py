@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from openevs.agent.mirror.config import Peer
 from openevs.agent.nbd.client import NbdClient
@@ -158,16 +158,27 @@ class PeerLink:
             raise LinkDown(self.last_error or "link is down")
         return self._clients[next(self._next) % len(self._clients)]
 
-    async def _call(self, what: str, make: Callable[[_LinkClient], object]) -> None:
+    async def _call(self, what: str, make: Callable[[_LinkClient], Awaitable[None]]) -> None:
         client = self._client()
+        # A timer, not asyncio.timeout(): the NBD server may run this coroutine
+        # eagerly, outside any task. On expiry the whole link is aborted, which
+        # fails this request (and every other one in flight) at once.
+        timer = asyncio.get_running_loop().call_later(
+            self.request_timeout_s, self._expired, client, what
+        )
         try:
-            async with asyncio.timeout(self.request_timeout_s):
-                await make(client)  # type: ignore[misc]
+            await make(client)
         except Exception as exc:
             reason = f"{what} failed: {exc or type(exc).__name__}"
-            if self._clients and client in self._clients:
+            if client in self._clients:
                 self.mark_down(reason)
-            raise LinkDown(reason) from exc
+            raise LinkDown(self.last_error or reason) from exc
+        finally:
+            timer.cancel()
+
+    def _expired(self, client: _LinkClient, what: str) -> None:
+        if client in self._clients:
+            self.mark_down(f"{what}: no answer from the peer within {self.request_timeout_s:g} s")
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
         await self._call("write", lambda c: c.write(offset, data, fua=fua))

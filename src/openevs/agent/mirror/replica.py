@@ -68,7 +68,8 @@ class Replica:
         self.hot: dict[int, int] = {}  # hot extent -> write counter at its last write
         self._write_seq = 0
         self._round_seq = -1  # write counter at the previous housekeeping round
-        self._clean_after_flush: set[int] = set()  # copied regions whose bit may go
+        self._clean_after_flush: set[int] = set()
+        self._buffers: list[bytearray] = []  # reusable sync chunk buffers  # copied regions whose bit may go
         self.link: PeerLink | None = None
         self.io_error = False
         self.peer_blank = False  # the peer was punched: all-zero chunks need no request
@@ -394,12 +395,16 @@ class Replica:
         try:
             if link is None or length <= 0:
                 raise LinkDown("link closed")
-            data = await asyncio.to_thread(self._read_chunk, offset, length)
-            if data is None:
-                if not self.peer_blank:
-                    await link.write_zeroes(offset, length)
-            else:
-                await link.write(offset, data, False)
+            buffer = self._buffers.pop() if self._buffers else bytearray(len(_ZEROS))
+            try:
+                data = await asyncio.to_thread(self._read_chunk, offset, length, buffer)
+                if data is None:
+                    if not self.peer_blank:
+                        await link.write_zeroes(offset, length)
+                else:
+                    await link.write(offset, data, False)
+            finally:
+                self._buffers.append(buffer)  # the reply came: the transport is done with it
             self.copied_bytes += length
             self.resynced_bytes_total += length
             self._clean_after_flush.update(chunk)
@@ -412,16 +417,28 @@ class Replica:
             st.copying.difference_update(chunk)
             self._notify()
 
-    def _read_chunk(self, offset: int, length: int) -> bytes | None:
-        """The chunk's bytes, or None when it is all zeros (a hole or written zeros)."""
+    def _read_chunk(self, offset: int, length: int, buffer: bytearray) -> memoryview | None:
+        """The chunk's bytes (in `buffer`), or None when all zeros (a hole or written zeros).
+
+        Chunk buffers are reused: a fresh 4 MiB object per chunk costs an mmap,
+        page faults and page clearing, as much CPU as the copy itself.
+        """
         if not data_extents(self._rfd, offset, length):
             return None
-        data = os.pread(self._rfd, length, offset)
-        if len(data) < length:
-            data += bytes(length - len(data))
-        if data == (_ZEROS if length == len(_ZEROS) else bytes(length)):
+        view = memoryview(buffer)[:length]
+        done = 0
+        while done < length:
+            n = os.preadv(self._rfd, [view[done:]], offset + done)
+            if n <= 0:
+                view[done:] = _ZEROS[: length - done]  # past the end (shrunk under us)
+                break
+            done += n
+        head = min(length, 4096)
+        if buffer[:head] != _ZEROS[:head]:
+            return view  # data (the usual case): no full scan
+        if (buffer == _ZEROS) if length == len(buffer) else (bytes(view) == _ZEROS[:length]):
             return None
-        return data
+        return view
 
     async def _finish_sync(self) -> None:
         """The dirty set drained: the peer holds every write (in its page cache, as
