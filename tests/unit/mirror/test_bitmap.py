@@ -7,6 +7,8 @@ import os
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 from openevs.agent.mirror.bitmap import BitmapFile
 
 
@@ -56,7 +58,9 @@ def test_a_huge_volume_costs_only_its_dirty_bits(tmp_path: Path) -> None:
     assert os.stat(path).st_blocks * 512 <= 64 * 1024  # sparse: three bytes written
 
 
-def test_concurrent_syncs_share_one_fdatasync(tmp_path: Path) -> None:
+def test_concurrent_syncs_share_one_fdatasync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bitmap = BitmapFile(tmp_path / "v.bitmap")
     calls = 0
     real = os.fdatasync
@@ -66,14 +70,12 @@ def test_concurrent_syncs_share_one_fdatasync(tmp_path: Path) -> None:
         calls += 1
         real(fd)
 
+    monkeypatch.setattr(os, "fdatasync", counting)
+
     async def main() -> None:
         bitmap.set_now([1])
         await asyncio.gather(*(bitmap.sync() for _ in range(10)))
         await bitmap.sync()  # nothing new: no fdatasync
 
-    os.fdatasync = counting  # type: ignore[assignment]
-    try:
-        asyncio.run(main())
-    finally:
-        os.fdatasync = real
+    asyncio.run(main())
     assert calls == 1

@@ -54,7 +54,7 @@ class MirroredExport:
         async def forward(link: PeerLink) -> None:
             await link.write(offset, data, fua)
 
-        await replica.user_io(offset, len(data), local, forward, fua, inner.flush)
+        await replica.user_io(offset, len(data), local, forward, fua)
 
     async def write_zeroes(
         self, offset: int, length: int, fua: bool, may_trim: bool, fast_only: bool = False
@@ -71,7 +71,7 @@ class MirroredExport:
         async def forward(link: PeerLink) -> None:
             await link.write_zeroes(offset, length, fua)
 
-        await replica.user_io(offset, length, local, forward, fua, inner.flush)
+        await replica.user_io(offset, length, local, forward, fua)
 
     async def trim(self, offset: int, length: int) -> None:
         inner = self.inner
@@ -86,7 +86,7 @@ class MirroredExport:
         async def forward(link: PeerLink) -> None:
             await link.trim(offset, length)
 
-        await replica.user_io(offset, length, local, forward, False, inner.flush)
+        await replica.user_io(offset, length, local, forward, False)
 
     async def flush(self) -> None:
         replica = self._manager.replicas.get(self._volume_id)

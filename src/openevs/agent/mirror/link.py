@@ -49,8 +49,8 @@ class PeerLink:
         label: str,
         peer: Peer,
         *,
-        on_up: Callable[[], None],
-        on_down: Callable[[str], None],
+        on_up: Callable[[PeerLink], None],
+        on_down: Callable[[PeerLink, str], None],
         min_size_bytes: Callable[[], int] = lambda: 0,
         connections: int = CONNECTIONS,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
@@ -101,7 +101,7 @@ class PeerLink:
         if was_up:
             log.warning("replication link %s down: %s", self.label, reason)
             if notify:
-                self._on_down(reason)
+                self._on_down(self, reason)
 
     async def _keep_up(self) -> None:
         attempt = 0
@@ -119,10 +119,12 @@ class PeerLink:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            if self._closed:
+                return
             self.up = True
             self.last_error = ""
             log.info("replication link %s up", self.label)
-            self._on_up()
+            self._on_up(self)
 
     async def _connect(self) -> None:
         clients: list[_LinkClient] = []

@@ -67,6 +67,7 @@ class Replica:
         self.state.dirty = self.bitmap.load()  # on start, every persisted bit is dirty
         self.hot: dict[int, int] = {}  # hot extent -> write counter at its last write
         self._write_seq = 0
+        self._forwards = 0  # forwarded writes in flight
         self._round_seq = -1  # write counter at the previous housekeeping round
         self._clean_after_flush: set[int] = set()
         self._buffers: list[bytearray] = []  # reusable sync chunk buffers  # copied regions whose bit may go
@@ -140,9 +141,8 @@ class Replica:
         if self.link is not None and (not self.wants_link() or self.link.peer != peer):
             link, self.link = self.link, None
             self.state.link_up = False
-            if link.up:
-                self._link_lost("link closed")
-            asyncio.get_running_loop().create_task(self._close_link(link))
+            self.manager.member_failed(self, "link closed")
+            asyncio.get_running_loop().create_task(self._retire_link(link))
         if self.link is None and self.wants_link():
             assert peer is not None
             self.link = PeerLink(
@@ -153,37 +153,66 @@ class Replica:
             self.link.start()
         self._notify()
 
-    async def _close_link(self, link: PeerLink) -> None:
-        if link.up:
-            with contextlib.suppress(LinkDown):
-                await link.flush()  # best effort: what was forwarded becomes durable there
-        await link.close()
+    async def _retire_link(self, link: PeerLink) -> None:
+        """Close a link on purpose (pause, demotion, new peer) without losing track.
 
-    def _on_link_up(self) -> None:
+        What was forwarded through it becomes durable on the peer with one last
+        FLUSH, after the forwards still in flight ended; then those regions are
+        in sync (the status can be active-stopped). If that fails, they are dirty.
+        """
+        hot = dict(self.hot)
+        copied = set(self._clean_after_flush)
+        flushed = False
+        if link.up:
+            for _ in range(60):  # forwards in flight end within the request timeout
+                if not self._forwards:
+                    break
+                await self._wait_change(0.1)
+            try:
+                await link.flush()
+                flushed = not self._forwards
+            except LinkDown:
+                pass
+        await link.close()
+        if flushed:
+            cooled = [e for e, seq in hot.items() if self.hot.get(e) == seq]
+            for extent in cooled:
+                del self.hot[extent]
+            self._clean_after_flush -= copied
+            self._clear_bits(copied | {r for e in cooled for r in engine.extent_regions(e)})
+        else:
+            self._mark_unflushed_dirty()
+        self._notify()
+
+    def _on_link_up(self, link: PeerLink) -> None:
+        if link is not self.link:
+            return
         self.state.link_up = True
         self.manager.link_changed(self)
         self._notify()
 
-    def _on_link_down(self, reason: str) -> None:
-        self._link_lost(reason)
-
-    def _link_lost(self, reason: str) -> None:
-        """Synchronous: what was forwarded but maybe not durable there becomes dirty."""
-        st = self.state
-        st.link_up = False
-        for extent in self.hot:
-            st.dirty.update(engine.extent_regions(extent))  # their bits are already on disk
-        st.dirty.update(self._clean_after_flush)  # copied, but maybe not durable there
-        self._clean_after_flush.clear()
+    def _on_link_down(self, link: PeerLink, reason: str) -> None:
+        """Synchronous, before the failed request's caller resumes: the group splits now."""
+        if link is not self.link:
+            return
+        self.state.link_up = False
+        self._mark_unflushed_dirty()
         self.manager.member_failed(self, reason)
         self._notify()
+
+    def _mark_unflushed_dirty(self) -> None:
+        """What was forwarded or copied but maybe not durable on the peer becomes dirty."""
+        st = self.state
+        for extent in self.hot:
+            st.dirty.update(engine.extent_regions(extent))  # their bits are already on disk
+        st.dirty.update(self._clean_after_flush)
+        self._clean_after_flush.clear()
 
     # -- user I/O ---------------------------------------------------------
 
     async def user_io(
-        self, offset: int, length: int, local: LocalOp, forward: ForwardOp, fua: bool,
-        local_flush: Callable[[], Awaitable[None]],
-    ) -> None:  # fmt: skip
+        self, offset: int, length: int, local: LocalOp, forward: ForwardOp, fua: bool
+    ) -> None:
         """Carry out one WRITE / TRIM / WRITE_ZEROES of a user of this volume."""
         st = self.state
         regions = engine.regions_of(offset, length)
@@ -204,7 +233,7 @@ class Replica:
                     for extent in cold:
                         self.hot.setdefault(extent, self._write_seq)
                     continue  # the state may have changed while the bits were synced
-                await self._forwarded(regions, local, forward, fua, local_flush)
+                await self._forwarded(regions, local, forward, fua)
                 return
             await self._local_dirty(regions, local, fua)
             return
@@ -247,39 +276,42 @@ class Replica:
             self._notify()
 
     async def _forwarded(
-        self, regions: range, local: LocalOp, forward: ForwardOp, fua: bool,
-        local_flush: Callable[[], Awaitable[None]],
-    ) -> None:  # fmt: skip
+        self, regions: range, local: LocalOp, forward: ForwardOp, fua: bool
+    ) -> None:
         link = self.link
         self._write_seq += 1
         for extent in engine.hot_extents_of(regions):
             self.hot[extent] = self._write_seq
         self._begin(regions)
         try:
-            await self._local(local, False)
-            flush_error: BaseException | None = None
+            # The peer's copy is sent first and the local write runs meanwhile; the
+            # `writing` guard keeps the sync away from these regions until both end.
+            self._forwards += 1
+            sent = asyncio.ensure_future(self._send(link, forward))
             try:
-                if link is None:
-                    raise LinkDown("link closed")
-                if fua:
-                    flushed, sent = await asyncio.gather(
-                        self._local(lambda _f: local_flush(), False), forward(link),
-                        return_exceptions=True,
-                    )  # fmt: skip
-                    flush_error = flushed if isinstance(flushed, BaseException) else None
-                    if isinstance(sent, BaseException):
-                        raise sent
-                else:
-                    await forward(link)
-            except LinkDown:
+                await self._local(local, fua)
+            finally:
+                reached = await sent
+            if not reached:
                 # The link (and the group) went down synchronously in on_down; the
                 # regions are dirty now, and their bits are on disk (hot extent).
                 self.state.dirty.update(regions)
                 await self._persist(regions)
-            if flush_error is not None:
-                raise flush_error
         finally:
+            self._forwards -= 1
             self._end(regions)
+            self._notify()
+
+    @staticmethod
+    async def _send(link: PeerLink | None, forward: ForwardOp) -> bool:
+        """Forward one request; False when it did not reach the peer."""
+        if link is None:
+            return False
+        try:
+            await forward(link)
+        except LinkDown:
+            return False
+        return True
 
     async def user_flush(self, local_flush: Callable[[], Awaitable[None]]) -> None:
         if engine.decide_flush(self.state) and self.link is not None:
