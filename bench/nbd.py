@@ -6,7 +6,9 @@ One image file (filled with data so that no server can skip holes, then read
 into the page cache) is served in turn by each server on 127.0.0.1; each job
 runs for `--runtime-s` seconds (median of `--repeat` runs), all servers in turn
 per job, with a sync before each run. The table shows MiB/s for 1 MiB sequential
-jobs and IOPS for 4 KiB random jobs, and the ratio openevs/peer.
+jobs and IOPS for 4 KiB random jobs, and the ratio openevs/peer; a second
+table shows each server's CPU time per request, which is much less sensitive
+to other load on the machine than throughput.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 JOBS = [
@@ -57,17 +59,28 @@ def server_commands(image: Path, port: int, uvloop: bool) -> dict[str, list[str]
     return {
         "openevs": ours + (["--uvloop"] if uvloop else []),
         "nbdkit": ["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(port), "file", f"file={image}"],
-        "qemu-nbd": ["qemu-nbd", "-f", "raw", "-t", "-e", "16", "-b", "127.0.0.1",
-                     "-p", str(port), str(image)],
+        "qemu-nbd": [
+            "qemu-nbd",
+            "-f",
+            "raw",
+            "-t",
+            "-e",
+            "16",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            str(image),
+        ],
     }
 
 
 @contextlib.contextmanager
-def serving(cmd: list[str], port: int) -> Iterator[None]:
+def serving(cmd: list[str], port: int) -> Iterator[int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_listening(port, proc)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -77,17 +90,65 @@ def serving(cmd: list[str], port: int) -> Iterator[None]:
             proc.wait()
 
 
-def run_fio(port: int, rw: str, bs: str, depth: int, size: str, runtime_s: int) -> float:
-    """MiB/s for 1 MiB jobs, IOPS for 4 KiB jobs."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_fio(
+    port: int, pid: int, rw: str, bs: str, depth: int, size: str, runtime_s: int
+) -> tuple[float, float]:
+    """(MiB/s for 1 MiB jobs or IOPS for 4 KiB jobs, server CPU µs per request)."""
+    cpu_before = cpu_seconds(pid)
     out = subprocess.run(
-        ["fio", "--name=bench", "--ioengine=nbd", f"--uri=nbd://127.0.0.1:{port}/",
-         f"--rw={rw}", f"--bs={bs}", f"--iodepth={depth}", f"--size={size}",
-         f"--runtime={runtime_s}", "--time_based", "--randrepeat=0", "--output-format=json"],
-        capture_output=True, text=True, check=True,
+        [
+            "fio",
+            "--name=bench",
+            "--ioengine=nbd",
+            f"--uri=nbd://127.0.0.1:{port}/",
+            f"--rw={rw}",
+            f"--bs={bs}",
+            f"--iodepth={depth}",
+            f"--size={size}",
+            f"--runtime={runtime_s}",
+            "--time_based",
+            "--randrepeat=0",
+            "--output-format=json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    job = json.loads(out[out.index("{"):])["jobs"][0]
+    cpu = cpu_seconds(pid) - cpu_before
+    job = json.loads(out[out.index("{") :])["jobs"][0]
     side = job["write"] if "write" in rw else job["read"]
-    return side["bw_bytes"] / (1 << 20) if bs == "1m" else side["iops"]
+    figure = side["bw_bytes"] / (1 << 20) if bs == "1m" else side["iops"]
+    return figure, 1e6 * cpu / max(1, side["total_ios"])
+
+
+def print_table(
+    title: str,
+    jobs: list[tuple[str, str, str, int]],
+    servers: list[str],
+    values: dict[str, dict[str, float]],
+    ratio: Callable[[float, float], float],
+    units: bool = True,
+) -> None:
+    print(title)
+    header = f"| {'job':24} | {'openevs':>9} |"
+    for peer in servers[1:]:
+        header += f" {peer:>9} | {'ratio':>6} |"
+    print(header)
+    print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
+    for label, _rw, bs, _depth in jobs:
+        unit = ("MiB/s" if bs == "1m" else "IOPS") if units else ""
+        ours = values["openevs"][label]
+        row = f"| {label + ' ' + unit:24} | {ours:9.0f} |"
+        for peer in servers[1:]:
+            theirs = values[peer][label]
+            row += f" {theirs:9.0f} | {ratio(ours, theirs):6.2f} |"
+        print(row)
 
 
 def prepare(image: Path, size_gib: int) -> None:
@@ -118,11 +179,13 @@ def main() -> int:
     servers = ["openevs", *[p for p in args.peers.split(",") if p]]
     ports = {server: free_port() for server in servers}
     results: dict[str, dict[str, float]] = {s: {} for s in servers}
+    cpu: dict[str, dict[str, float]] = {s: {} for s in servers}
+    pids: dict[str, int] = {}
     size = f"{args.size_gib}g"
     with contextlib.ExitStack() as stack:
         for server in servers:
             cmd = server_commands(args.image, ports[server], args.uvloop)[server]
-            stack.enter_context(serving(cmd, ports[server]))
+            pids[server] = stack.enter_context(serving(cmd, ports[server]))
         # Jobs outer, servers inner, a sync before each run: no server inherits
         # another one's dirty pages (writeback throttling) or a warmer state.
         for label, rw, bs, depth in JOBS:
@@ -130,22 +193,28 @@ def main() -> int:
                 runs = []
                 for _ in range(args.repeat):
                     os.sync()
-                    runs.append(run_fio(ports[server], rw, bs, depth, size, args.runtime_s))
-                results[server][label] = sorted(runs)[len(runs) // 2]
+                    runs.append(run_fio(ports[server], pids[server], rw, bs, depth, size, args.runtime_s))
+                figures = sorted(r[0] for r in runs)
+                costs = sorted(r[1] for r in runs)
+                results[server][label] = figures[len(figures) // 2]
+                cpu[server][label] = costs[len(costs) // 2]
                 print(f"  {server:9} {label:20} {runs}", file=sys.stderr)
-    header = f"| {'job':24} | {'openevs':>9} |"
-    for peer in servers[1:]:
-        header += f" {peer:>9} | {'ratio':>6} |"
-    print(header)
-    print("|" + "|".join("-" * (len(cell) + 0) for cell in header.split("|")[1:-1]) + "|")
-    for label, _rw, bs, _depth in JOBS:
-        unit = "MiB/s" if bs == "1m" else "IOPS"
-        ours = results["openevs"][label]
-        row = f"| {label + ' ' + unit:24} | {ours:9.0f} |"
-        for peer in servers[1:]:
-            theirs = results[peer][label]
-            row += f" {theirs:9.0f} | {ours / theirs if theirs else 0:6.2f} |"
-        print(row)
+    print_table(
+        "Throughput (higher is better; ratio = openevs/peer)",
+        JOBS,
+        servers,
+        results,
+        lambda ours, theirs: ours / theirs if theirs else 0.0,
+    )
+    print()
+    print_table(
+        "Server CPU µs per request (lower is better; ratio = peer/openevs)",
+        JOBS,
+        servers,
+        cpu,
+        lambda ours, theirs: theirs / ours if ours else 0.0,
+        units=False,
+    )
     return 0
 
 

@@ -76,7 +76,9 @@ def test_nbdinfo_size_map_and_list(nbd_server: ServerThread, target: tuple[str, 
     assert "base:allocation" in export["contexts"]
     extents = json.loads(run(nbdinfo, "--map", "--json", nbd_server.uri(name)))
     assert [(e["offset"], e["length"], e["type"]) for e in extents] == [
-        (0, 2 * MIB, 3), (2 * MIB, MIB, 0), (3 * MIB, GIB - 3 * MIB, 3)
+        (0, 2 * MIB, 3),
+        (2 * MIB, MIB, 0),
+        (3 * MIB, GIB - 3 * MIB, 3),
     ]
     listing = run(nbdinfo, "--list", "--json", nbd_server.uri(name))
     assert json.loads(listing)["exports"] == []
@@ -85,8 +87,7 @@ def test_nbdinfo_size_map_and_list(nbd_server: ServerThread, target: tuple[str, 
 
 def test_nbdinfo_unknown_export_fails(nbd_server: ServerThread, target: tuple[str, Path]) -> None:
     nbdinfo = need("nbdinfo", "libnbd-bin")
-    done = subprocess.run([nbdinfo, nbd_server.uri("nope")], capture_output=True, timeout=30,
-                          check=False)
+    done = subprocess.run([nbdinfo, nbd_server.uri("nope")], capture_output=True, timeout=30, check=False)
     assert done.returncode != 0
 
 
@@ -118,8 +119,9 @@ def test_qemu_io_pattern(nbd_server: ServerThread, target: tuple[str, Path]) -> 
     qemu_io = need("qemu-io", "qemu-utils")
     name, path = target
     uri = nbd_server.uri(name)
-    out = run(qemu_io, "-f", "raw", "-c", "write -P 0xab 1M 64k", "-c", "read -P 0xab 1M 64k",
-              "-c", "flush", uri)
+    out = run(
+        qemu_io, "-f", "raw", "-c", "write -P 0xab 1M 64k", "-c", "read -P 0xab 1M 64k", "-c", "flush", uri
+    )
     assert "Pattern verification failed" not in out
     out = run(qemu_io, "-f", "raw", "-c", "read -P 0xab 1M 64k", "-c", "read -P 0 0 1M", uri)
     assert "Pattern verification failed" not in out
@@ -132,11 +134,21 @@ def test_fio_nbd_engine_with_verify(nbd_server: ServerThread, target: tuple[str,
     fio = need("fio", "fio")
     name, _ = target
     out = run(
-        fio, "--name=interop", "--ioengine=nbd", f"--uri={nbd_server.uri(name)}",
-        "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=32m", "--verify=crc32c",
-        "--do_verify=1", "--verify_state_save=0", "--output-format=json", timeout=120,
+        fio,
+        "--name=interop",
+        "--ioengine=nbd",
+        f"--uri={nbd_server.uri(name)}",
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=16",
+        "--size=32m",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_state_save=0",
+        "--output-format=json",
+        timeout=120,
     )
-    job = json.loads(out[out.index("{"):])["jobs"][0]
+    job = json.loads(out[out.index("{") :])["jobs"][0]
     assert job["error"] == 0
     assert job["write"]["io_bytes"] == 32 * MIB and job["read"]["io_bytes"] == 32 * MIB
 
@@ -164,9 +176,10 @@ print("ok")
 
 def test_python_libnbd(nbd_server: ServerThread, target: tuple[str, Path]) -> None:
     python = "/usr/bin/python3"
-    if not os.path.exists(python) or subprocess.run(
-        [python, "-c", "import nbd"], capture_output=True, check=False
-    ).returncode:
+    if (
+        not os.path.exists(python)
+        or subprocess.run([python, "-c", "import nbd"], capture_output=True, check=False).returncode
+    ):
         pytest.skip("python3-libnbd is not installed for /usr/bin/python3")
     name, _ = target
     assert run(python, "-c", LIBNBD_SCRIPT, nbd_server.uri(name)).strip() == "ok"

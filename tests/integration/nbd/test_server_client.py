@@ -20,9 +20,7 @@ from .conftest import ServerThread, sparse_file, wait_for
 HOLE = c.STATE_HOLE | c.STATE_ZERO
 
 
-def test_one_connection_reads_what_another_wrote(
-    nbd_server: ServerThread, disk: tuple[str, Path]
-) -> None:
+def test_one_connection_reads_what_another_wrote(nbd_server: ServerThread, disk: tuple[str, Path]) -> None:
     name, _path = disk
 
     async def main() -> None:
@@ -50,9 +48,7 @@ def test_pipelined_requests_out_of_order(nbd_server: ServerThread, disk: tuple[s
             await asyncio.gather(
                 *(client.write(i * (1 << 20), data, fua=i % 5 == 0) for i, data in blocks.items())
             )
-            reads = await asyncio.gather(
-                *(client.read(i * (1 << 20), len(d)) for i, d in blocks.items())
-            )
+            reads = await asyncio.gather(*(client.read(i * (1 << 20), len(d)) for i, d in blocks.items()))
             assert reads == list(blocks.values())
 
     asyncio.run(main())
@@ -64,9 +60,7 @@ def test_simple_replies_without_structured_negotiation(
     name, _ = disk
 
     async def main() -> None:
-        async with await NbdClient.connect(
-            "127.0.0.1", nbd_server.port, name, structured=False
-        ) as client:
+        async with await NbdClient.connect("127.0.0.1", nbd_server.port, name, structured=False) as client:
             assert not client.structured and not client.flags & c.FLAG_SEND_DF
             await client.write(0, b"abc" * 1000)
             assert await client.read(0, 3000) == b"abc" * 1000
@@ -172,9 +166,7 @@ def test_drop_export_closes_its_connections(
     asyncio.run(main())
 
 
-def test_grown_disk_is_seen_by_new_connections(
-    nbd_server: ServerThread, disk: tuple[str, Path]
-) -> None:
+def test_grown_disk_is_seen_by_new_connections(nbd_server: ServerThread, disk: tuple[str, Path]) -> None:
     name, path = disk
 
     async def main() -> None:
@@ -198,16 +190,15 @@ def test_terabyte_sparse_export(nbd_server: ServerThread, tmp_path: Path) -> Non
             assert client.size_bytes == tib
             await client.write(tib - 4096, b"e" * 4096)
             assert await client.block_status(tib - (1 << 20), 1 << 20) == [
-                ((1 << 20) - 4096, HOLE), (4096, 0)
+                ((1 << 20) - 4096, HOLE),
+                (4096, 0),
             ]
             assert await client.read(tib - 8192, 8192) == bytes(4096) + b"e" * 4096
 
     asyncio.run(main())
 
 
-def test_disconnect_waits_for_in_flight_writes(
-    nbd_server: ServerThread, disk: tuple[str, Path]
-) -> None:
+def test_disconnect_waits_for_in_flight_writes(nbd_server: ServerThread, disk: tuple[str, Path]) -> None:
     name, path = disk
 
     async def main() -> None:

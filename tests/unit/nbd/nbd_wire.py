@@ -23,9 +23,7 @@ def option(opt: int, data: bytes = b"") -> bytes:
 
 
 def go(name: str, infos: tuple[int, ...] = (Info.BLOCK_SIZE,), opt: int = Option.GO) -> bytes:
-    body = string(name) + struct.pack(">H", len(infos)) + b"".join(
-        struct.pack(">H", i) for i in infos
-    )
+    body = string(name) + struct.pack(">H", len(infos)) + b"".join(struct.pack(">H", i) for i in infos)
     return option(opt, body)
 
 
@@ -34,8 +32,9 @@ def meta(opt: int, name: str, queries: list[str]) -> bytes:
     return option(opt, body)
 
 
-def request(kind: int, cookie: int = 1, offset: int = 0, length: int = 0, flags: int = 0,
-            payload: bytes = b"") -> bytes:
+def request(
+    kind: int, cookie: int = 1, offset: int = 0, length: int = 0, flags: int = 0, payload: bytes = b""
+) -> bytes:
     return struct.pack(">IHHQQI", c.REQUEST_MAGIC, flags, kind, cookie, offset, length) + payload
 
 
@@ -77,8 +76,9 @@ def chunks(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return out
 
 
-def connected(*, structured: bool = True, meta_ctx: bool = True, read_only: bool = False,
-              size: int = 1 << 20) -> ServerConnection:
+def connected(
+    *, structured: bool = True, meta_ctx: bool = True, read_only: bool = False, size: int = 1 << 20
+) -> ServerConnection:
     """A connection driven through the handshake into transmission on export "disk"."""
     conn = ServerConnection()
     data = CLIENT_FLAGS

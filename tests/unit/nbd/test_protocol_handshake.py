@@ -73,21 +73,27 @@ def test_full_go_handshake_as_libnbd_does_it() -> None:
     replies = option_replies(conn.data_to_send())
     assert replies[0] == (Option.STRUCTURED_REPLY, Reply.ACK, b"")
     assert replies[1] == (
-        Option.SET_META_CONTEXT, Reply.META_CONTEXT, struct.pack(">I", 1) + b"base:allocation"
+        Option.SET_META_CONTEXT,
+        Reply.META_CONTEXT,
+        struct.pack(">I", 1) + b"base:allocation",
     )
     assert replies[2] == (Option.SET_META_CONTEXT, Reply.ACK, b"")
     export_info = replies[3][2]
     size, flags = struct.unpack(">QH", export_info[2:])
     assert struct.unpack(">H", export_info[:2])[0] == Info.EXPORT and size == 1 << 30
     expected = (
-        c.FLAG_HAS_FLAGS | c.FLAG_SEND_FLUSH | c.FLAG_SEND_FUA | c.FLAG_SEND_TRIM
-        | c.FLAG_SEND_WRITE_ZEROES | c.FLAG_SEND_DF | c.FLAG_CAN_MULTI_CONN
-        | c.FLAG_SEND_FAST_ZERO | c.FLAG_SEND_CACHE
+        c.FLAG_HAS_FLAGS
+        | c.FLAG_SEND_FLUSH
+        | c.FLAG_SEND_FUA
+        | c.FLAG_SEND_TRIM
+        | c.FLAG_SEND_WRITE_ZEROES
+        | c.FLAG_SEND_DF
+        | c.FLAG_CAN_MULTI_CONN
+        | c.FLAG_SEND_FAST_ZERO
+        | c.FLAG_SEND_CACHE
     )
     assert flags == expected
-    assert replies[4] == (
-        Option.GO, Reply.INFO, struct.pack(">HIII", Info.BLOCK_SIZE, 1, 4096, 32 << 20)
-    )
+    assert replies[4] == (Option.GO, Reply.INFO, struct.pack(">HIII", Info.BLOCK_SIZE, 1, 4096, 32 << 20))
     assert replies[5] == (Option.GO, Reply.ACK, b"")
     assert len(replies) == 6
 
@@ -191,8 +197,13 @@ def test_meta_context_needs_structured_replies() -> None:
 
 @pytest.mark.parametrize(
     ("queries", "listed"),
-    [([], True), (["base:"], True), ([c.BASE_ALLOCATION], True), (["x-other:thing"], False),
-     (["qemu:dirty-bitmap:a", c.BASE_ALLOCATION], True)],
+    [
+        ([], True),
+        (["base:"], True),
+        ([c.BASE_ALLOCATION], True),
+        (["x-other:thing"], False),
+        (["qemu:dirty-bitmap:a", c.BASE_ALLOCATION], True),
+    ],
 )
 def test_list_meta_context(queries: list[str], listed: bool) -> None:
     conn = negotiating()
@@ -202,7 +213,9 @@ def test_list_meta_context(queries: list[str], listed: bool) -> None:
     replies = option_replies(conn.data_to_send())[1:]
     if listed:
         assert replies[0] == (
-            Option.LIST_META_CONTEXT, Reply.META_CONTEXT, struct.pack(">I", 0) + b"base:allocation"
+            Option.LIST_META_CONTEXT,
+            Reply.META_CONTEXT,
+            struct.pack(">I", 0) + b"base:allocation",
         )
     assert replies[-1][1] == Reply.ACK and len(replies) == (2 if listed else 1)
 
@@ -220,9 +233,15 @@ def test_set_meta_context_for_another_export_disables_block_status() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"\x00\x00", string("disk"), string("disk") + b"\x00\x00\x00\x05",
-     string("disk") + b"\x00\x00\x00\x01" + b"\x00\x00\x00\xff", b"\xff\xff\xff\xff" + b"\x00" * 4,
-     string(b"\xff\xfe") + b"\x00\x00\x00\x00"],
+    [
+        b"",
+        b"\x00\x00",
+        string("disk"),
+        string("disk") + b"\x00\x00\x00\x05",
+        string("disk") + b"\x00\x00\x00\x01" + b"\x00\x00\x00\xff",
+        b"\xff\xff\xff\xff" + b"\x00" * 4,
+        string(b"\xff\xfe") + b"\x00\x00\x00\x00",
+    ],
 )
 def test_malformed_meta_context_is_invalid(body: bytes) -> None:
     conn = negotiating()
@@ -234,9 +253,15 @@ def test_malformed_meta_context_is_invalid(body: bytes) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"\x00\x00\x00\x00\x00", string("disk"), string("disk") + b"\x00\x02\x00\x03",
-     string("disk") + b"\x00\x00" + b"junk", b"\x00\x00\x10\x01" + b"a" * 4097 + b"\x00\x00",
-     string(b"\xff") + b"\x00\x00"],
+    [
+        b"",
+        b"\x00\x00\x00\x00\x00",
+        string("disk"),
+        string("disk") + b"\x00\x02\x00\x03",
+        string("disk") + b"\x00\x00" + b"junk",
+        b"\x00\x00\x10\x01" + b"a" * 4097 + b"\x00\x00",
+        string(b"\xff") + b"\x00\x00",
+    ],
 )
 def test_malformed_go_is_invalid(body: bytes) -> None:
     conn = negotiating()

@@ -20,10 +20,15 @@ SIZE = 1 << 20
 
 @pytest.mark.parametrize(
     ("kind", "flags"),
-    [(Command.READ, 0), (Command.READ, c.CMD_FLAG_FUA | c.CMD_FLAG_DF), (Command.FLUSH, 0),
-     (Command.TRIM, c.CMD_FLAG_FUA), (Command.CACHE, 0),
-     (Command.WRITE_ZEROES, c.CMD_FLAG_NO_HOLE | c.CMD_FLAG_FAST_ZERO | c.CMD_FLAG_FUA),
-     (Command.BLOCK_STATUS, c.CMD_FLAG_REQ_ONE)],
+    [
+        (Command.READ, 0),
+        (Command.READ, c.CMD_FLAG_FUA | c.CMD_FLAG_DF),
+        (Command.FLUSH, 0),
+        (Command.TRIM, c.CMD_FLAG_FUA),
+        (Command.CACHE, 0),
+        (Command.WRITE_ZEROES, c.CMD_FLAG_NO_HOLE | c.CMD_FLAG_FAST_ZERO | c.CMD_FLAG_FUA),
+        (Command.BLOCK_STATUS, c.CMD_FLAG_REQ_ONE),
+    ],
 )
 def test_commands_without_payload_become_requests(kind: Command, flags: int) -> None:
     conn = connected()
@@ -115,9 +120,7 @@ def test_disc_closes_and_ignores_what_follows() -> None:
         (request(99, 5), Errno.EINVAL, False),
     ],
 )
-def test_invalid_requests_get_an_error_reply_and_no_event(
-    raw: bytes, errno: int, structured: bool
-) -> None:
+def test_invalid_requests_get_an_error_reply_and_no_event(raw: bytes, errno: int, structured: bool) -> None:
     conn = connected(structured=structured, size=SIZE)
     conn.receive_data(raw + request(Command.FLUSH, 6))
     (flush,) = events(conn)
@@ -189,9 +192,7 @@ def test_bulk_input_is_parsed_as_it_arrives() -> None:
 
 def test_simple_read_reply() -> None:
     conn = connected(structured=False)
-    assert b"".join(conn.reply_read(4, 0, b"abc")) == struct.pack(
-        ">IIQ", c.SIMPLE_REPLY_MAGIC, 0, 4
-    ) + b"abc"
+    assert b"".join(conn.reply_read(4, 0, b"abc")) == struct.pack(">IIQ", c.SIMPLE_REPLY_MAGIC, 0, 4) + b"abc"
 
 
 def test_structured_read_reply_is_one_offset_data_chunk() -> None:
@@ -206,7 +207,9 @@ def test_read_pieces_with_holes() -> None:
     conn = connected()
     out = chunks(b"".join(conn.reply_read_pieces(8, 0, [b"ab", 510, b"cd"])))
     assert [(f, t) for f, t, _, _ in out] == [
-        (0, c.CHUNK_OFFSET_DATA), (0, c.CHUNK_OFFSET_HOLE), (c.REPLY_FLAG_DONE, c.CHUNK_OFFSET_DATA)
+        (0, c.CHUNK_OFFSET_DATA),
+        (0, c.CHUNK_OFFSET_HOLE),
+        (c.REPLY_FLAG_DONE, c.CHUNK_OFFSET_DATA),
     ]
     assert out[1][3] == struct.pack(">QI", 2, 510)
     assert out[2][3] == struct.pack(">Q", 512) + b"cd"
@@ -238,8 +241,9 @@ def test_error_reply_carries_the_message() -> None:
         ([(4096, 3)], 512, True, [(512, 3)]),
     ],
 )
-def test_merge_extents(extents: list[tuple[int, int]], length: int, req_one: bool,
-                       expected: list[tuple[int, int]]) -> None:
+def test_merge_extents(
+    extents: list[tuple[int, int]], length: int, req_one: bool, expected: list[tuple[int, int]]
+) -> None:
     assert merge_extents(extents, length, req_one=req_one) == expected
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -52,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.uvloop:
-        with contextlib.suppress(ImportError):
+        try:
             import uvloop
-
+        except ImportError:
+            print("uvloop is not installed; using the default event loop", file=sys.stderr)
+        else:
             uvloop.install()
     asyncio.run(serve(args))
     return 0

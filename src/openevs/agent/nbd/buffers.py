@@ -132,9 +132,7 @@ class SendQueue:
                             break
                         bufs.append(item)  # type: ignore[arg-type]
                     more = socket.MSG_MORE if len(bufs) < len(items) else 0
-                    sent = sock.sendmsg(bufs, (), more) if len(bufs) > 1 or more else sock.send(
-                        bufs[0]
-                    )
+                    sent = sock.sendmsg(bufs, (), more) if len(bufs) > 1 or more else sock.send(bufs[0])
             except (BlockingIOError, InterruptedError):
                 break
             self._sent_total += sent

@@ -59,9 +59,7 @@ class NbdClient:
         return bool(self.flags & c.FLAG_READ_ONLY)
 
     @classmethod
-    async def connect(
-        cls, host: str, port: int, export_name: str, *, structured: bool = True
-    ) -> NbdClient:
+    async def connect(cls, host: str, port: int, export_name: str, *, structured: bool = True) -> NbdClient:
         reader, writer = await asyncio.open_connection(host, port, limit=2 * c.MAX_PAYLOAD)
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -148,9 +146,7 @@ class NbdClient:
         assert isinstance(result, bytes)
         return result
 
-    async def write(
-        self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False
-    ) -> None:
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         flags = c.CMD_FLAG_FUA if fua else 0
         await self._request(Command.WRITE, offset, len(data), flags, data)
 
@@ -161,7 +157,12 @@ class NbdClient:
         await self._request(Command.TRIM, offset, length, c.CMD_FLAG_FUA if fua else 0)
 
     async def write_zeroes(
-        self, offset: int, length: int, *, fua: bool = False, no_hole: bool = False,
+        self,
+        offset: int,
+        length: int,
+        *,
+        fua: bool = False,
+        no_hole: bool = False,
         fast: bool = False,
     ) -> None:
         flags = (
@@ -174,9 +175,7 @@ class NbdClient:
     async def cache(self, offset: int, length: int) -> None:
         await self._request(Command.CACHE, offset, length)
 
-    async def block_status(
-        self, offset: int, length: int, *, req_one: bool = False
-    ) -> list[tuple[int, int]]:
+    async def block_status(self, offset: int, length: int, *, req_one: bool = False) -> list[tuple[int, int]]:
         """(length, flags) extents of base:allocation from `offset` (may cover less)."""
         flags = c.CMD_FLAG_REQ_ONE if req_one else 0
         result = await self._request(Command.BLOCK_STATUS, offset, length, flags)
@@ -190,7 +189,11 @@ class NbdClient:
         return await self._request(kind, offset, length, flags, payload or None)
 
     async def _request(
-        self, kind: int, offset: int, length: int, flags: int = 0,
+        self,
+        kind: int,
+        offset: int,
+        length: int,
+        flags: int = 0,
         payload: bytes | bytearray | memoryview | None = None,
     ) -> object:
         if self._closed is not None:
@@ -295,15 +298,11 @@ class NbdClient:
     async def close(self) -> None:
         """Wait for in-flight requests, send NBD_CMD_DISC and close."""
         if self._pending:
-            await asyncio.gather(
-                *(p.future for p in list(self._pending.values())), return_exceptions=True
-            )
+            await asyncio.gather(*(p.future for p in list(self._pending.values())), return_exceptions=True)
         if self._closed is None:
             self._closed = NbdConnectionClosed("closed by the client")
             with contextlib.suppress(ConnectionError, RuntimeError):
-                self._writer.write(
-                    c.REQUEST_HEADER.pack(c.REQUEST_MAGIC, 0, Command.DISC, 0, 0, 0)
-                )
+                self._writer.write(c.REQUEST_HEADER.pack(c.REQUEST_MAGIC, 0, Command.DISC, 0, 0, 0))
                 await self._writer.drain()
         self._writer.close()
         with contextlib.suppress(ConnectionError):

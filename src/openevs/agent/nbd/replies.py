@@ -44,9 +44,7 @@ class ReplyBuilder:
         if not self.structured:
             return _SIMPLE.pack(c.SIMPLE_REPLY_MAGIC, error, cookie)
         text = message.encode()[: c.MAX_STRING]
-        head = _ERROR_CHUNK.pack(
-            _SR_MAGIC, _DONE, c.CHUNK_ERROR, cookie, 6 + len(text), error, len(text)
-        )
+        head = _ERROR_CHUNK.pack(_SR_MAGIC, _DONE, c.CHUNK_ERROR, cookie, 6 + len(text), error, len(text))
         return head + text
 
     def reply_read(self, cookie: int, offset: int, data: Buffer) -> list[Buffer]:
@@ -55,9 +53,7 @@ class ReplyBuilder:
             return [_SIMPLE.pack(c.SIMPLE_REPLY_MAGIC, 0, cookie), data]
         if not data:
             return [self.reply_done(cookie)]
-        head = _DATA_CHUNK.pack(
-            _SR_MAGIC, _DONE, c.CHUNK_OFFSET_DATA, cookie, len(data) + 8, offset
-        )
+        head = _DATA_CHUNK.pack(_SR_MAGIC, _DONE, c.CHUNK_OFFSET_DATA, cookie, len(data) + 8, offset)
         if len(data) <= 16384:
             return [head + data]
         return [head, data]
@@ -68,9 +64,7 @@ class ReplyBuilder:
             return _SIMPLE.pack(c.SIMPLE_REPLY_MAGIC, 0, cookie)
         return _DATA_CHUNK.pack(_SR_MAGIC, _DONE, c.CHUNK_OFFSET_DATA, cookie, length + 8, offset)
 
-    def reply_read_pieces(
-        self, cookie: int, offset: int, pieces: Sequence[Sized | int]
-    ) -> list[Sized]:
+    def reply_read_pieces(self, cookie: int, offset: int, pieces: Sequence[Sized | int]) -> list[Sized]:
         """Successful READ from consecutive pieces: hole lengths (ints) and data
         (buffers, or any sized object the caller knows how to send).
 
@@ -85,17 +79,11 @@ class ReplyBuilder:
         for i, piece in enumerate(pieces):
             flags = _DONE if i == last else 0
             if isinstance(piece, int):
-                out.append(
-                    _HOLE_CHUNK.pack(
-                        _SR_MAGIC, flags, c.CHUNK_OFFSET_HOLE, cookie, 12, offset, piece
-                    )
-                )
+                out.append(_HOLE_CHUNK.pack(_SR_MAGIC, flags, c.CHUNK_OFFSET_HOLE, cookie, 12, offset, piece))
                 offset += piece
             else:
                 out.append(
-                    _DATA_CHUNK.pack(
-                        _SR_MAGIC, flags, c.CHUNK_OFFSET_DATA, cookie, len(piece) + 8, offset
-                    )
+                    _DATA_CHUNK.pack(_SR_MAGIC, flags, c.CHUNK_OFFSET_DATA, cookie, len(piece) + 8, offset)
                 )
                 out.append(piece)
                 offset += len(piece)
@@ -105,14 +93,18 @@ class ReplyBuilder:
 
     def reply_block_status(self, cookie: int, extents: Sequence[tuple[int, int]]) -> bytes:
         """BLOCK_STATUS answer for base:allocation; `extents` from `merge_extents`."""
-        body = struct.pack(f">I{2 * len(extents)}I", BLOCK_STATUS_CONTEXT_ID,
-                           *[v for ext in extents for v in ext])
+        body = struct.pack(
+            f">I{2 * len(extents)}I", BLOCK_STATUS_CONTEXT_ID, *[v for ext in extents for v in ext]
+        )
         head = _CHUNK.pack(_SR_MAGIC, _DONE, c.CHUNK_BLOCK_STATUS, cookie, len(body))
         return head + body
 
 
 def merge_extents(
-    extents: Iterable[tuple[int, int]], length: int, *, req_one: bool = False,
+    extents: Iterable[tuple[int, int]],
+    length: int,
+    *,
+    req_one: bool = False,
     max_extents: int = 1024,
 ) -> list[tuple[int, int]]:
     """Clamp (length, flags) extents to `length` bytes, merging equal neighbours.

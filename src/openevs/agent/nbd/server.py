@@ -1,57 +1,29 @@
-"""Asyncio NBD server: sockets around the sans-IO core of `protocol.py`.
+"""Asyncio NBD server: listens, resolves export names, tracks and drops connections.
 
-The handshake runs as a coroutine; the transmission phase runs on raw
-non-blocking sockets driven by `add_reader`/`add_writer` callbacks, because
-that is what keeps the hot path short: requests are received straight into
-their buffers (`recv_into`), READ/BLOCK_STATUS/CACHE are answered inline
-(page-cache reads do not need a task), writes run as tasks (the export's
-write is a coroutine), and all replies queued during one wake-up leave in a
-single `sendmsg` (header and data as separate iovecs, never joined).
-
-Rules: replies never interleave (one output queue, whole messages only);
-in-flight requests, their payload bytes and queued output are bounded, and
-reading stops while any bound is hit (backpressure); export names are
-secrets, so they are never listed or logged in full.
+Per-connection work (handshake, transmission, flow control) is in
+`connection.py`; the protocol itself in the sans-IO `protocol.py`.
+Export names are per-attachment secrets: they are never listed, and
+`drop_export(name)` closes every connection that uses one (revocation,
+deletion).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sized
-from functools import partial
+from collections.abc import Awaitable, Callable
 
-from . import constants as c
-from .buffers import POOL_MIN_BYTES, BufferPool, FileRegion, SendQueue
-from .constants import Command, Errno
-from .eager import start_eagerly
-from .errors import ProtocolError
-from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request
+from .buffers import BufferPool
+from .connection import Connection, wire_errno
 from .export import Export
-from .protocol import ServerConnection
-from .replies import merge_extents
+
+__all__ = ["NbdServer", "Resolver", "wire_errno"]
 
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], Awaitable[Export | None]]
-
-_HOLE_SCAN_MIN_BYTES = 256 * 1024
-
-
-def wire_errno(code: int | None) -> int:
-    """Map a host errno to the NBD error values allowed on the wire."""
-    if code in (errno.EPERM, errno.EROFS, errno.EACCES):
-        return Errno.EPERM
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return Errno.ENOSPC
-    if code in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return Errno.ENOTSUP
-    if code in (errno.EINVAL, errno.ENOMEM, errno.EOVERFLOW, errno.ESHUTDOWN):
-        return code  # same numbers on the wire
-    return Errno.EIO
 
 
 class NbdServer:
@@ -78,8 +50,8 @@ class NbdServer:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._by_name: dict[str, set[_Connection]] = {}
-        self._connections: set[_Connection] = set()
+        self._by_name: dict[str, set[Connection]] = {}
+        self._connections: set[Connection] = set()
         self._drop_epoch = 0
         self.pool = BufferPool()
 
@@ -140,7 +112,7 @@ class NbdServer:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(self, sock)
+            conn = Connection(self, sock)
             self._connections.add(conn)
             task = conn.task = asyncio.create_task(conn.run())
             self._tasks.add(task)
@@ -153,10 +125,10 @@ class NbdServer:
             if epoch == self._drop_epoch:
                 return export  # no revocation raced with the lookup
 
-    def _register(self, conn: _Connection, name: str) -> None:
+    def _register(self, conn: Connection, name: str) -> None:
         self._by_name.setdefault(name, set()).add(conn)
 
-    def _forget(self, conn: _Connection) -> None:
+    def _forget(self, conn: Connection) -> None:
         self._connections.discard(conn)
         if conn.name is not None:
             peers = self._by_name.get(conn.name)
@@ -164,338 +136,3 @@ class NbdServer:
                 peers.discard(conn)
                 if not peers:
                     del self._by_name[conn.name]
-
-
-class _Connection:
-    """One client connection: handshake coroutine, then callback-driven transmission."""
-
-    def __init__(self, server: NbdServer, sock: socket.socket) -> None:
-        self.server = server
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.loop = asyncio.get_running_loop()
-        self.proto = ServerConnection(payload_allocator=server.pool.get)
-        self.name: str | None = None
-        self.export: Export | None = None
-        self._out = SendQueue(server.pool)
-        self._reading = False
-        self._writing = False
-        self._resume_scheduled = False
-        self._closing = False
-        self._closed = False
-        self._in_flight = 0
-        self._in_flight_bytes = 0
-        self._tasks: set[asyncio.Task[bytes]] = set()
-        self._done: asyncio.Future[None] = self.loop.create_future()
-        self._handshaking = True
-        self._sendfile_fd: int | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def _label(self) -> str:
-        return (self.name or "")[:8] or "-"
-
-    async def run(self) -> None:
-        try:
-            async with asyncio.timeout(self.server.handshake_timeout_s):
-                entered = await self._handshake()
-            self._handshaking = False
-            if entered and not self._closed:
-                self._update_reading()
-                await self._done
-        except (ProtocolError, OSError, TimeoutError) as exc:
-            log.info("nbd connection to export %s ended: %s", self._label(), exc)
-        except Exception:
-            log.exception("nbd connection to export %s failed", self._label())
-        finally:
-            self.abort()
-            self.sock.close()
-            self.server._forget(self)
-
-    async def _handshake(self) -> bool:
-        proto = self.proto
-        while True:
-            event = proto.next_event()
-            if event is NEED_DATA:
-                await self._send_handshake()
-                n = await self.loop.sock_recv_into(self.sock, proto.get_buffer())
-                if n == 0:
-                    return False
-                proto.buffer_updated(n)
-            elif isinstance(event, ExportLookup):
-                export = await self.server._resolve(event.name)
-                if export is None:
-                    proto.export_not_found()
-                else:
-                    self.export = export
-                    fileno = getattr(export, "fileno", None)
-                    self._sendfile_fd = fileno() if callable(fileno) else None
-                    proto.export_found(size_bytes=export.size_bytes, read_only=export.read_only)
-            elif isinstance(event, ExportChosen):
-                self.name = event.name
-                self.server._register(self, event.name)
-                await self._send_handshake()
-                return True
-            elif isinstance(event, Disconnect):
-                await self._send_handshake()
-                return False
-
-    async def _send_handshake(self) -> None:
-        data = self.proto.data_to_send()
-        if data:
-            await self.loop.sock_sendall(self.sock, data)
-
-    # -- transmission: input --------------------------------------------
-
-    def _on_readable(self) -> None:
-        proto = self.proto
-        try:
-            while self._reading:
-                buf = proto.get_buffer()
-                size = len(buf)
-                try:
-                    n = self.sock.recv_into(buf)
-                except (BlockingIOError, InterruptedError):
-                    break
-                del buf
-                if n == 0:
-                    self.abort()
-                    return
-                proto.buffer_updated(n)
-                self._process()
-                if n < size and not proto.awaiting_payload:
-                    break  # drained; but a payload usually follows its header closely
-            self._flush()
-        except (ProtocolError, OSError) as exc:
-            log.info("nbd connection to export %s dropped: %s", self._label(), exc)
-            self.abort()
-        except Exception:
-            log.exception("nbd connection to export %s failed", self._label())
-            self.abort()
-
-    def _process(self) -> None:
-        proto = self.proto
-        while self._reading:
-            event = proto.next_event()
-            if event is NEED_DATA:
-                break
-            if type(event) is Request:
-                self._dispatch(event)
-            elif isinstance(event, Disconnect):
-                self._begin_close()
-        self._out.append(proto.data_to_send())
-
-    def _dispatch(self, req: Request) -> None:
-        kind = req.kind
-        export = self.export
-        assert export is not None
-        if kind is Command.READ:
-            try:
-                self._read(export, req)
-            except OSError as exc:
-                self._out.append(
-                    self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc))
-                )
-        elif kind is Command.BLOCK_STATUS:
-            try:
-                extents = export.extents(req.offset, req.length)
-            except OSError as exc:
-                reply = self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc))
-            else:
-                one = bool(req.flags & c.CMD_FLAG_REQ_ONE)
-                merged = merge_extents(extents, req.length, req_one=one)
-                reply = self.proto.reply_block_status(req.cookie, merged)
-            self._out.append(reply)
-        elif kind is Command.CACHE:
-            self._out.append(self.proto.reply_ok(req.cookie))
-        else:
-            done, result = start_eagerly(self._execute(export, req), self.loop)
-            if done:
-                assert isinstance(result, bytes)
-                self._release_payload(req)
-                self._out.append(result)
-                return
-            assert isinstance(result, asyncio.Task)
-            self._in_flight += 1
-            self._in_flight_bytes += req.length if kind is Command.WRITE else 0
-            self._tasks.add(result)
-            result.add_done_callback(partial(self._on_done, req))
-            self._update_reading()
-
-    def _read(self, export: Export, req: Request) -> None:
-        proto, offset, length, out = self.proto, req.offset, req.length, self._out
-        fd = self._sendfile_fd
-        if length >= _HOLE_SCAN_MIN_BYTES and proto.structured and not req.flags & c.CMD_FLAG_DF:
-            extents = merge_extents(export.extents(offset, length), length)
-            if len(extents) > 1 or extents[0][1] & c.STATE_ZERO:
-                pieces: list[Sized | int] = []
-                pos = offset
-                for ext_len, flags in extents:
-                    if flags & c.STATE_ZERO:
-                        pieces.append(ext_len)
-                    elif fd is not None:
-                        pieces.append(FileRegion(fd, pos, ext_len))
-                    else:
-                        pieces.append(export.pread(pos, ext_len))
-                    pos += ext_len
-                out.extend(proto.reply_read_pieces(req.cookie, offset, pieces))  # type: ignore[arg-type]
-                return
-        if length < POOL_MIN_BYTES:
-            out.extend(proto.reply_read(req.cookie, offset, export.pread(offset, length)))
-        elif fd is not None:
-            # Straight from the page cache to the socket; the data is read when sent,
-            # which only differs for requests that overlap in flight (undefined in NBD).
-            out.append(proto.reply_read_header(req.cookie, offset, length))
-            out.append_region(FileRegion(fd, offset, length))
-        else:
-            view = self.server.pool.get(length)
-            try:
-                export.readinto(offset, view)
-            except BaseException:
-                self.server.pool.put(view)
-                raise
-            out.extend(proto.reply_read(req.cookie, offset, view))
-            out.release_after(view)
-
-    async def _execute(self, export: Export, req: Request) -> bytes:
-        """Run a write-like request; its reply."""
-        kind, cookie = req.kind, req.cookie
-        try:
-            if kind is Command.WRITE:
-                assert req.payload is not None
-                await export.write(req.offset, req.payload, req.fua)
-            elif kind is Command.FLUSH:
-                await export.flush()
-            elif kind is Command.TRIM:
-                await export.trim(req.offset, req.length)
-                if req.fua:
-                    await export.flush()
-            elif kind is Command.WRITE_ZEROES:
-                await export.write_zeroes(
-                    req.offset,
-                    req.length,
-                    req.fua,
-                    may_trim=not req.flags & c.CMD_FLAG_NO_HOLE,
-                    fast_only=bool(req.flags & c.CMD_FLAG_FAST_ZERO),
-                )
-            return self.proto.reply_ok(cookie)
-        except OSError as exc:
-            return self.proto.reply_error(cookie, wire_errno(exc.errno), str(exc))
-        except Exception:
-            log.exception("nbd %s on export %s failed", kind.name, self._label())
-            return self.proto.reply_error(cookie, Errno.EIO, "internal error")
-
-    def _release_payload(self, req: Request) -> None:
-        payload = req.payload
-        if isinstance(payload, memoryview):
-            req.payload = None
-            self.server.pool.put(payload)
-
-    def _on_done(self, req: Request, task: asyncio.Task[bytes]) -> None:
-        self._tasks.discard(task)
-        self._in_flight -= 1
-        self._in_flight_bytes -= req.length if req.kind is Command.WRITE else 0
-        if task.cancelled():
-            # A thread may still be copying from the payload: never recycle it.
-            return
-        self._release_payload(req)
-        if self._closed:
-            return
-        self._out.append(task.result())
-        if not self._resume_scheduled:
-            self._resume_scheduled = True
-            self.loop.call_soon(self._after_completions)
-
-    def _after_completions(self) -> None:
-        self._resume_scheduled = False
-        if self._closed:
-            return
-        try:
-            self._flush()
-            if self._closing and not self._in_flight and not self._out:
-                self.abort()
-        except OSError as exc:
-            log.info("nbd connection to export %s dropped: %s", self._label(), exc)
-            self.abort()
-
-    # -- transmission: output and flow control ---------------------------
-
-    def _flush(self) -> None:
-        out = self._out
-        out.flush(self.sock)
-        if out and not self._writing:
-            self.loop.add_writer(self.fd, self._on_writable)
-            self._writing = True
-        elif not out and self._writing:
-            self.loop.remove_writer(self.fd)
-            self._writing = False
-        self._update_reading()
-
-    def _on_writable(self) -> None:
-        try:
-            self._flush()
-        except OSError as exc:
-            log.info("nbd connection to export %s dropped: %s", self._label(), exc)
-            self.abort()
-            return
-        if self._closing and not self._out and not self._in_flight:
-            self.abort()
-
-    def _update_reading(self) -> None:
-        server = self.server
-        want = (
-            not self._closing
-            and self._in_flight < server.max_in_flight
-            and self._in_flight_bytes < server.max_in_flight_bytes
-            and len(self._out) < server.max_output_bytes
-        )
-        if want and not self._reading:
-            self.loop.add_reader(self.fd, self._on_readable)
-            self._reading = True
-            # Requests may already sit in the buffer: the client may be waiting for us.
-            self.loop.call_soon(self._on_resumed)
-        elif not want and self._reading:
-            self.loop.remove_reader(self.fd)
-            self._reading = False
-
-    def _on_resumed(self) -> None:
-        if self._closed or not self._reading:
-            return
-        try:
-            self._process()
-            self._flush()
-        except (ProtocolError, OSError) as exc:
-            log.info("nbd connection to export %s dropped: %s", self._label(), exc)
-            self.abort()
-
-    def _begin_close(self) -> None:
-        """Soft disconnect: finish in-flight requests, send their replies, then close."""
-        self._closing = True
-        self._update_reading()
-        if not self._in_flight:
-            self.loop.call_soon(self._after_completions)
-
-    def abort(self) -> None:
-        """Hard disconnect now; in-flight requests are cancelled.
-
-        The socket itself is closed by `run()` once it unwinds, so no pending
-        socket call of the handshake is left on a closed descriptor.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        if self._handshaking and self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-            return
-        if self._reading:
-            self.loop.remove_reader(self.fd)
-            self._reading = False
-        if self._writing:
-            self.loop.remove_writer(self.fd)
-            self._writing = False
-        for task in list(self._tasks):
-            task.cancel()
-        self._out.clear()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        if not self._done.done():
-            self._done.set_result(None)
