@@ -145,6 +145,7 @@ def serve() -> None:
         supervisor.wait_ready(timeout_s=30)
     except Exception as exc:  # noqa: BLE001 - the service runs; the AZ shows unavailable
         err.print(f"[yellow]warning:[/yellow] not every storage agent is up yet: {exc}")
+    reconciler.watcher.check()  # AZ health and NBD addresses of this run before the API answers
     reconciler.start()
     _announce(settings, created)
     try:
