@@ -101,3 +101,24 @@ def test_read_only_export(tmp_path: Path) -> None:
             asyncio.run(export.write(0, b"y", fua=False))
     finally:
         export.close()
+
+
+def test_memory_export_is_sparse_and_resizable() -> None:
+    from openevs.agent.nbd.export import MemoryExport
+
+    mem = MemoryExport(4 * MIB, chunk_bytes=65536)
+    assert isinstance(mem, Export)
+    asyncio.run(mem.write(65536 - 2, b"abcd", fua=False))
+    assert mem.pread(65536 - 4, 8) == b"\0\0abcd\0\0"
+    assert mem.extents(0, 4 * 65536) == [(65536, 0), (65536, 0), (65536, HOLE), (65536, HOLE)]
+    asyncio.run(mem.write_zeroes(0, 65536, fua=False, may_trim=True))
+    assert mem.extents(0, 65536) == [(65536, HOLE)]
+    assert mem.pread(65536, 2) == b"cd"
+    asyncio.run(mem.trim(65536, 1))
+    assert mem.pread(65536, 2) == b"\0d"
+    mem.resize(65536)
+    assert mem.size_bytes == 65536 and mem.extents(0, 65536) == [(65536, HOLE)]
+    asyncio.run(mem.flush())
+    assert mem.flushes == 1
+    with pytest.raises(OSError):
+        asyncio.run(MemoryExport(10, read_only=True).write(0, b"x", fua=False))

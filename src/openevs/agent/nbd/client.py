@@ -295,6 +295,13 @@ class NbdClient:
             error.__cause__ = exc
             _set(item.future, error)
 
+    def abort(self) -> None:
+        """Drop the connection now: pending requests fail, no DISC, no waiting."""
+        self._fail_all(NbdConnectionClosed("connection aborted"))
+        self._writer.transport.abort()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
     async def close(self) -> None:
         """Wait for in-flight requests, send NBD_CMD_DISC and close."""
         if self._pending:

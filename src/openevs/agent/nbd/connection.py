@@ -21,7 +21,7 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -79,6 +79,7 @@ class Connection:
         self._done: asyncio.Future[None] = self.loop.create_future()
         self._handshaking = True
         self._sendfile_fd: int | None = None
+        self._readinto: Callable[[int, memoryview], None] | None = None
         self.task: asyncio.Task[None] | None = None
 
     def _label(self) -> str:
@@ -119,6 +120,8 @@ class Connection:
                     self.export = export
                     fileno = getattr(export, "fileno", None)
                     self._sendfile_fd = fileno() if callable(fileno) else None
+                    readinto = getattr(export, "readinto", None)
+                    self._readinto = readinto if callable(readinto) else None
                     proto.export_found(size_bytes=export.size_bytes, read_only=export.read_only)
             elif isinstance(event, ExportChosen):
                 self.name = event.name
@@ -155,7 +158,12 @@ class Connection:
                 if n < size and not proto.awaiting_payload:
                     break  # drained; but a payload usually follows its header closely
             self._flush()
-        except (ProtocolError, OSError) as exc:
+        except ProtocolError as exc:
+            log.info("nbd connection to export %s broke the protocol: %s", self._label(), exc)
+            with contextlib.suppress(OSError):
+                self._out.flush(self.sock)  # best effort: answers to the valid requests
+            self.abort()
+        except OSError as exc:
             log.info("nbd connection to export %s dropped: %s", self._label(), exc)
             self.abort()
         except Exception:
@@ -164,6 +172,9 @@ class Connection:
 
     def _process(self) -> None:
         proto = self.proto
+        assert self.export is not None
+        # The export may have grown (or shrunk): requests are checked against its size now.
+        proto.size_bytes = self.export.size_bytes
         while self._reading:
             event = proto.next_event()
             if event is NEED_DATA:
@@ -227,7 +238,7 @@ class Connection:
                     pos += ext_len
                 out.extend(proto.reply_read_pieces(req.cookie, offset, pieces))  # type: ignore[arg-type]
                 return
-        if length < POOL_MIN_BYTES:
+        if length < POOL_MIN_BYTES or (fd is None and self._readinto is None):
             out.extend(proto.reply_read(req.cookie, offset, export.pread(offset, length)))
         elif fd is not None:
             # Straight from the page cache to the socket; the data is read when sent,
@@ -235,9 +246,10 @@ class Connection:
             out.append(proto.reply_read_header(req.cookie, offset, length))
             out.append_region(FileRegion(fd, offset, length))
         else:
+            assert self._readinto is not None
             view = self.server.pool.get(length)
             try:
-                export.readinto(offset, view)
+                self._readinto(offset, view)
             except BaseException:
                 self.server.pool.put(view)
                 raise

@@ -34,10 +34,13 @@ _THREAD_WRITE_BYTES = 256 * 1024
 class Export(Protocol):
     """The backend of one export.
 
-    Optional: an export may also have `fileno() -> int`; the server then sends
-    large reads straight from that descriptor with sendfile(2). Offer it only
-    if reading that descriptor gives what `pread` would, and keep it open
-    until every connection to the export has been dropped.
+    Optional extras the server uses when present (FileExport has both):
+    - `readinto(offset, buf: memoryview) -> None` fills `buf` (zeroes past the
+      end), so large reads land in pooled buffers instead of new bytes;
+    - `fileno() -> int`: large reads are sent straight from that descriptor
+      with sendfile(2). Offer it only if reading that descriptor gives what
+      `pread` would, and keep it open until every connection to the export
+      has been dropped.
     """
 
     @property
@@ -47,10 +50,6 @@ class Export(Protocol):
     def read_only(self) -> bool: ...
 
     def pread(self, offset: int, length: int) -> bytes: ...
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        """Fill all of `buf` from `offset` (zeroes past the end of the data)."""
-        ...
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
         """Write and return once readable by every connection (persisted if `fua`).
@@ -132,6 +131,7 @@ class FileExport:
         return data
 
     def readinto(self, offset: int, buf: memoryview) -> None:
+        """Fill all of `buf` from `offset` (zeroes past the end of the file)."""
         while buf:
             n = os.preadv(self._fd, [buf], offset)
             if n == 0:
@@ -237,3 +237,81 @@ class FileExport:
             result.append((data_end - pos, 0))
             pos = data_end
         return result
+
+
+class MemoryExport:
+    """A sparse in-memory export (tests, tools): chunks exist only where written.
+
+    Implements only the required part of `Export` (no `readinto`/`fileno`).
+    """
+
+    def __init__(self, size_bytes: int, read_only: bool = False, chunk_bytes: int = 65536) -> None:
+        self._size = size_bytes
+        self._read_only = read_only
+        self._chunk = chunk_bytes
+        self._chunks: dict[int, bytearray] = {}
+        self.flushes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    def resize(self, size_bytes: int) -> None:
+        for index in [i for i in self._chunks if i * self._chunk >= size_bytes]:
+            del self._chunks[index]
+        self._size = size_bytes
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def _spans(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """(chunk index, start within chunk, count) covering the range."""
+        spans = []
+        while length > 0:
+            index, start = divmod(offset, self._chunk)
+            count = min(length, self._chunk - start)
+            spans.append((index, start, count))
+            offset += count
+            length -= count
+        return spans
+
+    def pread(self, offset: int, length: int) -> bytes:
+        out = bytearray()
+        for index, start, count in self._spans(offset, length):
+            chunk = self._chunks.get(index)
+            out += chunk[start : start + count] if chunk is not None else bytes(count)
+        return bytes(out)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
+        if self._read_only:
+            raise OSError(errno.EROFS, "read-only export")
+        view = memoryview(data)
+        for index, start, count in self._spans(offset, len(view)):
+            chunk = self._chunks.setdefault(index, bytearray(self._chunk))
+            chunk[start : start + count] = view[:count]
+            view = view[count:]
+
+    async def write_zeroes(
+        self, offset: int, length: int, fua: bool, may_trim: bool, fast_only: bool = False
+    ) -> None:
+        for index, start, count in self._spans(offset, length):
+            chunk = self._chunks.get(index)
+            if chunk is None:
+                continue
+            if count == self._chunk:
+                del self._chunks[index]
+            else:
+                chunk[start : start + count] = bytes(count)
+
+    async def trim(self, offset: int, length: int) -> None:
+        await self.write_zeroes(offset, length, False, True)
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        return [
+            (count, 0 if index in self._chunks else STATE_HOLE | STATE_ZERO)
+            for index, _start, count in self._spans(offset, length)
+        ]
