@@ -47,6 +47,27 @@ def test_open_connection_sees_a_grown_export(nbd_server: ServerThread) -> None:
     asyncio.run(main())
 
 
+class TaskOnlyExport(MemoryExport):
+    """Needs a current task from its first line, so must not be run eagerly."""
+
+    eager_writes = False
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
+        async with asyncio.timeout(5):
+            await super().write(offset, data, fua)
+
+
+def test_exports_without_eager_writes_run_in_tasks(nbd_server: ServerThread) -> None:
+    nbd_server.exports["tasks"] = TaskOnlyExport(MIB)
+
+    async def main() -> None:
+        async with await NbdClient.connect("127.0.0.1", nbd_server.port, "tasks") as client:
+            await client.write(0, b"in a task")
+            assert await client.read(0, 9) == b"in a task"
+
+    asyncio.run(main())
+
+
 class GatedExport(MemoryExport):
     """Writes wait for a gate; counts how many are inside at once."""
 

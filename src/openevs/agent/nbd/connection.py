@@ -4,9 +4,10 @@ The handshake runs as a coroutine; the transmission phase runs on the raw
 non-blocking socket driven by `add_reader`/`add_writer` callbacks, because
 that keeps the hot path short: requests are received straight into their
 buffers (`recv_into`), READ/BLOCK_STATUS/CACHE are answered inline (page-cache
-reads need no task), write-like requests run eagerly and become tasks only if
-they suspend, and all replies queued during one wake-up leave in a single
-`sendmsg` (large reads straight from the file with sendfile).
+reads need no task), write-like requests of exports that allow it
+(`eager_writes`) run eagerly and become tasks only if they suspend, and all
+replies queued during one wake-up leave in a single `sendmsg` (large reads
+straight from the file with sendfile).
 
 Rules: replies never interleave (one send queue, whole messages only);
 in-flight requests, their payload bytes and queued output are bounded, and
@@ -80,6 +81,7 @@ class Connection:
         self._handshaking = True
         self._sendfile_fd: int | None = None
         self._readinto: Callable[[int, memoryview], None] | None = None
+        self._eager = False
         self.task: asyncio.Task[None] | None = None
 
     def _label(self) -> str:
@@ -122,6 +124,7 @@ class Connection:
                     self._sendfile_fd = fileno() if callable(fileno) else None
                     readinto = getattr(export, "readinto", None)
                     self._readinto = readinto if callable(readinto) else None
+                    self._eager = getattr(export, "eager_writes", False) is True
                     proto.export_found(size_bytes=export.size_bytes, read_only=export.read_only)
             elif isinstance(event, ExportChosen):
                 self.name = event.name
@@ -207,7 +210,10 @@ class Connection:
         elif kind is Command.CACHE:
             self._out.append(self.proto.reply_ok(req.cookie))
         else:
-            done, result = start_eagerly(self._execute(export, req), self.loop)
+            if self._eager:
+                done, result = start_eagerly(self._execute(export, req), self.loop)
+            else:
+                done, result = False, self.loop.create_task(self._execute(export, req))
             if done:
                 assert isinstance(result, bytes)
                 self._release_payload(req)

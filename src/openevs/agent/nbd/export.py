@@ -34,7 +34,11 @@ _THREAD_WRITE_BYTES = 256 * 1024
 class Export(Protocol):
     """The backend of one export.
 
-    Optional extras the server uses when present (FileExport has both):
+    Optional extras the server uses when present (FileExport has all three):
+    - `eager_writes = True`: the write-like coroutines may be started outside
+      any Task and only become one if they suspend (saves a Task per write).
+      Only for code that does not need a current task before its first
+      suspension: no `asyncio.timeout()` or `current_task()` there;
     - `readinto(offset, buf: memoryview) -> None` fills `buf` (zeroes past the
       end), so large reads land in pooled buffers instead of new bytes;
     - `fileno() -> int`: large reads are sent straight from that descriptor
@@ -100,6 +104,8 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 class FileExport:
     """An export backed by a regular (usually sparse) file."""
+
+    eager_writes = True  # a write to the page cache never suspends; flush uses to_thread
 
     def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
         self.path = os.fspath(path)
@@ -242,8 +248,11 @@ class FileExport:
 class MemoryExport:
     """A sparse in-memory export (tests, tools): chunks exist only where written.
 
-    Implements only the required part of `Export` (no `readinto`/`fileno`).
+    Implements the required part of `Export` (no `readinto`/`fileno`); its
+    coroutines never suspend, so it allows eager writes.
     """
+
+    eager_writes = True
 
     def __init__(self, size_bytes: int, read_only: bool = False, chunk_bytes: int = 65536) -> None:
         self._size = size_bytes
