@@ -265,7 +265,9 @@ class ReplicationManager:
                 " a role change needs a higher epoch"
             )
         if old.role is Role.SECONDARY and (
-            config.role is not Role.SECONDARY or config.link_export != old.link_export
+            config.role is not Role.SECONDARY
+            or config.link_export != old.link_export
+            or config.epoch != old.epoch
         ):
             # The old link is revoked before anything else changes.
             replica.link_open = False

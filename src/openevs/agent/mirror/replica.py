@@ -43,10 +43,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PIPELINE = 12  # sync requests in flight
+PIPELINE = 16  # sync requests in flight
+HOT_AHEAD = 4  # extents past a forwarded write made hot in advance (16 MiB)
 COOL_INTERVAL_S = 2.0  # hot extents idle this long are flushed on the peer and cleared
 _ZEROS = bytes(engine.MAX_CHUNK_REGIONS * REGION_BYTES)
 _IO_ERRNOS = (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+_NEVER_WRITTEN = -1  # a hot extent made hot ahead of any write: nothing to resync there
 
 LocalOp = Callable[[bool], Awaitable[None]]  # local(fua)
 ForwardOp = Callable[[PeerLink], Awaitable[None]]  # the same request, sent to the peer
@@ -65,12 +68,15 @@ class Replica:
         self._rfd = os.open(self.image_path, os.O_RDONLY)
         self.bitmap = BitmapFile(bitmap_path)
         self.state.dirty = self.bitmap.load()  # on start, every persisted bit is dirty
-        self.hot: dict[int, int] = {}  # hot extent -> write counter at its last write
+        # hot extent -> write counter at its last forwarded write (or _NEVER_WRITTEN)
+        self.hot: dict[int, int] = {}
         self._write_seq = 0
+        self._hot_pending: set[int] = set()  # extents whose bits are being persisted
         self._forwards = 0  # forwarded writes in flight
         self._round_seq = -1  # write counter at the previous housekeeping round
-        self._clean_after_flush: set[int] = set()
-        self._buffers: list[bytearray] = []  # reusable sync chunk buffers  # copied regions whose bit may go
+        self._clean_after_flush: set[int] = set()  # copied regions whose bit may go
+        self._buffers: list[bytearray] = []  # reusable sync chunk buffers
+        self._background: set[asyncio.Task[None]] = set()
         self.link: PeerLink | None = None
         self.io_error = False
         self.peer_blank = False  # the peer was punched: all-zero chunks need no request
@@ -96,9 +102,10 @@ class Replica:
     async def close(self) -> None:
         self._closed = True
         self._notify()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.link is not None:
@@ -142,7 +149,9 @@ class Replica:
             link, self.link = self.link, None
             self.state.link_up = False
             self.manager.member_failed(self, "link closed")
-            asyncio.get_running_loop().create_task(self._retire_link(link))
+            task = asyncio.get_running_loop().create_task(self._retire_link(link))
+            self._background.add(task)  # a task nobody references may be collected
+            task.add_done_callback(self._background.discard)
         if self.link is None and self.wants_link():
             assert peer is not None
             self.link = PeerLink(
@@ -203,8 +212,9 @@ class Replica:
     def _mark_unflushed_dirty(self) -> None:
         """What was forwarded or copied but maybe not durable on the peer becomes dirty."""
         st = self.state
-        for extent in self.hot:
-            st.dirty.update(engine.extent_regions(extent))  # their bits are already on disk
+        for extent, last_write in self.hot.items():
+            if last_write != _NEVER_WRITTEN:  # their bits are already on disk
+                st.dirty.update(engine.extent_regions(extent))
         st.dirty.update(self._clean_after_flush)
         self._clean_after_flush.clear()
 
@@ -227,16 +237,41 @@ class Replica:
                 await self._wait_change()
                 continue
             if action is WriteAction.FORWARD:
-                cold = [e for e in engine.hot_extents_of(regions) if e not in self.hot]
+                extents = engine.hot_extents_of(regions)
+                cold = [e for e in extents if e not in self.hot]
+                ahead = self._ahead(extents.stop)
                 if cold:
-                    await self._persist(r for e in cold for r in engine.extent_regions(e))
-                    for extent in cold:
-                        self.hot.setdefault(extent, self._write_seq)
+                    await self._make_hot(cold + ahead)  # one fdatasync for both
                     continue  # the state may have changed while the bits were synced
+                if ahead:
+                    # A sequential writer finds its next extents hot already.
+                    task = asyncio.get_running_loop().create_task(self._make_hot(ahead))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
                 await self._forwarded(regions, local, forward, fua)
                 return
             await self._local_dirty(regions, local, fua)
             return
+
+    def _ahead(self, next_extent: int) -> list[int]:
+        """Extents just past a forwarded write, to make hot before they are written."""
+        last = (self.size_bytes - 1) // REGION_BYTES // engine.HOT_EXTENT_REGIONS
+        return [
+            e for e in range(next_extent, min(next_extent + HOT_AHEAD, last + 1))
+            if e not in self.hot and e not in self._hot_pending
+        ]  # fmt: skip
+
+    async def _make_hot(self, extents: list[int]) -> None:
+        """Persist the bits of whole extents, then count them hot (activity log)."""
+        self._hot_pending.update(extents)
+        try:
+            await self._persist(r for e in extents for r in engine.extent_regions(e))
+        except OSError:
+            return  # io_error is set; the write path reports it on its own persist
+        finally:
+            self._hot_pending.difference_update(extents)
+        for extent in extents:
+            self.hot.setdefault(extent, _NEVER_WRITTEN)
 
     def _refusal(self) -> str:
         if self.state.role is Role.SECONDARY:
