@@ -53,6 +53,20 @@ def make_image(path: Path, size: int, data: int, seed: int = 7) -> list[tuple[in
     return extents
 
 
+def cpu_s(*pids: int) -> float:
+    """CPU seconds (user + system) used so far by processes `pids`."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children_cpu_s() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def time_nbdcopy(src: Path, dst: Path, size: int) -> float:
     with dst.open("wb") as fh:
         fh.truncate(size)
@@ -124,10 +138,16 @@ def main() -> None:
         b.start()
         b.client.create_volume("dr", size)
 
-        ours, theirs = [], []
+        assert a.proc is not None and b.proc is not None
+        pids = (a.proc.pid, b.proc.pid)
+        ours, theirs, our_cpu, their_cpu = [], [], [], []
         for round_ in range(args.rounds):
+            before = children_cpu_s()
             theirs.append(time_nbdcopy(src, root / "nbdcopy-dst.img", size))
+            their_cpu.append(children_cpu_s() - before)
+            before = cpu_s(*pids)
             seconds, state = time_initial_copy(a, b, epoch=round_ + 1)
+            our_cpu.append(cpu_s(*pids) - before)
             ours.append(seconds)
             assert checksum(src) == checksum(b.image("dr")), "DR differs after the copy"
             print(f"round {round_ + 1}: openevs {seconds:.2f} s "
@@ -137,11 +157,14 @@ def main() -> None:
             b.client.delete_replication("dr")
         best_ours, best_theirs = min(ours), min(theirs)
         print(f"(a) initial copy: openevs {best_ours:.2f} s, nbdcopy {best_theirs:.2f} s, "
-              f"ratio {best_ours / best_theirs:.2f}x (goal <= 1.2x)")  # fmt: skip
+              f"ratio {best_ours / best_theirs:.2f}x (goal <= 1.2x); CPU s per copy: "
+              f"openevs {min(our_cpu):.2f}, nbdcopy+nbdkit {min(their_cpu):.2f}")  # fmt: skip
 
         a.client.grant_export("att", "vol", False)
         fio_write(a, "att", None)  # allocate the blocks once: both runs then overwrite
+        before = cpu_s(*pids)
         unpaired = fio_write(a, "att", args.fio_s)
+        unpaired_cpu = (cpu_s(*pids) - before) / (unpaired * args.fio_s / 1024)
         b.client.set_replication(
             "dr", {"role": "secondary", "epoch": 100, "pair_id": "bench",
                    "link_export": "link-fio", "initial_sync": False},
@@ -152,7 +175,9 @@ def main() -> None:
         )  # fmt: skip
         while a.state("vol")["replication_status"] != "active":
             time.sleep(0.05)
+        before = cpu_s(*pids)
         paired = fio_write(a, "att", args.fio_s)
+        paired_cpu = (cpu_s(*pids) - before) / (paired * args.fio_s / 1024)
         state = a.state("vol")
         unpaired_again = None
         if args.fio_twice:
@@ -161,7 +186,9 @@ def main() -> None:
             unpaired = max(unpaired, unpaired_again)
         assert state["replication_status"] == "active", state
         print(f"(b) fio 1 MiB seq write: unpaired {unpaired:.0f} MiB/s, "
-              f"active pair {paired:.0f} MiB/s, ratio {paired / unpaired:.2f} (goal >= 0.7)")
+              f"active pair {paired:.0f} MiB/s, ratio {paired / unpaired:.2f} (goal >= 0.7); "
+              f"agent CPU s per GiB: unpaired {unpaired_cpu:.2f}, paired {paired_cpu:.2f}")
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     finally:
         for agent in (a, b):
             agent.kill()

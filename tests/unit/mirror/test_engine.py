@@ -18,10 +18,10 @@ from openevs.agent.mirror.engine import (
     dirty_bytes,
     hot_extents_of,
     merge_ranges,
-    plan_sync,
     regions_of,
     regions_of_ranges,
     status,
+    take_chunk,
 )
 
 R = REGION_BYTES
@@ -104,21 +104,33 @@ def test_status(
     assert status(state, io_error=io_error, sync_running=sync_running) == expected
 
 
-def test_plan_sync_merges_consecutive_regions_up_to_the_chunk_limit() -> None:
-    dirty = {5, 1, 2, 3, 9, 10}
-    assert plan_sync(dirty) == [(1, 3), (5, 1), (9, 2)]
-    assert plan_sync(range(0, 2 * MAX_CHUNK_REGIONS + 1)) == [
-        (0, MAX_CHUNK_REGIONS),
-        (MAX_CHUNK_REGIONS, MAX_CHUNK_REGIONS),
-        (2 * MAX_CHUNK_REGIONS, 1),
-    ]
+def _chunks(state: MirrorState, last_region: int = 10**9, max_regions: int = 64) -> list[list[int]]:
+    order, index, chunks = sorted(state.dirty), 0, []
+    while index < len(order):
+        chunk, index = take_chunk(
+            order, index, state, last_region=last_region, max_regions=max_regions
+        )
+        if chunk:
+            chunks.append(chunk)
+    return chunks
 
 
-def test_plan_sync_skips_busy_and_past_the_end_and_limits_chunks() -> None:
-    assert plan_sync({1, 2, 3, 4}, busy={3}) == [(1, 2), (4, 1)]
-    assert plan_sync({1, 2, 30}, last_region=10) == [(1, 2)]
-    assert plan_sync(range(0, 100, 2), max_chunks=3) == [(0, 1), (2, 1), (4, 1)]
-    assert plan_sync(set()) == []
+def test_take_chunk_merges_consecutive_regions_up_to_the_chunk_limit() -> None:
+    assert _chunks(synced(dirty={5, 1, 2, 3, 9, 10})) == [[1, 2, 3], [5], [9, 10]]
+    big = set(range(2 * MAX_CHUNK_REGIONS + 1))
+    assert [len(c) for c in _chunks(synced(dirty=big), max_regions=MAX_CHUNK_REGIONS)] == [
+        MAX_CHUNK_REGIONS, MAX_CHUNK_REGIONS, 1
+    ]  # fmt: skip
+
+
+def test_take_chunk_skips_what_it_must_not_copy_now() -> None:
+    state = synced(dirty={1, 2, 3, 4, 6, 7, 30}, copying={6}, forwarding={3: 1})
+    # 3 has a write in flight, 6 is being copied, 30 is past the end.
+    assert _chunks(state, last_region=10) == [[1, 2], [4], [7]]
+    order = [1, 2, 3]
+    state = synced(dirty={2, 3})  # 1 was copied meanwhile (no longer dirty)
+    assert take_chunk(order, 0, state, last_region=10) == ([2, 3], 3)
+    assert take_chunk([], 0, state, last_region=10) == ([], 0)
 
 
 def test_merge_ranges_and_dirty_bytes() -> None:

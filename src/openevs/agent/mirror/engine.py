@@ -13,15 +13,15 @@ Rules this module keeps:
   wait, so a copy can never overwrite newer data on the peer;
 - a write that touches any dirty region is kept local and marks all its
   regions dirty (the sync will copy them);
-- the sync never picks a region that a forwarded write is still in flight
-  to, for the same reason;
+- the sync never picks a region that a write is still in flight to, for the
+  same reason;
 - one failed forward splits the whole group at once.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 REGION_BYTES = 64 * 1024
@@ -102,7 +102,8 @@ class MirrorState:
     group_split: bool = False
     dirty: set[int] = field(default_factory=set)
     copying: set[int] = field(default_factory=set)
-    forwarding: dict[int, int] = field(default_factory=dict)  # region -> writes in flight
+    # region -> user writes in flight there (forwarded or kept local)
+    forwarding: dict[int, int] = field(default_factory=dict)
 
     @property
     def in_sync_path(self) -> bool:
@@ -164,39 +165,31 @@ def sync_candidates(state: MirrorState) -> bool:
     return state.in_sync_path and bool(state.dirty)
 
 
-def plan_sync(
-    dirty: Iterable[int],
-    *,
-    busy: Iterable[int] = (),
-    max_chunk_regions: int = MAX_CHUNK_REGIONS,
-    max_chunks: int = 16,
-    last_region: int | None = None,
-) -> list[tuple[int, int]]:
-    """The next chunks to copy, as (first_region, region_count), in disk order.
+def take_chunk(
+    order: Sequence[int], index: int, state: MirrorState, *,
+    last_region: int, max_regions: int = MAX_CHUNK_REGIONS,
+) -> tuple[list[int], int]:  # fmt: skip
+    """The sync planner: the next chunk to copy from the sorted regions `order`.
 
-    Consecutive dirty regions merge into one chunk of at most
-    `max_chunk_regions`; regions in `busy` (being copied or with a forwarded
-    write in flight) are skipped this round. `last_region` drops regions past
-    the end of the volume.
+    Returns the next run of consecutive copyable regions starting at
+    `order[index:]` (at most `max_regions`, so a chunk is one request of at most
+    4 MiB) and the index to continue from. A region is skipped when it is no
+    longer dirty, already being copied, past the end of the volume, or has a
+    user write in flight (a later pass copies it).
     """
-    busy_set = set(busy)
-    chunks: list[tuple[int, int]] = []
-    start = -1
-    count = 0
-    for region in sorted(dirty):
-        if region in busy_set or (last_region is not None and region > last_region):
+    chunk: list[int] = []
+    dirty, copying, writing = state.dirty, state.copying, state.forwarding
+    while index < len(order) and len(chunk) < max_regions:
+        region = order[index]
+        if chunk and region != chunk[-1] + 1:
+            break
+        index += 1
+        if region > last_region or region not in dirty or region in copying or region in writing:
+            if chunk:
+                break
             continue
-        if count and region == start + count and count < max_chunk_regions:
-            count += 1
-            continue
-        if count:
-            chunks.append((start, count))
-            if len(chunks) >= max_chunks:
-                return chunks
-        start, count = region, 1
-    if count:
-        chunks.append((start, count))
-    return chunks[:max_chunks]
+        chunk.append(region)
+    return chunk, index
 
 
 def merge_ranges(

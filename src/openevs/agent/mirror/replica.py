@@ -412,30 +412,15 @@ class Replica:
         slots = asyncio.Semaphore(PIPELINE)
         progressed = False
         last_region = (self.size_bytes - 1) // REGION_BYTES
+        if order and order[-1] > last_region:  # never grown back: nothing to copy there
+            st.dirty.difference_update(r for r in order if r > last_region)
         try:
             while index < len(order) and st.in_sync_path:
                 await slots.acquire()
                 if not st.in_sync_path:
                     slots.release()
                     break
-                chunk: list[int] = []
-                while index < len(order) and len(chunk) < engine.MAX_CHUNK_REGIONS:
-                    region = order[index]
-                    if chunk and region != chunk[-1] + 1:
-                        break
-                    index += 1
-                    if region > last_region:
-                        st.dirty.discard(region)  # past the end (never grown back)
-                        continue
-                    if region not in st.dirty or region in st.copying:
-                        if chunk:
-                            break
-                        continue
-                    if region in st.forwarding:
-                        if chunk:
-                            break
-                        continue  # a write is in flight there: next pass
-                    chunk.append(region)
+                chunk, index = engine.take_chunk(order, index, st, last_region=last_region)
                 if not chunk:
                     slots.release()
                     continue
