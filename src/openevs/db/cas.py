@@ -16,12 +16,24 @@ from openevs.db.models import utcnow
 
 
 def compare_and_set(
-    session: Session, model: Any, ident: str, expected: str, new: str, **values: Any
+    session: Session,
+    model: Any,
+    ident: str,
+    expected: str,
+    new: str,
+    *,
+    unchanged: dict[str, Any] | None = None,
+    **values: Any,
 ) -> bool:
-    """Move row `ident` from status `expected` to `new` (plus `values`); True if we won."""
+    """Move row `ident` from status `expected` to `new` (plus `values`); True if we won.
+
+    `unchanged` names other columns the caller's decision rested on: the
+    status alone can come back to `expected` (ABA) while they moved.
+    """
+    conditions = [getattr(model, column) == value for column, value in (unchanged or {}).items()]
     stmt = (
         update(model)
-        .where(model.id == ident, model.status == expected)
+        .where(model.id == ident, model.status == expected, *conditions)
         .values(status=new, updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )

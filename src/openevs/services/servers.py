@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from openevs.config import Settings
@@ -162,10 +162,31 @@ def detach_volume(session: Session, project_id: str, server_id: str, volume_id: 
     )
     if att is None:
         raise NotFound(f"volume {volume_id[:64]} is not attached to server {server.id}")
-    session.delete(att)
-    session.flush()
+    _lock_volumes(session, [volume_id])
+    if not _delete_row(session, Attachment, att.id):
+        raise NotFound(f"volume {volume_id[:64]} is not attached to server {server.id}")
     _release_if_free(session, volume_id)
     return att
+
+
+def _lock_volumes(session: Session, volume_ids: list[str]) -> None:
+    """Serialize detaches of the same volumes before checking "no attachment left".
+
+    Without it two PostgreSQL transactions removing the last two attachments
+    of a multiattach disk each still see the other's attachment, neither
+    releases the disk, and it stays in-use with no attachment. SQLite, which
+    ignores FOR UPDATE, serializes writers anyway. Sorted ids: no deadlock.
+    """
+    for volume_id in sorted(set(volume_ids)):
+        session.execute(select(Volume.id).where(Volume.id == volume_id).with_for_update())
+
+
+def _delete_row(session: Session, model: type[Attachment] | type[Server], row_id: str) -> bool:
+    """Delete one row by id; False when a concurrent request deleted it first."""
+    result = session.execute(
+        delete(model).where(model.id == row_id).execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def _release_if_free(session: Session, volume_id: str) -> None:
@@ -185,11 +206,11 @@ def delete_server(session: Session, project_id: str, server_id: str) -> list[Att
     """Delete the server, detaching its volumes; returns the removed attachments."""
     server = get_server(session, project_id, server_id)
     atts = attachments_of_server(session, server.id)
+    _lock_volumes(session, [att.volume_id for att in atts])
     for att in atts:
-        session.delete(att)
-    session.flush()
+        _delete_row(session, Attachment, att.id)
     for att in atts:
         _release_if_free(session, att.volume_id)
-    session.delete(server)
-    session.flush()
+    if not _delete_row(session, Server, server.id):
+        raise NotFound(f"server {server_id[:64]} could not be found")
     return atts

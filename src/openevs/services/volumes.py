@@ -159,10 +159,16 @@ def update_volume(
 
 
 def _transition(
-    session: Session, volume: Volume, trigger: VolumeTrigger, **values: Any
+    session: Session,
+    volume: Volume,
+    trigger: VolumeTrigger,
+    unchanged: dict[str, Any] | None = None,
+    **values: Any,
 ) -> None:
     new = next_state(VOLUME_TRANSITIONS, "volume", volume.status, trigger)
-    if not compare_and_set(session, Volume, volume.id, volume.status, new, **values):
+    if not compare_and_set(
+        session, Volume, volume.id, volume.status, new, unchanged=unchanged, **values
+    ):
         raise InvalidState(
             f"volume {volume.id} changed status concurrently; retry the request"
         )
@@ -186,7 +192,12 @@ def extend_volume(
         )
     check_new_size(volume.size_gb, new_size_gb)
     _check_quota(session, settings, project_id, 0, new_size_gb - volume.size_gb)
-    _transition(session, volume, VolumeTrigger.EXTEND, target_size_gb=new_size_gb)
+    # The size check above used this size: an extend that finished meanwhile
+    # (status back to available, size larger) must not be "extended" to less.
+    _transition(
+        session, volume, VolumeTrigger.EXTEND, unchanged={"size_gb": volume.size_gb},
+        target_size_gb=new_size_gb,
+    )
     return volume
 
 
