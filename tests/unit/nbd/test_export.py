@@ -39,7 +39,7 @@ def test_write_then_read(image: FileExport) -> None:
     assert buf == b"abc" * 1000
 
 
-def test_large_write_goes_through_a_thread(image: FileExport) -> None:
+def test_large_write_from_a_memoryview(image: FileExport) -> None:
     data = bytes(range(256)) * 4096
     asyncio.run(image.write(0, memoryview(data), fua=False))
     assert image.pread(0, len(data)) == data

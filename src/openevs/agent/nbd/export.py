@@ -27,7 +27,6 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 _ZERO_CHUNK_BYTES = 1024 * 1024
 _MAX_EXTENTS = 1024
-_THREAD_WRITE_BYTES = 256 * 1024
 
 
 @runtime_checkable
@@ -159,11 +158,9 @@ class FileExport:
         return b"".join(parts)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-        if len(data) >= _THREAD_WRITE_BYTES:
-            # Large copies into the page cache overlap with receiving the next payload.
-            await asyncio.to_thread(self._pwrite_all, offset, data)
-        else:
-            self._pwrite_all(offset, data)
+        # Inline even when large: a worker thread costs more in GIL hand-offs than the
+        # copy into the page cache it would overlap (measured: ~2x server CPU per MiB).
+        self._pwrite_all(offset, data)
         if fua:
             await self.flush()
 
