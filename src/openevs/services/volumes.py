@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from openevs.config import Settings
@@ -64,9 +64,27 @@ def _usage(session: Session, project_id: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def _lock_project(session: Session, project_id: str) -> None:
+    """Serialize quota checks of one project until this transaction ends.
+
+    Counting usage and then inserting is check-then-act: without the lock,
+    concurrent creates all see the same usage and all pass. A no-op UPDATE
+    of the project row takes the row lock on PostgreSQL and the writer lock
+    on SQLite (where FOR UPDATE does nothing), so the count reads committed
+    usage.
+    """
+    session.execute(
+        update(Project)
+        .where(Project.id == project_id)
+        .values(quota_volumes=Project.quota_volumes)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _check_quota(
     session: Session, settings: Settings, project_id: str, add_count: int, add_gb: int
 ) -> None:
+    _lock_project(session, project_id)
     count_limit, gb_limit = _quota(session, settings, project_id)
     count, gb = _usage(session, project_id)
     if count + add_count > count_limit:

@@ -117,3 +117,12 @@ def test_an_extend_decided_on_a_stale_size_is_refused(api: Api) -> None:
         stale.rollback()
     shown = api.get(f"/v2/{{p}}/volumes/{vol['id']}").json()["volume"]
     assert (shown["status"], shown["size"]) == ("available", 3)
+
+
+def test_concurrent_creates_respect_the_quota(controller_factory: Callable[..., Api]) -> None:
+    api = controller_factory(quota_volumes=2, quota_gigabytes=100)
+    url = api.url("/v2/{p}/volumes")
+    body = {"volume": {"size": 1, "availability_zone": "az1.dc1"}}
+    codes = statuses(race(api, [lambda c: c.post(url, json=body)] * WORKERS))
+    assert codes == [202, 202] + [413] * (WORKERS - 2), codes
+    assert len(api.get("/v2/{p}/volumes").json()["volumes"]) == 2
