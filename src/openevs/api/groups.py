@@ -67,6 +67,9 @@ def group_view(group: ReplicationGroup, replication_ids: list[str]) -> dict[str,
         "priority_station": group.priority_station,
         "replication_model": group.replication_model,
         "replication_status": group.replication_status,
+        # Not in the reference's field list; like a pair's progress ("0".."100" while
+        # copying): the members' average, which `openevs group sync --wait` draws.
+        "progress": group.progress,
         "replication_ids": replication_ids,
         "created_at": evs_time(group.created_at),
         "updated_at": evs_time(group.updated_at),

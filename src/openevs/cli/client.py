@@ -1,22 +1,21 @@
 """The client side of `openevs`: one sub-command per resource family.
 
 Each family lives in its own module (`client_volumes`, `client_servers`,
-`client_replication`) built on `client_common` (options, tables, JSON
-output, `--wait`) and `session` (credentials, token, HTTP). Consistency
-groups join the same way: a `client_groups.py` with its own typer app,
-added to FAMILIES below.
+`client_replication`, `client_groups`) built on `client_common` (options,
+tables, JSON output, `--wait`) and `session` (credentials, token, HTTP).
 """
 
 from __future__ import annotations
 
 import typer
 
-from openevs.cli import client_replication, client_servers, client_volumes
+from openevs.cli import client_groups, client_replication, client_servers, client_volumes
 
 FAMILIES: list[tuple[str, typer.Typer]] = [
     ("volume", client_volumes.app),
     ("server", client_servers.app),
     ("replication", client_replication.app),
+    ("group", client_groups.app),
 ]
 
 CREDENTIALS_HELP = (
