@@ -65,6 +65,7 @@ class PeerLink:
         self._clients: list[_LinkClient] = []
         self._next = itertools.count()
         self.up = False
+        self.generation = 0  # bumped at every (re)connection
         self.last_error = ""
         self.peer_size_bytes = 0
         self._task: asyncio.Task[None] | None = None
@@ -89,6 +90,11 @@ class PeerLink:
     def mark_down(self, reason: str) -> None:
         """Take the link down now (synchronously) and let the loop reconnect."""
         self._drop(reason, notify=True)
+
+    def received(self, generation: int) -> bool:
+        """True when the connection that carried a request of `generation` is still up,
+        so the peer still holds what it acknowledged then (in its page cache)."""
+        return self.up and self.generation == generation
 
     def _drop(self, reason: str, *, notify: bool) -> None:
         clients, self._clients = self._clients, []
@@ -122,6 +128,7 @@ class PeerLink:
             if self._closed:
                 return
             self.up = True
+            self.generation += 1
             self.last_error = ""
             log.info("replication link %s up", self.label)
             self._on_up(self)

@@ -74,7 +74,9 @@ class Replica:
         self._hot_pending: set[int] = set()  # extents whose bits are being persisted
         self._forwards = 0  # forwarded writes in flight
         self._round_seq = -1  # write counter at the previous housekeeping round
-        self._clean_after_flush: set[int] = set()  # copied regions whose bit may go
+        # Regions the peer received (copied or forwarded) since its last FLUSH: in
+        # sync once it flushes, dirty if the link is lost before.
+        self._unflushed: set[int] = set()
         self._buffers: list[bytearray] = []  # reusable sync chunk buffers
         self._background: set[asyncio.Task[None]] = set()
         self.link: PeerLink | None = None
@@ -169,14 +171,15 @@ class Replica:
         FLUSH, after the forwards still in flight ended; then those regions are
         in sync (the status can be active-stopped). If that fails, they are dirty.
         """
-        hot = dict(self.hot)
-        copied = set(self._clean_after_flush)
         flushed = False
         if link.up:
             for _ in range(60):  # forwards in flight end within the request timeout
                 if not self._forwards:
                     break
                 await self._wait_change(0.1)
+        hot = dict(self.hot)
+        copied = set(self._unflushed)
+        if link.up:
             try:
                 await link.flush()
                 flushed = not self._forwards
@@ -187,7 +190,7 @@ class Replica:
             cooled = [e for e, seq in hot.items() if self.hot.get(e) == seq]
             for extent in cooled:
                 del self.hot[extent]
-            self._clean_after_flush -= copied
+            self._unflushed -= copied
             self._clear_bits(copied | {r for e in cooled for r in engine.extent_regions(e)})
         else:
             self._mark_unflushed_dirty()
@@ -210,13 +213,16 @@ class Replica:
         self._notify()
 
     def _mark_unflushed_dirty(self) -> None:
-        """What was forwarded or copied but maybe not durable on the peer becomes dirty."""
-        st = self.state
-        for extent, last_write in self.hot.items():
-            if last_write != _NEVER_WRITTEN:  # their bits are already on disk
-                st.dirty.update(engine.extent_regions(extent))
-        st.dirty.update(self._clean_after_flush)
-        self._clean_after_flush.clear()
+        """The link is lost: what the peer received but may not hold durably is dirty.
+
+        Exactly those regions (their bits are on disk already: hot extent or
+        copy). The hot extents are then done with: their other bits are cleared
+        (lazily), so a crash later resyncs what differs, not whole extents —
+        except extents with a write still in flight, which keep their bits.
+        """
+        self.state.dirty.update(self._unflushed)
+        self._unflushed.clear()
+        self._release_hot(list(self.hot))
 
     # -- user I/O ---------------------------------------------------------
 
@@ -239,7 +245,7 @@ class Replica:
             if action is WriteAction.FORWARD:
                 extents = engine.hot_extents_of(regions)
                 cold = [e for e in extents if e not in self.hot]
-                ahead = self._ahead(extents.stop)
+                ahead = self._ahead(extents)
                 if cold:
                     await self._make_hot(cold + ahead)  # one fdatasync for both
                     continue  # the state may have changed while the bits were synced
@@ -253,8 +259,16 @@ class Replica:
             await self._local_dirty(regions, local, fua)
             return
 
-    def _ahead(self, next_extent: int) -> list[int]:
-        """Extents just past a forwarded write, to make hot before they are written."""
+    def _ahead(self, extents: range) -> list[int]:
+        """Extents just past a sequential writer's write, to make hot before it gets there.
+
+        Only a writer that crossed from a written hot extent into the next one
+        counts as sequential: scattered writes make nothing hot ahead (after a
+        crash, every hot extent is resynced).
+        """
+        if self.hot.get(extents.start - 1, _NEVER_WRITTEN) == _NEVER_WRITTEN:
+            return []
+        next_extent = extents.stop
         last = (self.size_bytes - 1) // REGION_BYTES // engine.HOT_EXTENT_REGIONS
         return [
             e for e in range(next_extent, min(next_extent + HOT_AHEAD, last + 1))
@@ -322,12 +336,15 @@ class Replica:
             # The peer's copy is sent first and the local write runs meanwhile; the
             # `writing` guard keeps the sync away from these regions until both end.
             self._forwards += 1
+            generation = link.generation if link is not None else -1
             sent = asyncio.ensure_future(self._send(link, forward))
             try:
                 await self._local(local, fua)
             finally:
                 reached = await sent
-            if not reached:
+            if reached and link is self.link and link is not None and link.received(generation):
+                self._unflushed.update(regions)
+            else:
                 # The link (and the group) went down synchronously in on_down; the
                 # regions are dirty now, and their bits are on disk (hot extent).
                 self.state.dirty.update(regions)
@@ -335,7 +352,18 @@ class Replica:
         finally:
             self._forwards -= 1
             self._end(regions)
+            if not self.state.link_up:
+                self._release_hot(engine.hot_extents_of(regions))
             self._notify()
+
+    def _release_hot(self, extents: Iterable[int]) -> None:
+        """After a link loss, hot extents with no write in flight are done with:
+        what differs there is in `dirty` now, the rest of their bits can go."""
+        busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.forwarding}
+        done = [e for e in extents if e in self.hot and e not in busy]
+        for extent in done:
+            del self.hot[extent]
+        self._clear_bits(r for e in done for r in engine.extent_regions(e))
 
     @staticmethod
     async def _send(link: PeerLink | None, forward: ForwardOp) -> bool:
@@ -383,7 +411,7 @@ class Replica:
     async def clear_bitmap(self) -> None:
         self.state.dirty.clear()
         self.hot.clear()
-        self._clean_after_flush.clear()
+        self._unflushed.clear()
         self.bitmap.clear_all()
         await self.bitmap.sync()
 
@@ -449,6 +477,7 @@ class Replica:
                 raise LinkDown("link closed")
             buffer = self._buffers.pop() if self._buffers else bytearray(len(_ZEROS))
             try:
+                generation = link.generation
                 data = await asyncio.to_thread(self._read_chunk, offset, length, buffer)
                 if data is None:
                     if not self.peer_blank:
@@ -457,9 +486,11 @@ class Replica:
                     await link.write(offset, data, False)
             finally:
                 self._buffers.append(buffer)  # the reply came: the transport is done with it
+            if not link.received(generation):
+                raise LinkDown("the link broke after the copy was acknowledged")
             self.copied_bytes += length
             self.resynced_bytes_total += length
-            self._clean_after_flush.update(chunk)
+            self._unflushed.update(chunk)
         except (LinkDown, OSError) as exc:
             st.dirty.update(chunk)  # their bits are still on disk (clearing is lazy)
             if isinstance(exc, OSError):
@@ -522,7 +553,7 @@ class Replica:
             previous, self._round_seq = self._round_seq, self._write_seq
             busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.forwarding}
             candidates = [e for e, last in self.hot.items() if last <= previous and e not in busy]
-            copied = set(self._clean_after_flush) if not self.sync_running else set()
+            copied = set(self._unflushed)
             if not candidates and not copied:
                 continue
             try:
@@ -532,7 +563,7 @@ class Replica:
             cooled = [e for e in candidates if self.hot.get(e, previous + 1) <= previous]
             for extent in cooled:
                 del self.hot[extent]
-            self._clean_after_flush -= copied
+            self._unflushed -= copied
             self._clear_bits(copied | {r for e in cooled for r in engine.extent_regions(e)})
 
     # -- reporting --------------------------------------------------------
