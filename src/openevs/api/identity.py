@@ -32,9 +32,7 @@ def v3_version(url: str) -> dict[str, Any]:
         "status": "stable",
         "updated": V3_UPDATED,
         "links": [{"rel": "self", "href": f"{url}/v3/"}],
-        "media-types": [
-            {"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}
-        ],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
     }
 
 
@@ -144,7 +142,7 @@ def issue_token(body: AuthRequest, runtime: RuntimeDep, request: Request) -> JSO
         "name": user.name,
         "domain": user.domain.model_dump() if user.domain else {},
     }
-    project_spec = None
+    project_spec: dict[str, object] | None = None
     if body.auth.scope is not None:
         p = body.auth.scope.project
         project_spec = {"id": p.id, "name": p.name, "domain": p.domain.model_dump() if p.domain else None}

@@ -86,13 +86,25 @@ def create_server(
     spec = body.server
     with runtime.db.session() as session:
         server = servers.create_server(
-            session, runtime.settings, project_id, token.user_id, spec.name,
-            spec.availability_zone, spec.imageRef or "", str(spec.flavorRef or ""),
+            session,
+            runtime.settings,
+            project_id,
+            token.user_id,
+            spec.name,
+            spec.availability_zone,
+            spec.imageRef or "",
+            str(spec.flavorRef or ""),
         )
     url = base_url(runtime, request)
     return JSONResponse(
-        {"server": {"id": server.id, "links": _links(url, project_id, server.id),
-                    "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}]}},
+        {
+            "server": {
+                "id": server.id,
+                "links": _links(url, project_id, server.id),
+                "OS-DCF:diskConfig": "MANUAL",
+                "security_groups": [{"name": "default"}],
+            }
+        },
         status_code=202,
     )
 
@@ -100,9 +112,19 @@ def create_server(
 Q = Annotated[str | None, Query(max_length=255)]
 
 
-def _list(project_id: str, runtime: RuntimeDep, request: Request, detail: bool,
-          limit: str | None, marker: str | None, sort_key: str | None, sort_dir: str | None,
-          name: str | None, status: str | None, changes_since: str | None) -> dict[str, Any]:
+def _list(
+    project_id: str,
+    runtime: RuntimeDep,
+    request: Request,
+    detail: bool,
+    limit: str | None,
+    marker: str | None,
+    sort_key: str | None,
+    sort_dir: str | None,
+    name: str | None,
+    status: str | None,
+    changes_since: str | None,
+) -> dict[str, Any]:
     page = parse_page(limit, marker, None, sort_key, sort_dir, changes_since, servers.SERVER_SORT_KEYS)
     url = base_url(runtime, request)
     with runtime.db.session() as session:
@@ -114,28 +136,47 @@ def _list(project_id: str, runtime: RuntimeDep, request: Request, detail: bool,
 
 
 @router.get("/servers")
-def list_servers(project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request,
-                 limit: Q = None, marker: Q = None, sort_key: Q = None, sort_dir: Q = None,
-                 name: Q = None, status: Q = None,
-                 changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
-                 ) -> dict[str, Any]:
-    return _list(project_id, runtime, request, False, limit, marker, sort_key, sort_dir, name, status,
-                 changes_since)
+def list_servers(
+    project_id: str,
+    token: ScopedDep,
+    runtime: RuntimeDep,
+    request: Request,
+    limit: Q = None,
+    marker: Q = None,
+    sort_key: Q = None,
+    sort_dir: Q = None,
+    name: Q = None,
+    status: Q = None,
+    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+) -> dict[str, Any]:
+    return _list(
+        project_id, runtime, request, False, limit, marker, sort_key, sort_dir, name, status, changes_since
+    )
 
 
 @router.get("/servers/detail")
-def list_servers_detail(project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request,
-                        limit: Q = None, marker: Q = None, sort_key: Q = None, sort_dir: Q = None,
-                        name: Q = None, status: Q = None,
-                        changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
-                        ) -> dict[str, Any]:
-    return _list(project_id, runtime, request, True, limit, marker, sort_key, sort_dir, name, status,
-                 changes_since)
+def list_servers_detail(
+    project_id: str,
+    token: ScopedDep,
+    runtime: RuntimeDep,
+    request: Request,
+    limit: Q = None,
+    marker: Q = None,
+    sort_key: Q = None,
+    sort_dir: Q = None,
+    name: Q = None,
+    status: Q = None,
+    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+) -> dict[str, Any]:
+    return _list(
+        project_id, runtime, request, True, limit, marker, sort_key, sort_dir, name, status, changes_since
+    )
 
 
 @router.get("/servers/{server_id}")
-def show_server(project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep,
-                request: Request) -> dict[str, Any]:
+def show_server(
+    project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request
+) -> dict[str, Any]:
     with runtime.db.session() as session:
         server = servers.get_server(session, project_id, server_id)
         atts = servers.attachments_of_server(session, server.id)
@@ -163,25 +204,31 @@ def _revoke_quietly(runtime: RuntimeDep, az: str, export_name: str | None) -> No
 
 
 @router.post("/servers/{server_id}/action", status_code=202)
-def server_action(project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep,
-                  body: Annotated[dict[str, Any], Body()]) -> Response:
+def server_action(
+    project_id: str,
+    server_id: str,
+    token: ScopedDep,
+    runtime: RuntimeDep,
+    body: Annotated[dict[str, Any], Body()],
+) -> Response:
     if len(body) != 1:
         raise InvalidInput('an action body must have exactly one key, e.g. {"os-stop": null}')
-    (action, args), = body.items()
+    ((action, args),) = body.items()
     try:
         trigger = ServerTrigger(action)
     except ValueError:
         raise InvalidInput(f"unknown server action {action[:64]!r}; supported: os-start, os-stop") from None
     if args not in (None, {}):
-        raise InvalidInput(f"{action} takes no arguments; send {{\"{action}\": null}}")
+        raise InvalidInput(f'{action} takes no arguments; send {{"{action}": null}}')
     with runtime.db.session() as session:
         servers.server_action(session, project_id, server_id, trigger)
     return Response(status_code=202)
 
 
 @router.post("/servers/{server_id}/os-volume_attachments")
-def attach(project_id: str, server_id: str, body: AttachBody, token: ScopedDep,
-           runtime: RuntimeDep) -> dict[str, Any]:
+def attach(
+    project_id: str, server_id: str, body: AttachBody, token: ScopedDep, runtime: RuntimeDep
+) -> dict[str, Any]:
     spec = body.volumeAttachment
     with runtime.db.session() as session:
         att = servers.attach_volume(session, project_id, server_id, spec.volumeId, spec.device)
@@ -189,8 +236,9 @@ def attach(project_id: str, server_id: str, body: AttachBody, token: ScopedDep,
 
 
 @router.get("/servers/{server_id}/os-volume_attachments")
-def list_attachments(project_id: str, server_id: str, token: ScopedDep,
-                     runtime: RuntimeDep) -> dict[str, Any]:
+def list_attachments(
+    project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep
+) -> dict[str, Any]:
     with runtime.db.session() as session:
         server = servers.get_server(session, project_id, server_id)
         atts = servers.attachments_of_server(session, server.id)
@@ -198,8 +246,9 @@ def list_attachments(project_id: str, server_id: str, token: ScopedDep,
 
 
 @router.get("/servers/{server_id}/os-volume_attachments/{volume_id}")
-def show_attachment(project_id: str, server_id: str, volume_id: str, token: ScopedDep,
-                    runtime: RuntimeDep) -> dict[str, Any]:
+def show_attachment(
+    project_id: str, server_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep
+) -> dict[str, Any]:
     with runtime.db.session() as session:
         server = servers.get_server(session, project_id, server_id)
         for att in servers.attachments_of_server(session, server.id):
@@ -211,8 +260,9 @@ def show_attachment(project_id: str, server_id: str, volume_id: str, token: Scop
 
 
 @router.delete("/servers/{server_id}/os-volume_attachments/{volume_id}", status_code=202)
-def detach(project_id: str, server_id: str, volume_id: str, token: ScopedDep,
-           runtime: RuntimeDep) -> Response:
+def detach(
+    project_id: str, server_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep
+) -> Response:
     with runtime.db.session() as session:
         server = servers.get_server(session, project_id, server_id)
         az = server.availability_zone

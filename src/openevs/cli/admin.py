@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _db():  # type: ignore[no-untyped-def]
+def _db() -> Any:
     db, _ = prepare(settings_or_exit())
     return db
 

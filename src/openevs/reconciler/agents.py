@@ -67,7 +67,8 @@ class AgentWatcher:
 
         push_roles(self.runtime, az)
         for name, volume_id, read_only in grants:
-            agent.grant_export(name, volume_id, read_only)
+            if name is not None:
+                agent.grant_export(name, volume_id, read_only)
         live_names = {g[0] for g in grants}
         list_exports = getattr(agent, "list_exports", None)
         if list_exports is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete, exists, select
 
@@ -22,7 +23,7 @@ from openevs.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def _advance(runtime: Runtime, volume: Volume, trigger: VolumeTrigger, **values: object) -> bool:
+def _advance(runtime: Runtime, volume: Volume, trigger: VolumeTrigger, **values: Any) -> bool:
     new = next_state(VOLUME_TRANSITIONS, "volume", volume.status, trigger)
     with runtime.db.session() as session:
         won = compare_and_set(session, Volume, volume.id, volume.status, new, **values)

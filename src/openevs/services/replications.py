@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from typing import Any
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
@@ -182,7 +183,7 @@ def list_pairs(
     return paginate(session, ReplicationPair, stmt, page)
 
 
-def pair_transition(session: Session, pair: ReplicationPair, trigger: PairTrigger, **values: object) -> bool:
+def pair_transition(session: Session, pair: ReplicationPair, trigger: PairTrigger, **values: Any) -> bool:
     new = next_state(PAIR_TRANSITIONS, "replication pair", pair.status, trigger)
     return compare_and_set(session, ReplicationPair, pair.id, pair.status, new, **values)
 

@@ -31,7 +31,10 @@ def pair_body(ids: list[str], station: str = "az2.dc2", **extra: Any) -> dict[st
 
 
 def two_disks(api: Api, size: int = 1, az_a: str = "az2.dc2", az_b: str = "az3.dc3", **kw: Any) -> list[str]:
-    return [api.create_volume(size=size, az=az_a, **kw)["id"], api.create_volume(size=size, az=az_b, **kw)["id"]]
+    return [
+        api.create_volume(size=size, az=az_a, **kw)["id"],
+        api.create_volume(size=size, az=az_b, **kw)["id"],
+    ]
 
 
 def check_pair_fields(pair: dict[str, Any]) -> None:
@@ -48,7 +51,11 @@ def check_pair_fields(pair: dict[str, Any]) -> None:
     assert pair["updated_at"] is None or TIME.match(pair["updated_at"])
     assert pair["replication_model"] == "hypermetro"
     assert pair["replication_status"] is None or pair["replication_status"] in (
-        "copying", "active", "active-stopped", "inactive", "error",
+        "copying",
+        "active",
+        "active-stopped",
+        "inactive",
+        "error",
     )
     assert pair["progress"] is None or (isinstance(pair["progress"], str) and pair["progress"].isdigit())
     assert pair["failure_detail"] is None or isinstance(pair["failure_detail"], str)
@@ -68,16 +75,26 @@ def test_reference_example_round_trips(api: Api) -> None:
     assert created["volume_ids"] == f"{ids[0]},{ids[1]}"  # one string, request order
     assert created["priority_station"] == "az2.dc2"
     assert created["name"] == "my replication" and created["description"] == "my replication"
-    assert json.loads(created["record_metadata"]) == {"volume_size": 2, "volume_type": "SSD", "multiattach": False}
+    assert json.loads(created["record_metadata"]) == {
+        "volume_size": 2,
+        "volume_type": "SSD",
+        "multiattach": False,
+    }
 
     shown = api.get(f"{PAIRS}/{created['id']}").json()["replication"]
     check_pair_fields(shown)
     listed = api.get(PAIRS).json()["replications"]
     assert [p["id"] for p in listed] == [created["id"]]
     check_pair_fields(listed[0])
-    for key, value in (("volume_id", ids[1]), ("volume_ids", ids[0]), ("priority_station", "az2.dc2"),
-                       ("name", "my replication")):
-        assert [p["id"] for p in api.get(PAIRS, params={key: value}).json()["replications"]] == [created["id"]]
+    for key, value in (
+        ("volume_id", ids[1]),
+        ("volume_ids", ids[0]),
+        ("priority_station", "az2.dc2"),
+        ("name", "my replication"),
+    ):
+        assert [p["id"] for p in api.get(PAIRS, params={key: value}).json()["replications"]] == [
+            created["id"]
+        ]
     assert api.get(PAIRS, params={"priority_station": "az1.dc1"}).json()["replications"] == []
     assert api.get(PAIRS, params={"marker": "nope"}).status_code == 404
 
@@ -150,7 +167,9 @@ def test_dr_disk_on_running_server(api: Api) -> None:
     ids = two_disks(api)
     server = api.post("/v2.1/{p}/servers", {"server": {"name": "dr-host", "availability_zone": "az3.dc3"}})
     sid = server.json()["server"]["id"]
-    att = api.post(f"/v2.1/{{p}}/servers/{sid}/os-volume_attachments", {"volumeAttachment": {"volumeId": ids[1]}})
+    att = api.post(
+        f"/v2.1/{{p}}/servers/{sid}/os-volume_attachments", {"volumeAttachment": {"volumeId": ids[1]}}
+    )
     assert att.status_code == 200, att.text
     r = api.post(PAIRS, pair_body(ids))
     assert r.status_code == 400 and fault(r)["error_code"] == "37100058"
