@@ -87,7 +87,9 @@ class Api:
     def delete(self, path: str, **kw: Any) -> httpx.Response:
         return self.client.delete(self.url(path), headers=self.headers, **kw)
 
-    def wait(self, path: str, pred: Callable[[httpx.Response], bool], timeout_s: float = 20) -> httpx.Response:
+    def wait(
+        self, path: str, pred: Callable[[httpx.Response], bool], timeout_s: float = 20
+    ) -> httpx.Response:
         deadline = time.monotonic() + timeout_s
         while True:
             r = self.get(path)
@@ -107,8 +109,14 @@ class Api:
 
 def make_settings(data_dir: Path, db_url: str, supervisor: AgentSupervisor, **kw: Any) -> Settings:
     return load_settings(
-        env={}, data_dir=str(data_dir), database_url=db_url, admin_password=ADMIN_PASSWORD,
-        listen=f"127.0.0.1:{free_port()}", nbd_port_base=0, health_interval_s=0.2, **kw,
+        env={},
+        data_dir=str(data_dir),
+        database_url=db_url,
+        admin_password=ADMIN_PASSWORD,
+        listen=f"127.0.0.1:{free_port()}",
+        nbd_port_base=0,
+        health_interval_s=0.2,
+        **kw,
     )
 
 
@@ -122,14 +130,16 @@ def controller_factory(
         settings = make_settings(tmp_path / "data", database.url, supervisor, **overrides)
         with database.session() as session:
             identity.bootstrap(session, ADMIN_PASSWORD)
-        runtime = Runtime(settings, Database(database.url),
-                          {az: supervisor.client_for(az) for az in settings.azs})
+        runtime = Runtime(
+            settings, Database(database.url), {az: supervisor.client_for(az) for az in settings.azs}
+        )
         reconciler = Reconciler(runtime)
         reconciler.run_once()
         reconciler.start()
         host, port = settings.listen_host_port
-        server = uvicorn.Server(uvicorn.Config(create_app(runtime), host=host, port=port,
-                                               log_level="warning", access_log=False))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(runtime), host=host, port=port, log_level="warning", access_log=False)
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
