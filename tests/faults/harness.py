@@ -210,7 +210,9 @@ def get_json(s: Session, path: str, key: str) -> dict[str, Any]:
     return dict(r.json()[key])
 
 
-def wait_json(s: Session, path: str, key: str, pred: Any, timeout_s: float = 90, what: str = "") -> dict[str, Any]:
+def wait_json(
+    s: Session, path: str, key: str, pred: Any, timeout_s: float = 90, what: str = ""
+) -> dict[str, Any]:
     last: dict[str, Any] = {}
 
     def check() -> bool:
@@ -239,7 +241,8 @@ def grant(s: Session, volume_id: str, az: str) -> tuple[str, int, str, bool]:
     assert r.status_code == 202, r.text
     sid = r.json()["server"]["id"]
     assert s.post(f"/v2.1/{{p}}/servers/{sid}/action", {"os-stop": None}).status_code == 202
-    r = s.post(f"/v2.1/{{p}}/servers/{sid}/os-volume_attachments", {"volumeAttachment": {"volumeId": volume_id}})
+    body = {"volumeAttachment": {"volumeId": volume_id}}
+    r = s.post(f"/v2.1/{{p}}/servers/{sid}/os-volume_attachments", body)
     assert r.status_code == 200, r.text
     return regrant(s, volume_id)
 

@@ -59,10 +59,9 @@ def test_kill_primary_agent_then_failover_loses_no_acknowledged_write(fault_stac
         t_kill = time.monotonic()
         wl.stop()
         group_action(s, gid, "os-failover-replication-consistency-group")
-        dr = couples[0]
 
-        def dr_writable() -> bool:
-            addr = regrant(s, dr.dr)
+        def dr_writable(dr_disk: str = couples[0].dr) -> bool:
+            addr = regrant(s, dr_disk)
             return not addr[3] and asyncio.run(_try_write(addr))
 
         deadline = t_kill + 60
