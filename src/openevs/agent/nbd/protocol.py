@@ -185,6 +185,8 @@ class ServerConnection(Negotiation):
     def data_to_send(self) -> bytes:
         """Bytes the core produced by itself since the last call."""
         self._check_usable()
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
