@@ -243,6 +243,28 @@ def test_group_limits_per_az(controller_factory: Any) -> None:
     make_group(api, [c[0]], "az3.dc3")  # az3 primary and az1 as DR side: both have room
 
 
+def test_group_limit_holds_under_concurrent_creates(controller_factory: Any) -> None:
+    api = controller_factory(group_limit_per_az=1)
+    ids = make_pairs(api, 4)
+    results: list[int] = []
+    barrier = threading.Barrier(len(ids))
+
+    def create(pid: str) -> None:
+        barrier.wait()
+        r = api.post(GROUPS, group_body([pid]))
+        results.append(r.status_code)
+        if r.status_code != 202:
+            assert fault(r)["error_code"] in ("37100017", "37100159"), r.text
+
+    threads = [threading.Thread(target=create, args=(pid,)) for pid in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [202, 400, 400, 400], results
+    assert len(api.get(GROUPS).json()["replication_consistency_groups"]) == 1
+
+
 def test_concurrent_creates_claiming_one_pair(api: Api) -> None:
     ids = make_pairs(api, 1)
     results: list[int] = []
