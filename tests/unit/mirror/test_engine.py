@@ -64,7 +64,7 @@ def test_hot_extents_of() -> None:
         (synced(copying={0}), WriteAction.WAIT),
         (synced(copying={1}, link_up=False), WriteAction.WAIT),  # never overtake a copy
         (synced(copying={9}), WriteAction.FORWARD),
-        (synced(forwarding={1: 2}), WriteAction.FORWARD),  # concurrent writes are fine
+        (synced(writing={1: 2}), WriteAction.FORWARD),  # concurrent writes are fine
     ],
 )
 def test_decide_write(state: MirrorState, expected: WriteAction) -> None:
@@ -124,7 +124,7 @@ def test_take_chunk_merges_consecutive_regions_up_to_the_chunk_limit() -> None:
 
 
 def test_take_chunk_skips_what_it_must_not_copy_now() -> None:
-    state = synced(dirty={1, 2, 3, 4, 6, 7, 30}, copying={6}, forwarding={3: 1})
+    state = synced(dirty={1, 2, 3, 4, 6, 7, 30}, copying={6}, writing={3: 1})
     # 3 has a write in flight, 6 is being copied, 30 is past the end.
     assert _chunks(state, last_region=10) == [[1, 2], [4], [7]]
     order = [1, 2, 3]

@@ -103,7 +103,7 @@ class MirrorState:
     dirty: set[int] = field(default_factory=set)
     copying: set[int] = field(default_factory=set)
     # region -> user writes in flight there (forwarded or kept local)
-    forwarding: dict[int, int] = field(default_factory=dict)
+    writing: dict[int, int] = field(default_factory=dict)
 
     @property
     def in_sync_path(self) -> bool:
@@ -178,7 +178,7 @@ def take_chunk(
     user write in flight (a later pass copies it).
     """
     chunk: list[int] = []
-    dirty, copying, writing = state.dirty, state.copying, state.forwarding
+    dirty, copying, writing = state.dirty, state.copying, state.writing
     while index < len(order) and len(chunk) < max_regions:
         region = order[index]
         if chunk and region != chunk[-1] + 1:

@@ -301,12 +301,12 @@ class Replica:
             raise
 
     def _begin(self, regions: range) -> None:
-        writing = self.state.forwarding
+        writing = self.state.writing
         for r in regions:
             writing[r] = writing.get(r, 0) + 1
 
     def _end(self, regions: range) -> None:
-        writing = self.state.forwarding
+        writing = self.state.writing
         for r in regions:
             left = writing[r] - 1
             if left:
@@ -359,7 +359,7 @@ class Replica:
     def _release_hot(self, extents: Iterable[int]) -> None:
         """After a link loss, hot extents with no write in flight are done with:
         what differs there is in `dirty` now, the rest of their bits can go."""
-        busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.forwarding}
+        busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.writing}
         done = [e for e in extents if e in self.hot and e not in busy]
         for extent in done:
             del self.hot[extent]
@@ -551,7 +551,7 @@ class Replica:
             if not self.state.in_sync_path or self.link is None:
                 continue
             previous, self._round_seq = self._round_seq, self._write_seq
-            busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.forwarding}
+            busy = {r // engine.HOT_EXTENT_REGIONS for r in self.state.writing}
             candidates = [e for e, last in self.hot.items() if last <= previous and e not in busy]
             copied = set(self._unflushed)
             if not candidates and not copied:
