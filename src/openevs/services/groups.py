@@ -223,6 +223,19 @@ def update_group(
         rep.check_model(replication_model)
     if set(add_ids) & set(remove_ids):
         raise InvalidInput("a pair cannot be both added and removed")
+    if not add_ids and not remove_ids and group.status != GroupStatus.AVAILABLE:
+        # The name and description change in any status (DESIGN section 3): there
+        # is no agent work, so the status is left alone instead of going through
+        # updating (which would end in available and lose e.g. failovered).
+        rename = {k: v for k, v in (("name", name), ("description", description)) if v is not None}
+        session.execute(
+            update(ReplicationGroup)
+            .where(ReplicationGroup.id == group.id)
+            .values(**rename, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(group)
+        return group
     current = {p.id for p in members(session, group.id)}
     if (add_ids or remove_ids) and group.replication_status not in PAUSED:
         raise InvalidState(

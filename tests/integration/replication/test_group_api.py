@@ -354,6 +354,13 @@ def test_update_actions_and_delete_status_codes(api: Api) -> None:
         assert r.status_code == 400 and "failovered" in fault(r)["message"], f"{body}: {r.text}"
     r = api.delete(path)
     assert r.status_code == 400, r.text
+    r = api.put(path, {"replication_consistency_group": {"remove_replication_ids": [ids[0]]}})
+    assert r.status_code == 400, r.text
+    # The name and description change in any status (no agent work: the status stays).
+    r = api.put(path, {"replication_consistency_group": {"name": "after-failover"}})
+    assert r.status_code == 202, r.text
+    assert r.json()["replication_consistency_group"]["status"] == "failovered"
+    assert show(api, gid)["name"] == "after-failover"
     assert act(api, gid, {REPROTECT: None}).status_code == 200
     wait_group(api, gid, lambda g: g["status"] == "available" and g["replication_status"] == "active")
 
