@@ -215,11 +215,8 @@ def _commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigge
 def failover(runtime: Runtime, group: ReplicationGroup) -> None:
     plans: dict[str, dict[str, Any]] = group.pending.get("pairs", {})
     pairs = {p.id: p for p in _members(runtime, group.id)}
-    for pair_id, plan in plans.items():
-        pair = pairs.get(pair_id)
-        if pair is None or pair.epoch >= plan["epoch"]:
-            continue
-        _promote(runtime, pair, plan, mirroring=False)
+    # Fence the old primaries first where they answer: promoting first left a window
+    # in which both disks of a pair accepted user writes (found by tests/faults).
     for pair_id, plan in plans.items():
         pair = pairs.get(pair_id)
         if pair is None or pair.epoch >= plan["epoch"]:
@@ -235,6 +232,11 @@ def failover(runtime: Runtime, group: ReplicationGroup) -> None:
                 pair_id,
                 exc,
             )
+    for pair_id, plan in plans.items():
+        pair = pairs.get(pair_id)
+        if pair is None or pair.epoch >= plan["epoch"]:
+            continue
+        _promote(runtime, pair, plan, mirroring=False)
     _commit_flip(runtime, group, GroupTrigger.FAILED_OVER)
 
 
