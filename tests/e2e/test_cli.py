@@ -150,7 +150,6 @@ def test_replication_create_refused_for_same_az(env: dict[str, str]) -> None:
     assert ok_json(env, "replication", "list", "--volume-id", a["id"]) == []
 
 
-@pytest.mark.skip(reason="agent replication pending")
 def test_replication_pair_lifecycle(env: dict[str, str]) -> None:
     prod = ok_json(env, "volume", "create", "--size", "1", "--az", "az1.dc1", "--wait")
     dr = ok_json(env, "volume", "create", "--size", "1", "--az", "az2.dc2", "--wait")
