@@ -44,7 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PIPELINE = 16  # sync requests in flight
-HOT_AHEAD = 4  # extents past a forwarded write made hot in advance (16 MiB)
+# A sequential writer keeps at least HOT_AHEAD extents (128 MiB) hot ahead of it;
+# when fewer are, the next HOT_AHEAD_BATCH (256 MiB) are made hot with ONE fdatasync.
+# A bitmap fdatasync can take 100+ ms while the filesystem's journal commits other
+# files' data, so a short lookahead stalls the writer; a crash resyncs at most the
+# window (DRBD's activity log holds gigabytes of hot extents by default).
+HOT_AHEAD = 32
+HOT_AHEAD_BATCH = 64
 COOL_INTERVAL_S = 2.0  # hot extents idle this long are flushed on the peer and cleared
 _ZEROS = bytes(engine.MAX_CHUNK_REGIONS * REGION_BYTES)
 _IO_ERRNOS = (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -270,9 +276,13 @@ class Replica:
             return []
         next_extent = extents.stop
         last = (self.size_bytes - 1) // REGION_BYTES // engine.HOT_EXTENT_REGIONS
+        hot, pending = self.hot, self._hot_pending
+        window = range(next_extent, min(next_extent + HOT_AHEAD, last + 1))
+        if all(e in hot or e in pending for e in window):
+            return []  # the usual case: nothing to persist for this write
         return [
-            e for e in range(next_extent, min(next_extent + HOT_AHEAD, last + 1))
-            if e not in self.hot and e not in self._hot_pending
+            e for e in range(next_extent, min(next_extent + HOT_AHEAD_BATCH, last + 1))
+            if e not in hot and e not in pending
         ]  # fmt: skip
 
     async def _make_hot(self, extents: list[int]) -> None:

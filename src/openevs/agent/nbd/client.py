@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
 
 from . import constants as c
+from .buffers import BufferPool, SendQueue
 from .constants import Command, Info, Option, Reply
 from .errors import NbdConnectionClosed, NbdError, NbdOptionRefused, RemoteProtocolError
 
 _OPTION_REPLY = c.OPTION_REPLY_HEADER
+SEND_BUFFER_BYTES = 4 * 1024 * 1024
 _SIMPLE_REST = struct.Struct(">IQ")  # error, cookie
 _STRUCTURED_REST = struct.Struct(">HHQI")  # flags, type, cookie, length
 
@@ -53,6 +56,13 @@ class NbdClient:
         self.structured = False
         self.meta_context_id: int | None = None
         self.block_size = (c.MIN_BLOCK_SIZE, c.PREFERRED_BLOCK_SIZE, c.MAX_PAYLOAD)
+        # After the handshake, requests bypass the StreamWriter: they are queued
+        # (payloads by reference, never copied) and sent with sendmsg on a dup of
+        # the socket. asyncio 3.11's transport copies whatever the socket does not
+        # take at once into its bytearray and sends it in many small steps.
+        self._sock: socket.socket | None = None
+        self._out: SendQueue | None = None
+        self._sending = False
 
     @property
     def read_only(self) -> bool:
@@ -71,8 +81,59 @@ class NbdClient:
         except BaseException:
             writer.close()
             raise
+        client._attach_socket()
         client._reader_task = asyncio.create_task(client._read_replies())
         return client
+
+    def _attach_socket(self) -> None:
+        raw = self._writer.get_extra_info("socket")
+        if raw is None:
+            return
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except (OSError, ValueError):
+            return
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # a 4 MiB payload fits in one sendmsg
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        self._sock = sock
+        self._out = SendQueue(BufferPool(0))
+
+    def _on_writable(self) -> None:
+        out, sock = self._out, self._sock
+        if out is None or sock is None:
+            return
+        try:
+            out.flush(sock)
+        except OSError as exc:
+            self._fail_all(exc)
+            return
+        if not out and self._sending:
+            asyncio.get_running_loop().remove_writer(sock.fileno())
+            self._sending = False
+
+    def _detach_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if self._out is not None:
+            self._out.clear()
+        if sock is None:
+            return
+        if self._sending:
+            self._sending = False
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_writer(sock.fileno())
+        sock.close()
+
+    def _unshare(self, payload: bytes | bytearray | memoryview) -> None:
+        """A cancelled caller may reuse `payload`: what is still queued of it is copied."""
+        out = self._out
+        if out is None or isinstance(payload, bytes):
+            return
+        base = payload.obj if isinstance(payload, memoryview) else payload
+        items = out._items
+        for i, item in enumerate(items):
+            if isinstance(item, memoryview) and item.obj is base or item is base:
+                items[i] = bytes(item)
 
     async def __aenter__(self) -> NbdClient:
         return self
@@ -202,6 +263,26 @@ class NbdClient:
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending[cookie] = _Pending(kind, offset, length, future)
         header = c.REQUEST_HEADER.pack(c.REQUEST_MAGIC, flags, kind, cookie, offset, length)
+        out = self._out
+        if out is not None and self._sock is not None:
+            out.append(header)
+            if payload is not None:
+                out.append(payload)
+            if not self._sending:
+                try:
+                    out.flush(self._sock)
+                except OSError as exc:
+                    self._fail_all(exc)
+                else:
+                    if out:
+                        asyncio.get_running_loop().add_writer(self._sock.fileno(), self._on_writable)
+                        self._sending = True
+            try:
+                return await future
+            except asyncio.CancelledError:
+                if payload is not None:
+                    self._unshare(payload)
+                raise
         if payload is None:
             self._writer.write(header)
         elif len(payload) <= 65536:
@@ -289,6 +370,7 @@ class NbdClient:
     def _fail_all(self, exc: BaseException) -> None:
         if self._closed is None:
             self._closed = exc
+        self._detach_socket()
         pending, self._pending = self._pending, {}
         for item in pending.values():
             error = NbdConnectionClosed(f"connection lost: {exc!r}")
@@ -311,6 +393,7 @@ class NbdClient:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._writer.write(c.REQUEST_HEADER.pack(c.REQUEST_MAGIC, 0, Command.DISC, 0, 0, 0))
                 await self._writer.drain()
+        self._detach_socket()
         self._writer.close()
         with contextlib.suppress(ConnectionError):
             await self._writer.wait_closed()
