@@ -163,6 +163,7 @@ def test_pair_copies_real_bytes_and_survives_a_link_cut(
     outage_seeds = range(100, 132)
     asyncio.run(write_blocks(prod_addr, outage_seeds, stride=5 * MIB))
     written_during_outage = len(outage_seeds) * MIB
+    wait_for("the DR AZ to show unavailable", lambda: session.azs()[DR_AZ] is False, 30)
     pair = wait_json(
         session,
         pair_path,
@@ -174,6 +175,7 @@ def test_pair_copies_real_bytes_and_survives_a_link_cut(
     before = prod_agent.get_replication(prod)
     assert before["dirty_bytes"] >= written_during_outage
     agent.start()  # the link returns: only dirty regions are copied
+    wait_for("the DR AZ to show available again", lambda: session.azs()[DR_AZ] is True, 30)
     pair = wait_json(
         session,
         pair_path,

@@ -160,13 +160,6 @@ def test_agent_killed_mid_resync_and_mid_reprotect(fault_stack: FaultStack) -> N
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug, open: a primary agent SIGKILLed mid-switchover leaves the group in "
-    "error_reversing (37100043: its activity-log hot regions count as writes the peer lacks), "
-    "and a retried os-reverse fails the same way; error_reversing allows no sync, so the group "
-    "is stuck",
-)
 def test_agent_killed_mid_switchover(fault_stack: FaultStack) -> None:
     s = fault_stack.session
     agents = fault_stack.agents

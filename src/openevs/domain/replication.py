@@ -123,6 +123,8 @@ GROUP_TRANSITIONS: dict[tuple[GroupStatus, GroupTrigger], GroupStatus] = {
     (G.FAILOVERING, GT.FAILOVER_FAILED): G.ERROR_FAILOVERING,
     (G.AVAILABLE, GT.REVERSE): G.REVERSING,
     (G.ERROR_REVERSING, GT.REVERSE): G.REVERSING,
+    # A switchover that timed out left every old primary primary: sync recovers it.
+    (G.ERROR_REVERSING, GT.SYNC): G.AVAILABLE,
     (G.REVERSING, GT.REVERSED): G.AVAILABLE,
     (G.REVERSING, GT.REVERSE_FAILED): G.ERROR_REVERSING,
     # Reprotect reconfigures the roles (status updating), then resyncs while available.

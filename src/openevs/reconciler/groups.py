@@ -32,6 +32,7 @@ from openevs.reconciler.replications import (
 )
 from openevs.runtime import Runtime
 from openevs.services.connections import regrant_exports
+from openevs.services.replications import new_link_export
 
 log = logging.getLogger(__name__)
 
@@ -240,21 +241,81 @@ def failover(runtime: Runtime, group: ReplicationGroup) -> None:
     _commit_flip(runtime, group, GroupTrigger.FAILED_OVER)
 
 
-def reverse(runtime: Runtime, group: ReplicationGroup) -> None:
-    plans: dict[str, dict[str, Any]] = group.pending.get("pairs", {})
-    pairs = {p.id: p for p in _members(runtime, group.id)}
-    for pair_id, plan in plans.items():
-        pair = pairs.get(pair_id)
-        if pair is None or pair.epoch >= plan["epoch"]:
-            continue
-        _demote(runtime, pair, plan)  # drains in-flight writes, then refuses new ones
-        state = _call(
-            runtime, az_of(runtime, plan["old_primary"]), "get_replication", plan["old_primary"], primary=True
+def _restore(runtime: Runtime, pair: ReplicationPair, plan: dict[str, Any]) -> dict[str, Any]:
+    """Give an interrupted switchover's old primary its primary role back, at an epoch
+    above the plan's, resyncing to its peer; returns the pair's new plan."""
+    epoch = int(plan["epoch"]) + 1
+    link = new_link_export()
+    restored = {**plan, "epoch": epoch, "link_export": link}
+    # Reuse the flip helpers with the roles swapped: the DR disk stays secondary.
+    back = {**restored, "new_primary": plan["old_primary"], "old_primary": plan["new_primary"]}
+    _demote(runtime, pair, back)
+    _promote(runtime, pair, back, mirroring=True)
+    with runtime.db.session() as session:
+        session.execute(
+            update(ReplicationPair)
+            .where(ReplicationPair.id == pair.id)
+            .values(epoch=epoch, link_export=link, updated_at=utcnow())
         )
-        if int(state.get("dirty_bytes", 0)) > 0:
-            raise StepFailed(
-                "the old primary holds writes its peer lacks; sync before a switchover", rep.FD_LINK
+    return {**plan, "epoch": epoch + 1, "link_export": new_link_export()}
+
+
+def _save_plans(runtime: Runtime, group: ReplicationGroup, plans: dict[str, dict[str, Any]]) -> None:
+    with runtime.db.session() as session:
+        session.execute(
+            update(ReplicationGroup)
+            .where(ReplicationGroup.id == group.id, ReplicationGroup.status == group.status)
+            .values(pending={**group.pending, "pairs": plans})
+        )
+
+
+def reverse(runtime: Runtime, group: ReplicationGroup) -> None:
+    """Switchover: wait until every old primary is an active primary (re-confirming one
+    that restarted), demote them all (in-flight writes drain), check that none holds a
+    write its peer lacks, then promote the DR disks and flip the rows. An old primary
+    found holding unsynced writes gets its role back at a higher epoch and resyncs;
+    the switchover then waits for it, until agent_timeout_s."""
+    plans: dict[str, dict[str, Any]] = dict(group.pending.get("pairs", {}))
+    pairs = {p.id: p for p in _members(runtime, group.id)}
+    todo = [
+        (pairs[pid], plan) for pid, plan in plans.items() if pid in pairs and pairs[pid].epoch < plan["epoch"]
+    ]
+    waiting = False
+    for pair, plan in todo:
+        old = plan["old_primary"]
+        state = _call(runtime, az_of(runtime, old), "get_replication", old, primary=True)
+        if state.get("role") == "secondary" and int(state.get("epoch", 0)) == plan["epoch"]:
+            if int(state.get("dirty_bytes", 0)) > 0:  # demoted by an interrupted pass
+                plans[pair.id] = _restore(runtime, pair, plan)
+                waiting = True
+            continue
+        if state.get("role") != "primary":
+            raise StepFailed(f"disk {old} is {state.get('role')}, not the primary", rep.FD_INTERNAL)
+        if state.get("fenced") or not state.get("mirroring"):
+            config = primary_config(runtime, pair, False, True)
+            _call(runtime, az_of(runtime, old), "set_replication", old, config, primary=True)
+            waiting = True
+        elif state.get("replication_status") != ReplicationStatus.ACTIVE:
+            waiting = True
+    if not waiting:
+        for pair, plan in todo:
+            _demote(runtime, pair, plan)  # drains in-flight writes, then refuses new ones
+            state = _call(
+                runtime,
+                az_of(runtime, plan["old_primary"]),
+                "get_replication",
+                plan["old_primary"],
+                primary=True,
             )
+            if int(state.get("dirty_bytes", 0)) > 0:
+                plans[pair.id] = _restore(runtime, pair, plan)
+                waiting = True
+    if waiting:
+        _save_plans(runtime, group, plans)
+        if _timed_out(runtime, group):
+            raise StepFailed("the primaries did not get in sync for the switchover in time", rep.FD_LINK)
+        return
+    for pair, plan in todo:
         _promote(runtime, pair, plan, mirroring=True)
     _commit_flip(runtime, group, GroupTrigger.REVERSED)
 

@@ -56,6 +56,8 @@ def sync_group(runtime: Runtime, project_id: str, group_id: str) -> None:
         if not groups.members(session, group.id):
             raise InvalidState("the group has no replication pairs to synchronize")
         station = group.priority_station
+        if group.status != rep.GroupStatus.AVAILABLE:  # error_reversing: recovered by a sync
+            groups.transition(session, group, GroupTrigger.SYNC, failure_detail=None)
     _agent_call(runtime.agent(station).resume_group, group_id)
     runtime.kick()
 
