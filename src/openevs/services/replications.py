@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
