@@ -136,6 +136,10 @@ class HttpAgentClient:
         result: dict[str, Any] = self._call("GET", self._repl_path(volume_id))
         return result
 
+    def list_replication(self) -> dict[str, dict[str, Any]]:
+        """volume_id -> replication state of every replicated volume of this agent."""
+        return {str(s["volume_id"]): s for s in self._call("GET", "/replication")}
+
     def get_replication_dirty(self, volume_id: str) -> list[list[int]]:
         """The merged dirty ranges [[offset, length], ...] of a replicated volume."""
         return [[int(o), int(n)] for o, n in self._call("GET", self._repl_path(volume_id, "/dirty"))]

@@ -88,9 +88,7 @@ def _volume(info: VolumeInfo) -> dict[str, object]:
 
 
 def create_control_app(agent: Agent) -> FastAPI:
-    app = FastAPI(
-        title=f"openevs agent {agent.az}", docs_url=None, redoc_url=None, openapi_url=None
-    )
+    app = FastAPI(title=f"openevs agent {agent.az}", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(PoolError)
     async def _pool_error(_: Request, exc: PoolError) -> JSONResponse:
@@ -98,10 +96,7 @@ def create_control_app(agent: Agent) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
-            for e in exc.errors()
-        ]
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
         return _error(400, "invalid_input", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(Exception)
@@ -175,6 +170,11 @@ def create_control_app(agent: Agent) -> FastAPI:
     @app.get("/volumes/{volume_id}/replication")
     async def get_replication(volume_id: str) -> dict[str, object]:
         return repl.describe(volume_id)
+
+    @app.get("/replication")
+    async def list_replication() -> list[dict[str, object]]:
+        """The state of every replicated volume, in one call (the controller's poll)."""
+        return [repl.describe(v) for v in sorted(repl.replicas)]
 
     @app.get("/volumes/{volume_id}/replication/dirty")
     async def get_replication_dirty(volume_id: str) -> list[list[int]]:

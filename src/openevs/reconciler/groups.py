@@ -406,5 +406,4 @@ def step(runtime: Runtime) -> int:
             _fail(runtime, group, failed, rep.FD_INTERNAL, str(exc))
         except Exception:
             log.exception("group %s: reconcile step failed", group.id)
-    aggregate(runtime)
     return len(busy)

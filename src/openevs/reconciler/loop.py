@@ -32,9 +32,14 @@ class Reconciler:
         if observe:
             self._last_health = now
             self.watcher.check()
+        # Transitions first (a failover must not wait behind measurements),
+        # then one batched measurement per agent of every pair, then groups.
         busy = volumes.step(self.runtime)
-        busy += replications.step(self.runtime, observe_all=True)
+        busy += replications.step(self.runtime)
         busy += groups.step(self.runtime)
+        if replications.observe_all(self.runtime):
+            busy += 1
+        groups.aggregate(self.runtime)
         return busy
 
     def run_forever(self) -> None:

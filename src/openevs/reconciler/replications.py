@@ -214,19 +214,10 @@ def measured(state: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def observe(runtime: Runtime, pair: ReplicationPair) -> None:
-    try:
-        state = runtime.agent(az_of(runtime, pair.production_volume_id)).get_replication(
-            pair.production_volume_id
-        )
-    except AgentUnavailable:
-        state = None
-    except AgentRequestFailed as exc:
-        log.warning("pair %s: cannot read replication state: %s", pair.id, exc)
-        return
-    values = measured(state)
+def _record(runtime: Runtime, pair: ReplicationPair, state: dict[str, Any] | None) -> None:
     if state is not None and state.get("role") != "primary":
         return  # roles are being (re)configured; the next pass measures again
+    values = measured(state)
     changed = {k: v for k, v in values.items() if getattr(pair, k) != v}
     if not changed:
         return
@@ -238,7 +229,45 @@ def observe(runtime: Runtime, pair: ReplicationPair) -> None:
         )
 
 
-def step(runtime: Runtime, observe_all: bool) -> int:
+def observe_all(runtime: Runtime) -> bool:
+    """Measure every available pair, one call per production AZ; True if any copies."""
+    from openevs.db.models import Volume
+
+    with runtime.db.session() as session:
+        pairs = list(
+            session.scalars(select(ReplicationPair).where(ReplicationPair.status == PairStatus.AVAILABLE))
+        )
+        ids = [p.production_volume_id for p in pairs]
+        azs = dict(
+            session.execute(select(Volume.id, Volume.availability_zone).where(Volume.id.in_(ids))).all()
+        )
+    states: dict[str, dict[str, dict[str, Any]] | None] = {}
+    for az in sorted(set(azs.values())):
+        try:
+            states[az] = runtime.agent(az).list_replication()
+        except AgentUnavailable:
+            states[az] = None
+        except AgentRequestFailed as exc:
+            log.warning("agent of %s: cannot read replication states: %s", az, exc)
+    copying = False
+    for pair in pairs:
+        prod_az = azs.get(pair.production_volume_id)
+        if prod_az is None or prod_az not in states:
+            continue
+        by_volume = states[prod_az]
+        state = None if by_volume is None else by_volume.get(pair.production_volume_id)
+        if by_volume is not None and state is None:
+            continue  # the agent does not know it yet: being configured
+        try:
+            _record(runtime, pair, state)
+        except Exception:
+            log.exception("pair %s: observe failed", pair.id)
+        copying = copying or (state or {}).get("replication_status") == rep.ReplicationStatus.COPYING
+    return copying
+
+
+def step(runtime: Runtime) -> int:
+    """Advance pairs in creating and deleting; returns how many were seen."""
     with runtime.db.session() as session:
         busy = list(
             session.scalars(
@@ -247,25 +276,12 @@ def step(runtime: Runtime, observe_all: bool) -> int:
                 )
             )
         )
-        watched = (
-            list(
-                session.scalars(select(ReplicationPair).where(ReplicationPair.status == PairStatus.AVAILABLE))
-            )
-            if observe_all
-            else []
-        )
     for pair in busy:
         try:
             (create if pair.status == PairStatus.CREATING else remove)(runtime, pair)
         except Exception:
             log.exception("pair %s: reconcile step failed", pair.id)
-    for pair in watched:
-        try:
-            observe(runtime, pair)
-        except Exception:
-            log.exception("pair %s: observe failed", pair.id)
-    copying = any(p.replication_status == rep.ReplicationStatus.COPYING for p in watched)
-    return len(busy) + (1 if copying else 0)
+    return len(busy)
 
 
 def push_roles(runtime: Runtime, az: str) -> None:
