@@ -1,4 +1,6 @@
-"""Fixtures of the fault suite: a `FaultStack` torn down (namespaces included) always."""
+"""Fixtures of the fault suite: a `FaultStack` torn down (namespaces included)
+always; and the integration suite's live controller (`api`, `controller_factory`)
+for the races and hostile-input tests."""
 
 from __future__ import annotations
 
@@ -8,6 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import FaultStack
+from tests.integration.conftest import (  # noqa: F401 - fixtures shared with the integration suite
+    agent_data_dir,
+    api,
+    controller_factory,
+    supervisor,
+)
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
+from openevs.db.cas import compare_and_set
 from openevs.db.models import ReplicationPair, Volume, utcnow
 from openevs.domain import replication as rep
-from openevs.domain.errors import InvalidInput, InvalidState, ServiceUnavailable
+from openevs.domain.errors import Conflict, InvalidInput, InvalidState, ServiceUnavailable
 from openevs.domain.replication import GroupTrigger, ReplicationStatus
 from openevs.domain.states import next_state
 from openevs.domain.volumes import GIB, check_size
@@ -88,18 +89,23 @@ def extend_group(runtime: Runtime, project_id: str, group_id: str, sizes: list[t
             assert prod is not None and dr is not None
             plan.append((pair.id, new_size, prod.id, prod.availability_zone, dr.id, dr.availability_zone))
         _check_quota(session, runtime.settings, project_id, 0, extra_gb)
-    for _, new_size, prod_id, prod_az, dr_id, dr_az in plan:
-        _agent_call(runtime.agent(dr_az).grow_volume, dr_id, new_size * GIB)
-        _agent_call(runtime.agent(prod_az).grow_volume, prod_id, new_size * GIB)
-    with runtime.db.session() as session:
+        # Claim the new sizes, and hold the claim (the transaction) until the disks
+        # have grown: a concurrent extend waits, then is refused (409) instead
+        # of asking an agent to shrink a disk another request just grew.
+        for pair_id, new_size, *_ in plan:
+            pair = pairs[pair_id]
+            if not compare_and_set(
+                session, ReplicationPair, pair_id, pair.status, pair.status,
+                unchanged={"volume_size_gb": pair.volume_size_gb}, volume_size_gb=new_size,
+            ):  # fmt: skip
+                raise Conflict(f"replication pair {pair_id} changed concurrently; retry the request")
+        for _, new_size, prod_id, prod_az, dr_id, dr_az in plan:
+            _agent_call(runtime.agent(dr_az).grow_volume, dr_id, new_size * GIB)
+            _agent_call(runtime.agent(prod_az).grow_volume, prod_id, new_size * GIB)
         now = utcnow()
-        for pair_id, new_size, prod_id, _, dr_id, _ in plan:
+        for _, new_size, prod_id, _, dr_id, _ in plan:
             for vid in (prod_id, dr_id):
                 vol = session.get(Volume, vid)
                 if vol is not None:
                     vol.size_gb = vol.target_size_gb = new_size
                     vol.updated_at = now
-            pair = session.get(ReplicationPair, pair_id)
-            if pair is not None:
-                pair.volume_size_gb = new_size
-                pair.updated_at = now
