@@ -59,21 +59,35 @@ class BitmapFile:
     def _write_bytes(
         self, byte_indexes: Iterable[int], add: set[int], drop: set[int]
     ) -> None:
-        """Rewrite the given bitmap bytes: on-disk bits plus `add`, minus `drop`."""
+        """Rewrite the given bitmap bytes: on-disk bits plus `add`, minus `drop`.
+
+        Runs of consecutive bytes go out in one pwrite each."""
         on_disk = self.on_disk
-        for index in sorted(set(byte_indexes)):
-            value = 0
-            base = index * 8
-            for bit in range(8):
-                region = base + bit
-                if region in add or (region in on_disk and region not in drop):
-                    value |= 1 << bit
-            os.pwrite(self._fd, bytes((value,)), index)
-            for bit in range(8):
-                if value >> bit & 1:
-                    self.on_disk.add(base + bit)
-                else:
-                    self.on_disk.discard(base + bit)
+        indexes = sorted(set(byte_indexes))
+        i = 0
+        while i < len(indexes):
+            j = i + 1
+            while j < len(indexes) and indexes[j] == indexes[j - 1] + 1:
+                j += 1
+            values = bytearray(j - i)
+            for k in range(i, j):
+                value = 0
+                base = indexes[k] * 8
+                for bit in range(8):
+                    region = base + bit
+                    if region in add or (region in on_disk and region not in drop):
+                        value |= 1 << bit
+                values[k - i] = value
+            os.pwrite(self._fd, values, indexes[i])
+            for k in range(i, j):
+                value = values[k - i]
+                base = indexes[k] * 8
+                for bit in range(8):
+                    if value >> bit & 1:
+                        on_disk.add(base + bit)
+                    else:
+                        on_disk.discard(base + bit)
+            i = j
         self._generation += 1
 
     def set_now(self, regions: Iterable[int]) -> bool:

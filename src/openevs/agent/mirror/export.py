@@ -10,6 +10,7 @@ effect on connections that are already open.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from openevs.agent.mirror.engine import Role
@@ -51,8 +52,10 @@ class MirroredExport:
         async def local(f: bool) -> None:
             await inner.write(offset, data, f)
 
-        async def forward(link: PeerLink) -> None:
-            await link.write(offset, data, fua)
+        def forward(link: PeerLink) -> Awaitable[object]:
+            # Sent now, no task: `data` stays ours until the peer answered (the
+            # replica awaits the answer before this write returns).
+            return link.start_write(offset, data, fua)
 
         await replica.user_io(offset, len(data), local, forward, fua)
 

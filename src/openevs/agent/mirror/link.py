@@ -189,6 +189,42 @@ class PeerLink:
         if client in self._clients:
             self.mark_down(f"{what}: no answer from the peer within {self.request_timeout_s:g} s")
 
+    def start_write(
+        self, offset: int, data: bytes | bytearray | memoryview, fua: bool
+    ) -> asyncio.Future[object]:
+        """Send a WRITE now, without a task; the future of the peer's answer.
+
+        Raises LinkDown at once when the link is down. When the request fails,
+        the link is taken down (`on_down` runs) before anyone awaiting the
+        future resumes: the callback below is registered first, and a future's
+        callbacks run in order. `data` must stay unchanged until it is done.
+        """
+        client = self._client()
+        try:
+            future = client.start_write(offset, data, fua)
+        except Exception as exc:
+            reason = f"write failed: {exc or type(exc).__name__}"
+            if client in self._clients:
+                self.mark_down(reason)
+            raise LinkDown(self.last_error or reason) from exc
+        timer = asyncio.get_running_loop().call_later(
+            self.request_timeout_s, self._expired, client, "write"
+        )
+
+        def done(f: asyncio.Future[object]) -> None:
+            timer.cancel()
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None and client in self._clients:
+                self.mark_down(f"write failed: {exc or type(exc).__name__}")
+
+        if future.done():
+            done(future)  # failed while sending: down now, before anyone awaits it
+        else:
+            future.add_done_callback(done)
+        return future
+
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
         await self._call("write", lambda c: c.write(offset, data, fua=fua))
 

@@ -36,6 +36,7 @@ from openevs.agent.mirror.bitmap import BitmapFile
 from openevs.agent.mirror.config import ReplicationConfig
 from openevs.agent.mirror.engine import REGION_BYTES, MirrorState, Role, WriteAction
 from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.nbd.errors import NbdError, RemoteProtocolError
 from openevs.agent.pool import data_extents
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ _IO_ERRNOS = (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 _NEVER_WRITTEN = -1  # a hot extent made hot ahead of any write: nothing to resync there
 
 LocalOp = Callable[[bool], Awaitable[None]]  # local(fua)
-ForwardOp = Callable[[PeerLink], Awaitable[None]]  # the same request, sent to the peer
+# The same request, sent to the peer: a coroutine, or a future of a request already sent.
+ForwardOp = Callable[[PeerLink], Awaitable[object]]
 
 
 class Replica:
@@ -277,9 +279,11 @@ class Replica:
         next_extent = extents.stop
         last = (self.size_bytes - 1) // REGION_BYTES // engine.HOT_EXTENT_REGIONS
         hot, pending = self.hot, self._hot_pending
-        window = range(next_extent, min(next_extent + HOT_AHEAD, last + 1))
-        if all(e in hot or e in pending for e in window):
-            return []  # the usual case: nothing to persist for this write
+        far = min(next_extent + HOT_AHEAD, last + 1) - 1
+        if far < next_extent or far in hot or far in pending:
+            # The usual case: the window's far end is hot, so is the rest (extents are
+            # made hot in runs; a write that still finds one cold makes it hot itself).
+            return []
         return [
             e for e in range(next_extent, min(next_extent + HOT_AHEAD_BATCH, last + 1))
             if e not in hot and e not in pending
@@ -347,11 +351,11 @@ class Replica:
             # `writing` guard keeps the sync away from these regions until both end.
             self._forwards += 1
             generation = link.generation if link is not None else -1
-            sent = asyncio.ensure_future(self._send(link, forward))
+            sent = self._start_send(link, forward)
             try:
                 await self._local(local, fua)
             finally:
-                reached = await sent
+                reached = await self._reached(sent)
             if reached and link is self.link and link is not None and link.received(generation):
                 self._unflushed.update(regions)
             else:
@@ -362,9 +366,14 @@ class Replica:
         finally:
             self._forwards -= 1
             self._end(regions)
-            if not self.state.link_up:
+            st = self.state
+            if not st.link_up:
                 self._release_hot(engine.hot_extents_of(regions))
-            self._notify()
+            # Waking the sync loop after every forwarded write costs as much as the
+            # write's own bookkeeping: only when someone may wait for this one (a
+            # write or the sync, over copying or dirty regions; a retiring link).
+            if st.dirty or st.copying or not st.link_up or link is not self.link:
+                self._notify()
 
     def _release_hot(self, extents: Iterable[int]) -> None:
         """After a link loss, hot extents with no write in flight are done with:
@@ -376,13 +385,24 @@ class Replica:
         self._clear_bits(r for e in done for r in engine.extent_regions(e))
 
     @staticmethod
-    async def _send(link: PeerLink | None, forward: ForwardOp) -> bool:
-        """Forward one request; False when it did not reach the peer."""
+    def _start_send(link: PeerLink | None, forward: ForwardOp) -> asyncio.Future[Any] | None:
+        """Start forwarding one request; None when it cannot be sent (link down)."""
         if link is None:
+            return None
+        try:
+            return asyncio.ensure_future(forward(link))  # a future stays itself: no task
+        except LinkDown:
+            return None
+
+    @staticmethod
+    async def _reached(sent: asyncio.Future[Any] | None) -> bool:
+        """False when the forwarded request did not reach the peer. The link is
+        down already then (PeerLink takes it down before the error is seen)."""
+        if sent is None:
             return False
         try:
-            await forward(link)
-        except LinkDown:
+            await sent
+        except (LinkDown, NbdError, ConnectionError, RemoteProtocolError):
             return False
         return True
 

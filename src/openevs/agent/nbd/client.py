@@ -249,6 +249,55 @@ class NbdClient:
         """Send any request, even one the server should refuse (for tests)."""
         return await self._request(kind, offset, length, flags, payload or None)
 
+    def start_write(
+        self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False
+    ) -> asyncio.Future[object]:
+        """Send a WRITE now (no task, no await); the future of its reply.
+
+        `data` is sent from where it is: keep it unchanged until the future is
+        done (a cancelled future copies what is still queued of it)."""
+        if self._closed is not None:
+            raise NbdConnectionClosed("connection is closed") from self._closed
+        if self._out is None:
+            return asyncio.ensure_future(self.write(offset, data, fua))
+        future = self._submit(Command.WRITE, offset, len(data), c.CMD_FLAG_FUA if fua else 0, data)
+        if not isinstance(data, bytes):
+
+            def unshare(f: asyncio.Future[object]) -> None:
+                if f.cancelled():
+                    self._unshare(data)
+
+            future.add_done_callback(unshare)
+        return future
+
+    def _submit(
+        self,
+        kind: int,
+        offset: int,
+        length: int,
+        flags: int,
+        payload: bytes | bytearray | memoryview | None,
+    ) -> asyncio.Future[object]:
+        """Queue and send a request on the raw socket; the future of its reply."""
+        out, sock = self._out, self._sock
+        assert out is not None
+        cookie = next(self._cookies)
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending[cookie] = _Pending(kind, offset, length, future)
+        out.append(c.REQUEST_HEADER.pack(c.REQUEST_MAGIC, flags, kind, cookie, offset, length))
+        if payload is not None:
+            out.append(payload)
+        if not self._sending and sock is not None:
+            try:
+                out.flush(sock)
+            except OSError as exc:
+                self._fail_all(exc)
+            else:
+                if out:
+                    asyncio.get_running_loop().add_writer(sock.fileno(), self._on_writable)
+                    self._sending = True
+        return future
+
     async def _request(
         self,
         kind: int,
@@ -259,30 +308,18 @@ class NbdClient:
     ) -> object:
         if self._closed is not None:
             raise NbdConnectionClosed("connection is closed") from self._closed
-        cookie = next(self._cookies)
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending[cookie] = _Pending(kind, offset, length, future)
-        header = c.REQUEST_HEADER.pack(c.REQUEST_MAGIC, flags, kind, cookie, offset, length)
-        out = self._out
-        if out is not None and self._sock is not None:
-            out.append(header)
-            if payload is not None:
-                out.append(payload)
-            if not self._sending:
-                try:
-                    out.flush(self._sock)
-                except OSError as exc:
-                    self._fail_all(exc)
-                else:
-                    if out:
-                        asyncio.get_running_loop().add_writer(self._sock.fileno(), self._on_writable)
-                        self._sending = True
+        if self._out is not None:
+            future = self._submit(kind, offset, length, flags, payload)
             try:
                 return await future
             except asyncio.CancelledError:
                 if payload is not None:
                     self._unshare(payload)
                 raise
+        cookie = next(self._cookies)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[cookie] = _Pending(kind, offset, length, future)
+        header = c.REQUEST_HEADER.pack(c.REQUEST_MAGIC, flags, kind, cookie, offset, length)
         if payload is None:
             self._writer.write(header)
         elif len(payload) <= 65536:

@@ -220,7 +220,7 @@ class ServerConnection(Negotiation):
                 request = Request(command, cookie, offset, length, flags)
                 error = self._validate(request)
                 if self._end - start >= length:
-                    request.payload = bytes(self._rbuf[start : start + length])
+                    request.payload = bytes(memoryview(self._rbuf)[start : start + length])
                     self._start = start + length
                 else:
                     self._begin_payload(request, error)
@@ -246,7 +246,7 @@ class ServerConnection(Negotiation):
         payload = self._allocate(request.length)
         if len(payload) != request.length:
             raise LocalProtocolError("payload allocator returned a buffer of the wrong size")
-        payload[:have] = self._rbuf[self._start : self._end]
+        payload[:have] = memoryview(self._rbuf)[self._start : self._end]  # one copy, not two
         self._start = self._end = 0
         self._payload = payload
         self._payload_view = memoryview(payload)
