@@ -19,6 +19,7 @@ from typing import Any
 
 from openevs.agent.exports import ExportGrant, ExportTable, validate_export_name
 from openevs.agent.interface import AgentHealth, VolumeInfo
+from openevs.agent.mirror.link import SESSION_SEP
 from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 
@@ -58,6 +59,8 @@ class Agent:
         self._open: dict[tuple[str, bool], Any] = {}  # (volume_id, read_only) -> FileExport
         self._lock = asyncio.Lock()
         self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count)
+        # link export name -> the session names its primary's connections used
+        self._link_sessions: dict[str, set[str]] = {}
 
     @property
     def nbd_port(self) -> int:
@@ -92,6 +95,17 @@ class Agent:
         """
         if FileExport is None:
             return None
+        base, sep, _session = name.rpartition(SESSION_SEP)
+        if sep and (link_volume := self.replication.link_export_volume(base)) is not None:
+            names = self._link_sessions.setdefault(base, set())
+            stale = [n for n in names if n != name]
+            if stale:  # a new link session: the old one's connections must never write again
+                names.difference_update(stale)
+                for old in stale:
+                    await self._drop_export(old)
+                await self._wait_disconnected(stale)
+            names.add(name)
+            return self._file_export(link_volume, False)
         link_volume = self.replication.link_export_volume(name)
         if link_volume is not None:
             return self._file_export(link_volume, False)
@@ -114,11 +128,15 @@ class Agent:
 
     def _connection_count(self, name: str) -> int:
         count = getattr(self.nbd, "connection_count", None)
-        return int(count(name)) if count is not None else 0
+        if count is None:
+            return 0
+        return int(count(name)) + sum(int(count(n)) for n in self._link_sessions.get(name, ()))
 
     async def _drop_export(self, name: str) -> None:
         if self.nbd is not None:
             await _maybe_await(self.nbd.drop_export(name))
+            for session_name in self._link_sessions.pop(name, set()):
+                await _maybe_await(self.nbd.drop_export(session_name))
 
     async def _wait_disconnected(self, names: list[str], timeout_s: float = 5.0) -> None:
         """Let dropped connections unwind before their export's descriptor is closed."""

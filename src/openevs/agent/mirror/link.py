@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 from openevs.agent.mirror.config import Peer
@@ -27,6 +28,9 @@ CONNECTIONS = 4
 REQUEST_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
 BACKOFF_S = (0.25, 0.5, 1.0)
+
+
+SESSION_SEP = "~"  # link export name ~ session id
 
 
 class LinkDown(Exception):
@@ -135,12 +139,15 @@ class PeerLink:
 
     async def _connect(self) -> None:
         clients: list[_LinkClient] = []
+        # Every (re)connection is a new link session: the secondary closes the
+        # connections of older sessions when the first one of a new session
+        # arrives, so a write stuck in an old connection (a black-holed link
+        # that comes back, TCP retransmitting) can never land after the resync.
+        name = f"{self.peer.export}{SESSION_SEP}{secrets.token_hex(6)}"
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 for _ in range(self._count):
-                    client = await _LinkClient.connect(
-                        self.peer.host, self.peer.port, self.peer.export
-                    )
+                    client = await _LinkClient.connect(self.peer.host, self.peer.port, name)
                     assert isinstance(client, _LinkClient)
                     clients.append(client)
                     if client.read_only:
@@ -172,9 +179,7 @@ class PeerLink:
         # A timer, not asyncio.timeout(): the NBD server may run this coroutine
         # eagerly, outside any task. On expiry the whole link is aborted, which
         # fails this request (and every other one in flight) at once.
-        timer = asyncio.get_running_loop().call_later(
-            self.request_timeout_s, self._expired, client, what
-        )
+        timer = asyncio.get_running_loop().call_later(self.request_timeout_s, self._expired, client, what)
         try:
             await make(client)
         except Exception as exc:
@@ -207,9 +212,7 @@ class PeerLink:
             if client in self._clients:
                 self.mark_down(reason)
             raise LinkDown(self.last_error or reason) from exc
-        timer = asyncio.get_running_loop().call_later(
-            self.request_timeout_s, self._expired, client, "write"
-        )
+        timer = asyncio.get_running_loop().call_later(self.request_timeout_s, self._expired, client, "write")
 
         def done(f: asyncio.Future[object]) -> None:
             timer.cancel()
