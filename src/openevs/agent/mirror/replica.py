@@ -277,9 +277,12 @@ class Replica:
         if self.hot.get(extents.start - 1, _NEVER_WRITTEN) == _NEVER_WRITTEN:
             return []
         next_extent = extents.stop
-        last = (self.size_bytes - 1) // REGION_BYTES // engine.HOT_EXTENT_REGIONS
         hot, pending = self.hot, self._hot_pending
-        far = min(next_extent + HOT_AHEAD, last + 1) - 1
+        far = next_extent + HOT_AHEAD - 1
+        if far in hot or far in pending:
+            return []  # the usual case, decided without an fstat
+        last = (self.size_bytes - 1) // REGION_BYTES // engine.HOT_EXTENT_REGIONS
+        far = min(far, last)
         if far < next_extent or far in hot or far in pending:
             # The usual case: the window's far end is hot, so is the rest (extents are
             # made hot in runs; a write that still finds one cold makes it hot itself).
