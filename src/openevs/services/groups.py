@@ -269,13 +269,10 @@ def delete_group(session: Session, project_id: str, group_id: str) -> Replicatio
     return group
 
 
-def plan_failover(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
-    """Record the new epoch and link of every member, then enter failovering."""
-    group = get_group(session, project_id, group_id)
-    pairs = members(session, group.id)
-    if not pairs:
-        raise InvalidState("the group has no replication pairs to fail over")
-    plan = {
+def _flip_plan(pairs: list[ReplicationPair]) -> dict[str, dict[str, Any]]:
+    """Per member: the next epoch, a fresh link secret, and the roles after the flip.
+    Fixed when the request is accepted, so a crashed reconciler resumes the same plan."""
+    return {
         p.id: {
             "epoch": p.epoch + 1,
             "link_export": new_link_export(),
@@ -284,7 +281,16 @@ def plan_failover(session: Session, project_id: str, group_id: str) -> Replicati
         }
         for p in pairs
     }
-    transition(session, group, GroupTrigger.FAILOVER, pending={"action": "failover", "pairs": plan})
+
+
+def plan_failover(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
+    """Record the new epoch and link of every member, then enter failovering."""
+    group = get_group(session, project_id, group_id)
+    pairs = members(session, group.id)
+    if not pairs:
+        raise InvalidState("the group has no replication pairs to fail over")
+    pending = {"action": "failover", "pairs": _flip_plan(pairs)}
+    transition(session, group, GroupTrigger.FAILOVER, pending=pending)
     return group
 
 
@@ -298,16 +304,9 @@ def plan_reverse(session: Session, project_id: str, group_id: str) -> Replicatio
         )
     if not pairs:
         raise InvalidState("the group has no replication pairs to switch over")
-    plan = {
-        p.id: {
-            "epoch": p.epoch + 1,
-            "link_export": new_link_export(),
-            "new_primary": p.dr_volume_id,
-            "old_primary": p.production_volume_id,
-        }
-        for p in pairs
-    }
-    transition(session, group, GroupTrigger.REVERSE, pending={"action": "reverse", "pairs": plan})
+    transition(
+        session, group, GroupTrigger.REVERSE, pending={"action": "reverse", "pairs": _flip_plan(pairs)}
+    )
     return group
 
 
