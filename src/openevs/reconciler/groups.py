@@ -296,6 +296,14 @@ def reverse(runtime: Runtime, group: ReplicationGroup) -> None:
             _call(runtime, az_of(runtime, old), "set_replication", old, config, primary=True)
             waiting = True
         elif state.get("replication_status") != ReplicationStatus.ACTIVE:
+            log.info(
+                "switchover of pair %s waits: %s",
+                pair.id,
+                {k: state.get(k) for k in ("replication_status", "link_up", "group_split", "dirty_bytes")},
+            )
+            if state.get("replication_status") != ReplicationStatus.COPYING:
+                # Split (e.g. by a member demoted in an interrupted pass): rejoin and resync.
+                _call(runtime, az_of(runtime, old), "resume_replication", old, primary=True)
             waiting = True
     if not waiting:
         for pair, plan in todo:
@@ -311,6 +319,7 @@ def reverse(runtime: Runtime, group: ReplicationGroup) -> None:
                 plans[pair.id] = _restore(runtime, pair, plan)
                 waiting = True
     if waiting:
+        log.info("group %s: switchover waits for its primaries to be in sync", group.id)
         _save_plans(runtime, group, plans)
         if _timed_out(runtime, group):
             raise StepFailed("the primaries did not get in sync for the switchover in time", rep.FD_LINK)

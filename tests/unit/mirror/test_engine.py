@@ -98,18 +98,14 @@ def test_decide_flush() -> None:
         (synced(), False, True, Status.ERROR),
     ],
 )
-def test_status(
-    state: MirrorState, sync_running: bool, io_error: bool, expected: Status | None
-) -> None:
+def test_status(state: MirrorState, sync_running: bool, io_error: bool, expected: Status | None) -> None:
     assert status(state, io_error=io_error, sync_running=sync_running) == expected
 
 
 def _chunks(state: MirrorState, last_region: int = 10**9, max_regions: int = 64) -> list[list[int]]:
     order, index, chunks = sorted(state.dirty), 0, []
     while index < len(order):
-        chunk, index = take_chunk(
-            order, index, state, last_region=last_region, max_regions=max_regions
-        )
+        chunk, index = take_chunk(order, index, state, last_region=last_region, max_regions=max_regions)
         if chunk:
             chunks.append(chunk)
     return chunks
@@ -150,5 +146,8 @@ def test_group_splits_as_one_and_rejoins_only_when_all_are_ready() -> None:
     assert not group.split
     assert group.forward_failed() == {"a", "b"}
     assert group.split
-    assert not group.maybe_join({"a": True})  # b unknown = not ready
+    assert not group.maybe_join({"a": False, "b": True})
+    # `ready` names the members that forward (primaries): one demoted by a
+    # switchover (b, a secondary now) does not keep the others split.
+    assert group.maybe_join({"a": True})
     assert not GroupState("empty").maybe_join({})

@@ -84,8 +84,9 @@ class GroupState:
         return set(self.members)
 
     def maybe_join(self, ready: dict[str, bool]) -> bool:
-        """Rejoin (forward again) only when every member is mirroring with its link up."""
-        if self.split and self.members and all(ready.get(m, False) for m in self.members):
+        """Rejoin (forward again) only when every member that forwards (every primary
+        member; `ready` names them) is mirroring with its link up."""
+        if self.split and ready and all(ready.values()):
             self.split = False
             return True
         return False

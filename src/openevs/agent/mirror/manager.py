@@ -71,9 +71,7 @@ class ReplicationManager:
         return self.pool.root / f"{volume_id}{BITMAP_SUFFIX}"
 
     def _new_replica(self, volume_id: str, config: ReplicationConfig) -> Replica:
-        return Replica(
-            self, volume_id, config, self.pool.path(volume_id), self._bitmap_path(volume_id)
-        )
+        return Replica(self, volume_id, config, self.pool.path(volume_id), self._bitmap_path(volume_id))
 
     async def start(self) -> None:
         configs = await asyncio.to_thread(load_configs, self.pool.root)
@@ -148,8 +146,12 @@ class ReplicationManager:
         return st.role is Role.PRIMARY and st.mirroring and st.link_up and not st.fenced
 
     def _regroup(self, group: GroupState) -> None:
-        """Split the group unless every member can forward; rejoin it when all can."""
-        ready = {r.volume_id: self._ready(r) for r in self._members(group)}
+        """Split the group unless every member can forward; rejoin it when all can.
+
+        Only primaries count: a member demoted by a switchover (a secondary now,
+        until its pair's other half joins the group on the other agent) must
+        not keep the remaining primaries split."""
+        ready = {r.volume_id: self._ready(r) for r in self._members(group) if r.state.role is Role.PRIMARY}
         if not all(ready.values()):
             group.split = True
         else:
@@ -349,9 +351,7 @@ class ReplicationManager:
                 if gid in self.groups:
                     self._regroup(self.groups[gid])
             for replica in replicas:
-                await asyncio.to_thread(
-                    save_config, self.pool.root, replica.volume_id, replica.config
-                )
+                await asyncio.to_thread(save_config, self.pool.root, replica.volume_id, replica.config)
 
     def group_members(self, group_id: str) -> list[str]:
         group = self.groups.get(group_id)
