@@ -37,14 +37,14 @@ PAIRS = "/v2/{p}/os-vendor-replications"
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, StandaloneAgent, Session]]:
     a, b = StandaloneAgent(tmp_path, AZ_A), StandaloneAgent(tmp_path, AZ_B)
-    a.start()
-    b.start()
     serve = ServeProcess(
         tmp_path / "serve",
         extra_env={"OPENEVS_AGENT_URLS": f"{AZ_A}={a.url},{AZ_B}={b.url}", "OPENEVS_AGENT_TIMEOUT_S": "60"},
     )
-    serve.start()
-    try:
+    try:  # every process is stopped even when the set-up itself fails
+        a.start()
+        b.start()
+        serve.start()
         yield serve, a, b, serve.login()
     finally:
         serve.close()

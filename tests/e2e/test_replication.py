@@ -35,12 +35,11 @@ PROD_AZ, DR_AZ = "az1.dc1", "az3.dc3"
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, Session]]:
     agent = StandaloneAgent(tmp_path, DR_AZ)
-    agent.start()
     serve = ServeProcess(tmp_path / "serve", extra_env={"OPENEVS_AGENT_URLS": f"{DR_AZ}={agent.url}"})
-    serve.start()
-    session = serve.login()
-    try:
-        yield serve, agent, session
+    try:  # every process is stopped even when the set-up itself fails
+        agent.start()
+        serve.start()
+        yield serve, agent, serve.login()
     finally:
         serve.close()
         agent.stop()
