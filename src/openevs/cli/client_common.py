@@ -235,3 +235,20 @@ def percent_of(value: Any) -> float | None:
         return max(0.0, min(100.0, float(str(value).rstrip("%"))))
     except ValueError:
         return None
+
+
+def replication_state(item: dict[str, Any]) -> str:
+    """`status / replication_status [N%]` of a pair or a group, for progress lines."""
+    state = f"{item.get('status')} / {item.get('replication_status') or '-'}"
+    if item.get("replication_status") == "copying" and item.get("progress") is not None:
+        state += f" {item['progress']}%"
+    return state
+
+
+def replication_percent(item: dict[str, Any]) -> float | None:
+    """How far a pair's or group's sync is: 100 when active, its progress while copying."""
+    if item.get("replication_status") == "active":
+        return 100.0
+    if item.get("replication_status") == "copying":
+        return percent_of(item.get("progress")) or 0.0
+    return None

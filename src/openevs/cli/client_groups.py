@@ -28,9 +28,10 @@ from openevs.cli.client_common import (
     connect,
     fetch_or_none,
     field,
-    percent_of,
     print_list,
     print_object,
+    replication_percent,
+    replication_state,
     say,
     wait,
 )
@@ -75,19 +76,8 @@ def group_problem(group: dict[str, Any]) -> str | None:
     return None
 
 
-def group_status(group: dict[str, Any]) -> str:
-    state = f"{group.get('status')} / {group.get('replication_status') or '-'}"
-    if group.get("replication_status") == "copying" and group.get("progress") is not None:
-        state += f" {group['progress']}%"
-    return state
-
-
-def group_percent(group: dict[str, Any]) -> float | None:
-    if group.get("replication_status") == "active":
-        return 100.0
-    if group.get("replication_status") == "copying":
-        return percent_of(group.get("progress")) or 0.0
-    return None
+group_status = replication_state
+group_percent = replication_percent
 
 
 Goal = Callable[[dict[str, Any] | None], bool]

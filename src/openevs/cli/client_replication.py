@@ -23,9 +23,10 @@ from openevs.cli.client_common import (
     connect,
     fetch_or_none,
     field,
-    percent_of,
     print_list,
     print_object,
+    replication_percent,
+    replication_state,
     say,
     wait,
 )
@@ -67,19 +68,8 @@ def pair_problem(pair: dict[str, Any]) -> str | None:
     return None
 
 
-def pair_status(pair: dict[str, Any]) -> str:
-    state = f"{pair.get('status')} / {pair.get('replication_status') or '-'}"
-    if pair.get("replication_status") == "copying" and pair.get("progress") is not None:
-        state += f" {pair['progress']}%"
-    return state
-
-
-def pair_percent(pair: dict[str, Any]) -> float | None:
-    if pair.get("replication_status") == "active":
-        return 100.0
-    if pair.get("replication_status") == "copying":
-        return percent_of(pair.get("progress")) or 0.0
-    return None
+pair_status = replication_state
+pair_percent = replication_percent
 
 
 def in_sync(pair: dict[str, Any] | None) -> bool:
