@@ -12,7 +12,7 @@ from openevs.api.auth import RuntimeDep, ScopedDep
 from openevs.api.identity import base_url
 from openevs.api.timefmt import nova_time
 from openevs.db.models import Attachment, Server
-from openevs.domain.errors import InvalidInput
+from openevs.domain.errors import InvalidInput, NotFound
 from openevs.domain.states import ServerStatus, ServerTrigger
 from openevs.services import connections, servers
 from openevs.services.listing import parse_page
@@ -254,8 +254,6 @@ def show_attachment(
         for att in servers.attachments_of_server(session, server.id):
             if att.volume_id == volume_id:
                 return {"volumeAttachment": attachment_view(att)}
-    from openevs.domain.errors import NotFound
-
     raise NotFound(f"volume {volume_id[:64]} is not attached to server {server_id[:64]}")
 
 

@@ -14,7 +14,7 @@ from openevs.api.identity import base_url
 from openevs.api.timefmt import evs_time
 from openevs.db.models import Attachment, Volume
 from openevs.domain import codes
-from openevs.domain.errors import InvalidInput
+from openevs.domain.errors import InvalidInput, NotFound
 from openevs.services import connections, volumes
 from openevs.services.listing import parse_page
 
@@ -318,8 +318,6 @@ def show_type(project_id: str, type_id: str, token: ScopedDep, runtime: RuntimeD
     for name in runtime.settings.volume_types:
         if type_id in (name, str(uuid.uuid5(TYPE_NAMESPACE, name))):
             return {"volume_type": type_view(name, azs)}
-    from openevs.domain.errors import NotFound
-
     raise NotFound(f"volume type {type_id[:64]} could not be found")
 
 

@@ -106,8 +106,6 @@ def _call(runtime: Runtime, az: str, method: str, *args: Any, primary: bool) -> 
     except AgentRequestFailed as exc:
         if exc.reason in POOL_REASONS:
             raise StepFailed(str(exc), rep.FD_PRIMARY_POOL if primary else rep.FD_SECONDARY_POOL) from exc
-        if exc.status >= 500:
-            raise StepFailed(str(exc), rep.FD_INTERNAL) from exc
         raise StepFailed(str(exc), rep.FD_INTERNAL) from exc
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from openevs.config import Settings
 from openevs.db.cas import compare_and_set
-from openevs.db.models import Attachment, Project, Volume
+from openevs.db.models import Attachment, Project, Volume, utcnow
 from openevs.domain import codes
 from openevs.domain.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
 from openevs.domain.states import VOLUME_TRANSITIONS, VolumeStatus, VolumeTrigger, next_state
@@ -169,8 +169,6 @@ def update_volume(
         volume.description = description
     if metadata is not None:
         volume.metadata_ = check_metadata(metadata)
-    from openevs.db.models import utcnow
-
     volume.updated_at = utcnow()
     session.flush()
     return volume
