@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration.mirror.support import MiB, PairedAgent, checksum  # noqa: E402
 
+from openevs.contract import ReplicationRequest, ReplicationState  # noqa: E402
+from openevs.domain.replication import Role  # noqa: E402
+
 GiB = 1 << 30
 
 
@@ -79,19 +82,19 @@ def time_nbdcopy(src: Path, dst: Path, size: int) -> float:
     return time.perf_counter() - start
 
 
-def time_initial_copy(a: PairedAgent, b: PairedAgent, epoch: int) -> tuple[float, dict]:
+def time_initial_copy(a: PairedAgent, b: PairedAgent, epoch: int) -> tuple[float, ReplicationState]:
     start = time.perf_counter()
     b.client.set_replication(
-        "dr", {"role": "secondary", "epoch": epoch, "pair_id": "bench",
-               "link_export": f"link-{epoch}", "initial_sync": True},
+        "dr", ReplicationRequest(role=Role.SECONDARY, epoch=epoch, pair_id="bench",
+                                 link_export=f"link-{epoch}", initial_sync=True),
     )  # fmt: skip
     a.client.set_replication(
-        "vol", {"role": "primary", "epoch": epoch, "pair_id": "bench",
-                "peer": b.peer(f"link-{epoch}"), "initial_sync": True},
+        "vol", ReplicationRequest(role=Role.PRIMARY, epoch=epoch, pair_id="bench",
+                                  peer=b.peer(f"link-{epoch}"), initial_sync=True),
     )  # fmt: skip
     while True:
         state = a.state("vol")
-        if state["replication_status"] == "active":
+        if state.replication_status == "active":
             return time.perf_counter() - start, state
         time.sleep(0.05)
 
@@ -151,7 +154,7 @@ def main() -> None:
             ours.append(seconds)
             assert checksum(src) == checksum(b.image("dr")), "DR differs after the copy"
             print(f"round {round_ + 1}: openevs {seconds:.2f} s "
-                  f"({state['resynced_bytes_total'] / MiB:.0f} MiB copied in total so far), "
+                  f"({state.resynced_bytes_total / MiB:.0f} MiB copied in total so far), "
                   f"nbdcopy {theirs[-1]:.2f} s")  # fmt: skip
             a.client.delete_replication("vol")
             b.client.delete_replication("dr")
@@ -166,14 +169,13 @@ def main() -> None:
         unpaired = fio_write(a, "att", args.fio_s)
         unpaired_cpu = (cpu_s(*pids) - before) / (unpaired * args.fio_s / 1024)
         b.client.set_replication(
-            "dr", {"role": "secondary", "epoch": 100, "pair_id": "bench",
-                   "link_export": "link-fio", "initial_sync": False},
+            "dr", ReplicationRequest(role=Role.SECONDARY, epoch=100, pair_id="bench", link_export="link-fio"),
         )  # fmt: skip
         a.client.set_replication(
-            "vol", {"role": "primary", "epoch": 100, "pair_id": "bench",
-                    "peer": b.peer("link-fio"), "add_dirty": [[0, size]]},
+            "vol", ReplicationRequest(role=Role.PRIMARY, epoch=100, pair_id="bench",
+                                      peer=b.peer("link-fio"), add_dirty=[(0, size)]),
         )  # fmt: skip
-        while a.state("vol")["replication_status"] != "active":
+        while a.state("vol").replication_status != "active":
             time.sleep(0.05)
         before = cpu_s(*pids)
         paired = fio_write(a, "att", args.fio_s)
@@ -184,7 +186,7 @@ def main() -> None:
             a.client.delete_replication("vol")
             unpaired_again = fio_write(a, "att", args.fio_s)
             unpaired = max(unpaired, unpaired_again)
-        assert state["replication_status"] == "active", state
+        assert state.replication_status == "active", state
         print(f"(b) fio 1 MiB seq write: unpaired {unpaired:.0f} MiB/s, "
               f"active pair {paired:.0f} MiB/s, ratio {paired / unpaired:.2f} (goal >= 0.7); "
               f"agent CPU s per GiB: unpaired {unpaired_cpu:.2f}, paired {paired_cpu:.2f}")

@@ -10,8 +10,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from openevs.agent.interface import AgentClient
 from openevs.config import Settings
+from openevs.contract import AgentClient
 from openevs.db.session import Database
 from openevs.domain.errors import ServiceUnavailable
 

@@ -22,6 +22,7 @@ import pytest
 from openevs.agent.client import HttpAgentClient
 from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.errors import NbdError
+from openevs.contract import ReplicationState
 from tests.e2e.agents import StandaloneAgent
 from tests.e2e.conftest import ServeProcess, Session, wait_for
 from tests.e2e.test_replication import make_disk, nbd_address, wait_json
@@ -109,7 +110,7 @@ def action(session: Session, gid: str, body: dict[str, Any]) -> None:
     assert r.status_code == 200, f"{body}: {r.status_code} {r.text}"
 
 
-def agent_state(agent_url: str, az: str, volume_id: str) -> dict[str, Any]:
+def agent_state(agent_url: str, az: str, volume_id: str) -> ReplicationState:
     with HttpAgentClient(az, agent_url, timeout_s=5) as client:
         return client.get_replication(volume_id)
 
@@ -211,12 +212,12 @@ def test_group_scenario(stack: tuple[ServeProcess, StandaloneAgent, StandaloneAg
     assert fenced.value.errno == errno.EPERM
 
     # Reprotect: resync az1 -> az3, only the differing regions.
-    before = agent_state(agent_a.url, AZ_A, p1)["resynced_bytes_total"]
+    before = agent_state(agent_a.url, AZ_A, p1).resynced_bytes_total
     r = s.post(f"{GROUPS}/{gid}/action", {"os-sync-replication-consistency-group": None})
     assert r.status_code == 400, "a failovered group is reprotected, not synced"
     action(s, gid, {"os-reprotect-replication-consistency-group": None})
     wait_group(s, gid, lambda g: g["status"] == "available" and g["replication_status"] == "active")
-    copied = agent_state(agent_a.url, AZ_A, p1)["resynced_bytes_total"] - before
+    copied = agent_state(agent_a.url, AZ_A, p1).resynced_bytes_total - before
     differing = 2 * MIB  # offsets[9] written on az3 alone, offsets[10] on az1 alone
     print(f"\nreprotect of pair 1: copied {copied} bytes for {differing} bytes written apart")
     # The old primary was killed: its hot extents (activity log, 4 MiB each) may differ

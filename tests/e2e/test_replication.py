@@ -172,7 +172,7 @@ def test_pair_copies_real_bytes_and_survives_a_link_cut(
 
     prod_agent = HttpAgentClient(PROD_AZ, f"unix:{control_socket_path(serve.data_dir / 'agents', PROD_AZ)}")
     before = prod_agent.get_replication(prod)
-    assert before["dirty_bytes"] >= written_during_outage
+    assert before.dirty_bytes >= written_during_outage
     agent.start()  # the link returns: only dirty regions are copied
     wait_for("the DR AZ to show available again", lambda: session.azs()[DR_AZ] is True, 30)
     pair = wait_json(
@@ -183,7 +183,7 @@ def test_pair_copies_real_bytes_and_survives_a_link_cut(
         timeout_s=90,
     )
     after = prod_agent.get_replication(prod)
-    resynced = after["resynced_bytes_total"] - before["resynced_bytes_total"]
+    resynced = after.resynced_bytes_total - before.resynced_bytes_total
     print(f"\nwritten during outage: {written_during_outage} bytes; resynced: {resynced} bytes")
     assert written_during_outage <= resynced <= written_during_outage * 1.25 + 4 * MIB
     assert asyncio.run(digest(dr_addr)) == asyncio.run(digest(prod_addr))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from openevs.agent.client import HttpAgentClient
+from openevs.contract import ReplicationState
 from tests.conftest import free_port
 from tests.e2e.conftest import ServeProcess, Session, wait_for
 from tests.faults.netlab import NetLab, NetnsUnavailable
@@ -315,9 +316,9 @@ def make_group(s: Session, n_pairs: int = 2) -> tuple[str, list[Couple]]:
     return gid, [Couple(s, p, d, pid) for (p, d), pid in zip(disks, pair_ids, strict=True)]
 
 
-def agent_roles(stack: FaultStack, volume_ids: list[str]) -> dict[str, dict[str, Any]]:
+def agent_roles(stack: FaultStack, volume_ids: list[str]) -> dict[str, ReplicationState]:
     """volume_id -> the agent's replication state, from whichever agent holds it and answers."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, ReplicationState] = {}
     for agent in stack.agents.values():
         if not agent.alive:
             continue
@@ -328,11 +329,11 @@ def agent_roles(stack: FaultStack, volume_ids: list[str]) -> dict[str, dict[str,
     return out
 
 
-def writable_primaries(states: dict[str, dict[str, Any]], couple: Couple) -> list[str]:
+def writable_primaries(states: dict[str, ReplicationState], couple: Couple) -> list[str]:
     """The disks of a couple that would accept a user write: primary and not fenced."""
     return [
         vid for vid in (couple.prod, couple.dr)
-        if vid in states and states[vid]["role"] == "primary" and not states[vid]["fenced"]
+        if vid in states and states[vid].role == "primary" and not states[vid].fenced
     ]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from openevs.contract import ReplicationState
 from tests.faults.harness import (
     AZ_A,
     AZ_B,
@@ -49,7 +50,7 @@ class SplitBrainWatcher:
         self._stop.set()
         self._thread.join(10)
 
-    def _read(self, az: str, vids: list[str]) -> dict[str, dict[str, Any]]:
+    def _read(self, az: str, vids: list[str]) -> dict[str, ReplicationState]:
         agent = self.stack.agents[az]
         if not agent.alive:
             return {}
@@ -82,8 +83,8 @@ class SplitBrainWatcher:
             self._stop.wait(0.05)
 
 
-def _writable(state: dict[str, Any]) -> bool:
-    return state["role"] == "primary" and not state["fenced"]
+def _writable(state: ReplicationState) -> bool:
+    return state.role == "primary" and not state.fenced
 
 
 def _settle(s: Any, gid: str, retry_action: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from openevs.contract import ReplicationState
 from tests.faults.harness import (
     AZ_A,
     AZ_B,
@@ -57,7 +58,7 @@ def check_roles(stack: FaultStack, failovered: bool = False) -> int:
     """Agents agree with the database for every pair; returns how many pairs were checked."""
     pairs = db_pairs(stack)
     vids = [v for p in pairs.values() for v in (p["production_volume_id"], p["dr_volume_id"])]
-    states: dict[str, dict[str, Any]] = {}
+    states: dict[str, ReplicationState] = {}
 
     def all_agree() -> bool:
         nonlocal states
@@ -66,11 +67,11 @@ def check_roles(stack: FaultStack, failovered: bool = False) -> int:
             prod, dr = states.get(p["production_volume_id"]), states.get(p["dr_volume_id"])
             if prod is None or dr is None:
                 return False
-            if (prod["role"], prod["fenced"], prod["epoch"]) != ("primary", False, p["epoch"]):
+            if (prod.role, prod.fenced, prod.epoch) != ("primary", False, p["epoch"]):
                 return False
-            dr_ok = dr["role"] == "secondary" and dr["epoch"] == p["epoch"]
+            dr_ok = dr.role == "secondary" and dr.epoch == p["epoch"]
             dr_ok = dr_ok or (
-                failovered and dr["role"] == "primary" and dr["fenced"] and dr["epoch"] < p["epoch"]
+                failovered and dr.role == "primary" and dr.fenced and dr.epoch < p["epoch"]
             )
             if not dr_ok:
                 return False
@@ -165,5 +166,5 @@ def test_controller_killed_in_every_transitional_state(fault_stack: FaultStack) 
             time.sleep(0.2)
         # The disks are plain standalone disks again, on both agents.
         states = agent_roles(fault_stack, [v for d in disks for v in d])
-        assert all(st["role"] == "standalone" for st in states.values()), states
+        assert all(st.role == "standalone" for st in states.values()), states
     record("controller_crash", trials=n, crashes=crashes, mode=fault_stack.mode)

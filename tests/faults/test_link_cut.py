@@ -62,7 +62,7 @@ def test_link_cut_keeps_production_writing_and_resyncs_the_dirty_bytes(fault_sta
         # On the primary agent, every member is split (none still forwarding).
         with fault_stack.agents[AZ_A].client() as a:
             states = [a.get_replication(c.prod) for c in couples]
-        assert all(not st["link_up"] and st["replication_status"] == "inactive" for st in states), states
+        assert all(not st.link_up and st.replication_status == "inactive" for st in states), states
         acks_before = wl.acks
         wl.wait_acks(acks_before + 40, timeout_s=30)  # production keeps writing while cut
         # Stop writing before the snapshot, so the dirty bytes are all the resync owes.
@@ -70,14 +70,14 @@ def test_link_cut_keeps_production_writing_and_resyncs_the_dirty_bytes(fault_sta
         assert not wl.errors, f"production stopped: {wl.errors}"
         with fault_stack.agents[AZ_A].client() as a:
             before = {c.prod: a.get_replication(c.prod) for c in couples}
-        dirty = sum(st["dirty_bytes"] for st in before.values())
+        dirty = sum(st.dirty_bytes for st in before.values())
         fault_stack.restore_link()
         outage_s = time.monotonic() - t_cut
         g = wait_group(s, gid, lambda g: g["replication_status"] == "active" and g["fault_level"] == "0",
                        timeout_s=120)  # fmt: skip
         with fault_stack.agents[AZ_A].client() as a:
             after = {c.prod: a.get_replication(c.prod) for c in couples}
-        resynced = sum(after[v]["resynced_bytes_total"] - before[v]["resynced_bytes_total"] for v in before)
+        resynced = sum(after[v].resynced_bytes_total - before[v].resynced_bytes_total for v in before)
         lost = []
         for c in couples:
             lost += verify(wl.logs[c.prod], c.prod, c.dr_addr[:3])

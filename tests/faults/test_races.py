@@ -127,10 +127,10 @@ def check_roles(api: Api, pair_ids: list[str], failovered: bool) -> None:
         for prod_id, dr_id, epoch in rows:
             prod = api.runtime.agent(azs[prod_id]).get_replication(prod_id)
             dr = api.runtime.agent(azs[dr_id]).get_replication(dr_id)
-            if (prod["role"], prod["fenced"], prod["epoch"]) != ("primary", False, epoch):
+            if (prod.role, prod.fenced, prod.epoch) != ("primary", False, epoch):
                 return f"production {prod_id} at epoch {epoch}: {prod}"
-            old_primary = failovered and dr["role"] == "primary" and dr["fenced"] and dr["epoch"] < epoch
-            if (dr["role"], dr["epoch"]) != ("secondary", epoch) and not old_primary:
+            old_primary = failovered and dr.role == "primary" and dr.fenced and dr.epoch < epoch
+            if (dr.role, dr.epoch) != ("secondary", epoch) and not old_primary:
                 return f"DR {dr_id} at epoch {epoch}: {dr}"
         return None
 

@@ -7,25 +7,35 @@ answers become `AgentRequestFailed(message, status, reason)`. The URL is
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from openevs.agent.interface import (
+from openevs.contract import (
     AgentHealth,
     AgentRequestFailed,
     AgentUnavailable,
+    DirtyRanges,
+    ErrorBody,
+    ErrorReason,
+    Export,
+    ExportGrant,
+    ExportList,
+    ReplicationRequest,
+    ReplicationState,
+    ReplicationStates,
+    SizeRequest,
     VolumeInfo,
+    VolumeList,
 )
 
+M = TypeVar("M", bound=BaseModel)
 
-def _volume(body: dict[str, Any]) -> VolumeInfo:
-    return VolumeInfo(
-        volume_id=str(body["volume_id"]),
-        size_bytes=int(body["size_bytes"]),
-        allocated_bytes=int(body["allocated_bytes"]),
-    )
+
+def _quoted(name: str) -> str:
+    return quote(name, safe="")
 
 
 class HttpAgentClient:
@@ -47,7 +57,8 @@ class HttpAgentClient:
     def __repr__(self) -> str:
         return f"HttpAgentClient(az={self.az!r}, url={self.url!r})"
 
-    def _call(self, method: str, path: str, json: Any = None) -> Any:
+    def _send(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
+        json = None if body is None else body.model_dump(mode="json")
         try:
             response = self._http.request(method, path, json=json)
         except httpx.TransportError as exc:
@@ -55,113 +66,88 @@ class HttpAgentClient:
                 f"agent of {self.az} at {self.url} unreachable: {exc or type(exc).__name__}"
             ) from exc
         if response.status_code >= 400:
-            reason, message = "", response.text
             try:
-                error = response.json()["error"]
-                reason, message = str(error["reason"]), str(error["message"])
-            except (ValueError, KeyError, TypeError):
-                pass
+                error = ErrorBody.model_validate_json(response.content).error
+                reason, message = error.reason, error.message
+            except ValidationError:
+                reason, message = ErrorReason.BAD_ANSWER, response.text[:1024]
             raise AgentRequestFailed(
-                f"agent of {self.az}: {method} {path}: {message}",
-                status=response.status_code,
-                reason=reason,
+                f"agent of {self.az}: {method} {path}: {message}", reason=reason, status=response.status_code
             )
-        if response.status_code == 204 or not response.content:
-            return None
+        return response
+
+    def _call(self, answer: type[M], method: str, path: str, body: BaseModel | None = None) -> M:
+        response = self._send(method, path, body)
         try:
-            return response.json()
-        except ValueError as exc:
+            return answer.model_validate_json(response.content)
+        except ValidationError as exc:
             raise AgentRequestFailed(
-                f"agent of {self.az}: {method} {path}: answer is not JSON",
-                status=502,
-                reason="bad_answer",
+                f"agent of {self.az}: {method} {path}: the answer is not a {answer.__name__}: {exc}",
+                reason=ErrorReason.BAD_ANSWER,
             ) from exc
 
     def health(self) -> AgentHealth:
-        body = self._call("GET", "/health")
-        return AgentHealth(
-            az=str(body["az"]),
-            nbd_host=str(body["nbd_host"]),
-            nbd_port=int(body["nbd_port"]),
-            boot_id=str(body["boot_id"]),
-            capacity_bytes=int(body["capacity_bytes"]),
-            free_bytes=int(body["free_bytes"]),
-            volume_count=int(body["volume_count"]),
-        )
+        return self._call(AgentHealth, "GET", "/health")
 
     def list_volumes(self) -> list[VolumeInfo]:
-        return [_volume(v) for v in self._call("GET", "/volumes")["volumes"]]
+        return self._call(VolumeList, "GET", "/volumes").volumes
 
     def get_volume(self, volume_id: str) -> VolumeInfo:
-        return _volume(self._call("GET", f"/volumes/{quote(volume_id, safe='')}"))
+        return self._call(VolumeInfo, "GET", f"/volumes/{_quoted(volume_id)}")
 
     def create_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
-        path = f"/volumes/{quote(volume_id, safe='')}"
-        return _volume(self._call("PUT", path, {"size_bytes": size_bytes}))
-
-    def grow_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
-        path = f"/volumes/{quote(volume_id, safe='')}/grow"
-        return _volume(self._call("POST", path, {"size_bytes": size_bytes}))
-
-    def delete_volume(self, volume_id: str) -> None:
-        self._call("DELETE", f"/volumes/{quote(volume_id, safe='')}")
-
-    def grant_export(self, export_name: str, volume_id: str, read_only: bool) -> None:
-        self._call(
-            "PUT",
-            f"/exports/{quote(export_name, safe='')}",
-            {"volume_id": volume_id, "read_only": bool(read_only)},
+        return self._call(
+            VolumeInfo, "PUT", f"/volumes/{_quoted(volume_id)}", SizeRequest(size_bytes=size_bytes)
         )
 
-    def list_exports(self) -> dict[str, tuple[str, bool]]:
-        """name -> (volume_id, read_only) of every grant the agent holds."""
-        body = self._call("GET", "/exports")
-        return {e["name"]: (str(e["volume_id"]), bool(e["read_only"])) for e in body["exports"]}
+    def grow_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
+        path = f"/volumes/{_quoted(volume_id)}/grow"
+        return self._call(VolumeInfo, "POST", path, SizeRequest(size_bytes=size_bytes))
+
+    def delete_volume(self, volume_id: str) -> None:
+        self._send("DELETE", f"/volumes/{_quoted(volume_id)}")
+
+    def grant_export(self, export_name: str, volume_id: str, read_only: bool) -> None:
+        grant = ExportGrant(volume_id=volume_id, read_only=read_only)
+        self._call(Export, "PUT", f"/exports/{_quoted(export_name)}", grant)
+
+    def list_exports(self) -> list[Export]:
+        return self._call(ExportList, "GET", "/exports").exports
 
     def revoke_export(self, export_name: str) -> None:
-        self._call("DELETE", f"/exports/{quote(export_name, safe='')}")
+        self._send("DELETE", f"/exports/{_quoted(export_name)}")
 
     # -- replication (agent/mirror/) ---------------------------------------
 
     def _repl_path(self, volume_id: str, suffix: str = "") -> str:
-        return f"/volumes/{quote(volume_id, safe='')}/replication{suffix}"
+        return f"/volumes/{_quoted(volume_id)}/replication{suffix}"
 
-    def set_replication(self, volume_id: str, config: dict[str, Any]) -> dict[str, Any]:
-        """Apply a replication config (role, epoch, pair_id, group_id, peer, link_export,
-        mirroring, initial_sync, add_dirty); the same config again is a no-op."""
-        result: dict[str, Any] = self._call("PUT", self._repl_path(volume_id), config)
-        return result
+    def set_replication(self, volume_id: str, request: ReplicationRequest) -> ReplicationState:
+        return self._call(ReplicationState, "PUT", self._repl_path(volume_id), request)
 
-    def get_replication(self, volume_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", self._repl_path(volume_id))
-        return result
+    def get_replication(self, volume_id: str) -> ReplicationState:
+        return self._call(ReplicationState, "GET", self._repl_path(volume_id))
 
-    def list_replication(self) -> dict[str, dict[str, Any]]:
-        """volume_id -> replication state of every replicated volume of this agent."""
-        return {str(s["volume_id"]): s for s in self._call("GET", "/replication")}
+    def list_replication(self) -> dict[str, ReplicationState]:
+        return {s.volume_id: s for s in self._call(ReplicationStates, "GET", "/replication").volumes}
 
-    def get_replication_dirty(self, volume_id: str) -> list[list[int]]:
-        """The merged dirty ranges [[offset, length], ...] of a replicated volume."""
-        return [[int(o), int(n)] for o, n in self._call("GET", self._repl_path(volume_id, "/dirty"))]
+    def get_replication_dirty(self, volume_id: str) -> DirtyRanges:
+        return self._call(DirtyRanges, "GET", self._repl_path(volume_id, "/dirty"))
 
     def delete_replication(self, volume_id: str) -> None:
-        self._call("DELETE", self._repl_path(volume_id))
+        self._send("DELETE", self._repl_path(volume_id))
 
-    def pause_replication(self, volume_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", self._repl_path(volume_id, "/pause"))
-        return result
+    def pause_replication(self, volume_id: str) -> ReplicationState:
+        return self._call(ReplicationState, "POST", self._repl_path(volume_id, "/pause"))
 
-    def resume_replication(self, volume_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", self._repl_path(volume_id, "/resume"))
-        return result
+    def resume_replication(self, volume_id: str) -> ReplicationState:
+        return self._call(ReplicationState, "POST", self._repl_path(volume_id, "/resume"))
 
-    def pause_group(self, group_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/groups/{quote(group_id, safe='')}/pause")
-        return result
+    def pause_group(self, group_id: str) -> ReplicationStates:
+        return self._call(ReplicationStates, "POST", f"/groups/{_quoted(group_id)}/pause")
 
-    def resume_group(self, group_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/groups/{quote(group_id, safe='')}/resume")
-        return result
+    def resume_group(self, group_id: str) -> ReplicationStates:
+        return self._call(ReplicationStates, "POST", f"/groups/{_quoted(group_id)}/resume")
 
     def close(self) -> None:
         self._http.close()

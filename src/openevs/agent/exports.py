@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from openevs.agent.pool import InvalidVolumeRequest, PoolIOError, fsync_dir
+from openevs.contract import ExportGrant
 
 EXPORTS_FILE = "exports.json"
 # NBD allows up to 4096 bytes; a plain token keeps names safe in URIs and logs.
@@ -29,12 +29,6 @@ def validate_export_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class ExportGrant:
-    volume_id: str
-    read_only: bool
-
-
 class ExportTable:
     """name -> ExportGrant, saved to disk on every change."""
 
@@ -46,14 +40,11 @@ class ExportTable:
     def _load(self) -> dict[str, ExportGrant]:
         try:
             raw = json.loads(self.path.read_text())
+            return {str(name): ExportGrant.model_validate(g) for name, g in raw.get("exports", {}).items()}
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
             raise PoolIOError(f"cannot read {self.path}: {exc}") from exc
-        return {
-            str(name): ExportGrant(str(g["volume_id"]), bool(g["read_only"]))
-            for name, g in raw.get("exports", {}).items()
-        }
 
     def _save(self, grants: dict[str, ExportGrant]) -> None:
         body = {

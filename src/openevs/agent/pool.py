@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path
 
-from openevs.agent.interface import VolumeInfo
+from openevs.contract import ErrorReason, VolumeInfo
 from openevs.domain.errors import OpenEvsError
 
 SECTOR_BYTES = 512
@@ -37,27 +37,31 @@ TMP_PREFIX = ".tmp-"
 class PoolError(OpenEvsError):
     """A pool operation failed; `reason` is the short code sent to the controller."""
 
-    reason = "pool_error"
+    reason = ErrorReason.IO_ERROR
 
 
 class VolumeNotFound(PoolError):
-    reason = "not_found"
+    reason = ErrorReason.NOT_FOUND
 
 
 class InvalidVolumeRequest(PoolError):
-    reason = "invalid_input"
+    reason = ErrorReason.INVALID_INPUT
 
 
 class VolumeConflict(PoolError):
-    reason = "conflict"
+    reason = ErrorReason.CONFLICT
 
 
 class PoolNoSpace(PoolError):
-    reason = "no_space"
+    reason = ErrorReason.NO_SPACE
 
 
 class PoolIOError(PoolError):
-    reason = "io_error"
+    reason = ErrorReason.IO_ERROR
+
+
+def _info(volume_id: str, st: os.stat_result) -> VolumeInfo:
+    return VolumeInfo(volume_id=volume_id, size_bytes=st.st_size, allocated_bytes=st.st_blocks * SECTOR_BYTES)
 
 
 def validate_volume_id(volume_id: str) -> str:
@@ -173,7 +177,7 @@ class FileVolumePool:
             raise VolumeNotFound(f"volume {volume_id} not found") from None
         except OSError as exc:
             raise _translate(exc, f"stat volume {volume_id}") from exc
-        return VolumeInfo(volume_id, st.st_size, st.st_blocks * 512)
+        return _info(volume_id, st)
 
     def list(self) -> list[VolumeInfo]:
         result = []
@@ -185,7 +189,7 @@ class FileVolumePool:
                 st = entry.stat()
             except FileNotFoundError:  # deleted while listing
                 continue
-            result.append(VolumeInfo(volume_id, st.st_size, st.st_blocks * 512))
+            result.append(_info(volume_id, st))
         return result
 
     def create(self, volume_id: str, size_bytes: int) -> VolumeInfo:

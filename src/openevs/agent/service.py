@@ -17,11 +17,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from openevs.agent.exports import ExportGrant, ExportTable, validate_export_name
-from openevs.agent.interface import AgentHealth, VolumeInfo
+from openevs.agent.exports import ExportTable, validate_export_name
 from openevs.agent.mirror.link import SESSION_SEP
 from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.pool import FileVolumePool, validate_volume_id
+from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Agent:
         validate_export_name(name)
         async with self._lock:
             await asyncio.to_thread(self.pool.info, volume_id)  # NotFound if absent
-            grant = ExportGrant(volume_id, bool(read_only))
+            grant = ExportGrant(volume_id=volume_id, read_only=bool(read_only))
             replaced = await asyncio.to_thread(self.exports.grant, name, grant)
             if replaced:  # a rw client must not keep writing through a now read-only grant
                 await self._drop_export(name)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openevs.agent.client import HttpAgentClient
-from openevs.agent.interface import AgentHealth, AgentUnavailable
 from openevs.config import Settings
+from openevs.contract import AgentHealth, AgentUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,14 @@ FAULT_PRODUCTION = "2"  # the production disk cannot be read or written: failove
 FAULT_LINK = "5"  # the replication link is down: failover not possible from here
 
 
+class Role(StrEnum):
+    """A volume's replication role on its agent."""
+
+    STANDALONE = "standalone"
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
 class ReplicationStatus(StrEnum):
     COPYING = "copying"
     ACTIVE = "active"

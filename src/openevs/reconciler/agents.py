@@ -8,7 +8,7 @@ import logging
 
 from sqlalchemy import select
 
-from openevs.agent.interface import AgentHealth, AgentRequestFailed, AgentUnavailable
+from openevs.contract import AgentHealth, AgentRequestFailed, AgentUnavailable
 from openevs.db.models import Agent, Attachment, Volume, utcnow
 from openevs.runtime import Runtime
 
@@ -70,11 +70,9 @@ class AgentWatcher:
             if name is not None:
                 agent.grant_export(name, volume_id, read_only)
         live_names = {g[0] for g in grants}
-        list_exports = getattr(agent, "list_exports", None)
-        if list_exports is not None:
-            for name in list_exports():
-                if name not in live_names:
-                    agent.revoke_export(name)
+        for export in agent.list_exports():
+            if export.name not in live_names:
+                agent.revoke_export(export.name)
         for info in agent.list_volumes():
             if info.volume_id not in known:
                 # Re-check under a fresh read: a file is created only after its row

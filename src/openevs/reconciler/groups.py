@@ -16,19 +16,35 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
+from openevs.contract import (
+    AgentRequestFailed,
+    AgentUnavailable,
+    DirtyRanges,
+    FailoverPlan,
+    MembershipPlan,
+    PairFlip,
+    Peer,
+    Plan,
+    ReplicationRequest,
+    ReprotectPlan,
+    SwitchoverPlan,
+    dump_plan,
+    load_plan,
+)
 from openevs.db.cas import compare_and_set
 from openevs.db.models import ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import replication as rep
-from openevs.domain.replication import GROUP_TRANSITIONS, GroupStatus, GroupTrigger, ReplicationStatus
+from openevs.domain.replication import GROUP_TRANSITIONS, GroupStatus, GroupTrigger, ReplicationStatus, Role
 from openevs.domain.states import next_state
 from openevs.reconciler.replications import (
     StepFailed,
-    _call,
     az_of,
+    call,
     nbd_address,
     primary_config,
     secondary_config,
+    set_role,
+    state_of,
 )
 from openevs.runtime import Runtime
 from openevs.services.connections import regrant_exports
@@ -56,30 +72,20 @@ def _timed_out(runtime: Runtime, group: ReplicationGroup) -> bool:
     return utcnow() - since > timedelta(seconds=runtime.settings.agent_timeout_s)
 
 
+def _plan(group: ReplicationGroup) -> Plan | None:
+    return load_plan(group.pending)
+
+
 def _mirroring(runtime: Runtime, pair: ReplicationPair) -> bool:
-    state = runtime.agent(az_of(runtime, pair.production_volume_id)).get_replication(
+    return runtime.agent(az_of(runtime, pair.production_volume_id)).get_replication(
         pair.production_volume_id
-    )
-    return bool(state.get("mirroring", True))
+    ).mirroring
 
 
 def _push_member(runtime: Runtime, pair: ReplicationPair, mirroring: bool) -> None:
-    _call(
-        runtime,
-        az_of(runtime, pair.dr_volume_id),
-        "set_replication",
-        pair.dr_volume_id,
-        secondary_config(pair, False),
-        primary=False,
-    )
-    _call(
-        runtime,
-        az_of(runtime, pair.production_volume_id),
-        "set_replication",
-        pair.production_volume_id,
-        primary_config(runtime, pair, False, mirroring),
-        primary=True,
-    )
+    set_role(runtime, pair.dr_volume_id, secondary_config(pair, False), primary=False)
+    primary = primary_config(runtime, pair, False, mirroring)
+    set_role(runtime, pair.production_volume_id, primary, primary=True)
 
 
 def create(runtime: Runtime, group: ReplicationGroup) -> None:
@@ -89,15 +95,19 @@ def create(runtime: Runtime, group: ReplicationGroup) -> None:
 
 
 def update_members(runtime: Runtime, group: ReplicationGroup) -> None:
-    pending = group.pending or {}
-    if pending.get("action") == "reprotect":
+    plan = _plan(group)
+    if isinstance(plan, ReprotectPlan):
         reprotect(runtime, group)
         return
+    if plan is None:
+        plan = MembershipPlan()
+    if not isinstance(plan, MembershipPlan):
+        raise StepFailed(f"group {group.id} is updating with a {plan.action} plan", rep.FD_INTERNAL)
     members = {p.id: p for p in _members(runtime, group.id)}
-    for pid in pending.get("add", []):
+    for pid in plan.add:
         if pid in members:
             _push_member(runtime, members[pid], False)  # joins paused, like the group
-    for pid in pending.get("remove", []):
+    for pid in plan.remove:
         pair = members.get(pid)
         if pair is None:
             continue
@@ -112,83 +122,76 @@ def update_members(runtime: Runtime, group: ReplicationGroup) -> None:
     _advance(runtime, group, GroupTrigger.UPDATED, pending={})
 
 
+def _dirty_of(runtime: Runtime, volume_id: str) -> DirtyRanges:
+    az = az_of(runtime, volume_id)
+    return call(runtime, az, lambda a: a.get_replication_dirty(volume_id), primary=False)
+
+
+def _resume(runtime: Runtime, volume_id: str) -> None:
+    call(runtime, az_of(runtime, volume_id), lambda a: a.resume_replication(volume_id), primary=True)
+
+
 def reprotect(runtime: Runtime, group: ReplicationGroup) -> None:
     """Resync from the new primaries to the old ones: only the regions that differ,
     i.e. the new primary's writes since failover (its own bitmap) plus the regions
     the old primary wrote that never reached its peer (read from it here)."""
     for pair in _members(runtime, group.id):
-        old_az = az_of(runtime, pair.dr_volume_id)
-        old_dirty = _call(runtime, old_az, "get_replication_dirty", pair.dr_volume_id, primary=False)
-        config = secondary_config(pair, False)
-        _call(runtime, old_az, "set_replication", pair.dr_volume_id, config, primary=False)
-        primary = primary_config(runtime, pair, False, True)
-        primary["add_dirty"] = old_dirty
-        _call(
-            runtime,
-            az_of(runtime, pair.production_volume_id),
-            "set_replication",
-            pair.production_volume_id,
-            primary,
-            primary=True,
-        )
+        old_dirty = _dirty_of(runtime, pair.dr_volume_id)
+        set_role(runtime, pair.dr_volume_id, secondary_config(pair, False), primary=False)
+        primary = primary_config(runtime, pair, False, True).replace(add_dirty=old_dirty.ranges)
+        set_role(runtime, pair.production_volume_id, primary, primary=True)
     _advance(runtime, group, GroupTrigger.REPROTECTED, pending={}, failure_detail=None)
 
 
-def _promote(runtime: Runtime, pair: ReplicationPair, plan: dict[str, Any], mirroring: bool) -> None:
-    new_primary, old_primary = plan["new_primary"], plan["old_primary"]
-    host, port = nbd_address(runtime, az_of(runtime, old_primary))
-    config = {
-        "role": "primary",
-        "epoch": plan["epoch"],
-        "pair_id": pair.id,
-        "group_id": pair.group_id,
-        "peer": {"host": host, "port": port, "export": plan["link_export"]},
-        "link_export": None,
-        "mirroring": mirroring,
-        "initial_sync": False,
-    }
-    _call(runtime, az_of(runtime, new_primary), "set_replication", new_primary, config, primary=False)
-
-
-def _demote(runtime: Runtime, pair: ReplicationPair, plan: dict[str, Any]) -> None:
-    config = {
-        "role": "secondary",
-        "epoch": plan["epoch"],
-        "pair_id": pair.id,
-        "group_id": pair.group_id,
-        "peer": None,
-        "link_export": plan["link_export"],
-        "mirroring": True,
-        "initial_sync": False,
-    }
-    _call(
-        runtime,
-        az_of(runtime, plan["old_primary"]),
-        "set_replication",
-        plan["old_primary"],
-        config,
-        primary=True,
+def _promote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool) -> None:
+    host, port = nbd_address(runtime, az_of(runtime, flip.old_primary))
+    request = ReplicationRequest(
+        role=Role.PRIMARY,
+        epoch=flip.epoch,
+        pair_id=pair.id,
+        group_id=pair.group_id,
+        peer=Peer(host=host, port=port, export=flip.link_export),
+        mirroring=mirroring,
     )
+    set_role(runtime, flip.new_primary, request, primary=False)
+
+
+def _demote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> None:
+    request = ReplicationRequest(
+        role=Role.SECONDARY,
+        epoch=flip.epoch,
+        pair_id=pair.id,
+        group_id=pair.group_id,
+        link_export=flip.link_export,
+    )
+    set_role(runtime, flip.old_primary, request, primary=True)
+
+
+def _flips(group: ReplicationGroup) -> dict[str, PairFlip]:
+    plan = _plan(group)
+    if not isinstance(plan, FailoverPlan | SwitchoverPlan):
+        raise StepFailed(f"group {group.id} is {group.status} without a flip plan", rep.FD_INTERNAL)
+    return dict(plan.pairs)
 
 
 def _commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger) -> None:
     """Swap the roles in the rows (priority_station moves) and end the transition."""
-    plans: dict[str, dict[str, Any]] = group.pending.get("pairs", {})
+    plans = _flips(group)
     new_station = group.priority_station
     with runtime.db.session() as session:
-        for pair_id, plan in plans.items():
-            vol = session.get(Volume, plan["new_primary"])
+        for pair_id, flip in plans.items():
+            vol = session.get(Volume, flip.new_primary)
             if vol is None:
                 continue
             new_station = vol.availability_zone
             session.execute(
                 update(ReplicationPair)
-                .where(ReplicationPair.id == pair_id, ReplicationPair.epoch < plan["epoch"])
+                .where(ReplicationPair.id == pair_id, ReplicationPair.epoch < flip.epoch)
                 .values(
-                    production_volume_id=plan["new_primary"],
-                    dr_volume_id=plan["old_primary"],
-                    epoch=plan["epoch"],
-                    link_export=plan["link_export"],
+                    production_volume_id=flip.new_primary,
+                    dr_volume_id=flip.old_primary,
+                    epoch=flip.epoch,
+                    link_export=flip.link_export,
                     priority_station=new_station,
                     updated_at=utcnow(),
                 )
@@ -205,7 +208,7 @@ def _commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigge
             failure_detail=None,
         )
     if won:
-        volume_ids = [v for plan in plans.values() for v in (plan["new_primary"], plan["old_primary"])]
+        volume_ids = [v for flip in plans.values() for v in (flip.new_primary, flip.old_primary)]
         try:
             regrant_exports(runtime, volume_ids)
         except (AgentUnavailable, AgentRequestFailed) as exc:
@@ -214,13 +217,13 @@ def _commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigge
 
 
 def failover(runtime: Runtime, group: ReplicationGroup) -> None:
-    plans: dict[str, dict[str, Any]] = group.pending.get("pairs", {})
+    plans = _flips(group)
     pairs = {p.id: p for p in _members(runtime, group.id)}
     # Fence the old primaries first where they answer: promoting first left a window
     # in which both disks of a pair accepted user writes (found by tests/faults).
     for pair_id, plan in plans.items():
         pair = pairs.get(pair_id)
-        if pair is None or pair.epoch >= plan["epoch"]:
+        if pair is None or pair.epoch >= plan.epoch:
             continue
         try:
             _demote(runtime, pair, plan)
@@ -235,20 +238,19 @@ def failover(runtime: Runtime, group: ReplicationGroup) -> None:
             )
     for pair_id, plan in plans.items():
         pair = pairs.get(pair_id)
-        if pair is None or pair.epoch >= plan["epoch"]:
+        if pair is None or pair.epoch >= plan.epoch:
             continue
         _promote(runtime, pair, plan, mirroring=False)
     _commit_flip(runtime, group, GroupTrigger.FAILED_OVER)
 
 
-def _restore(runtime: Runtime, pair: ReplicationPair, plan: dict[str, Any]) -> dict[str, Any]:
+def _restore(runtime: Runtime, pair: ReplicationPair, plan: PairFlip) -> PairFlip:
     """Give an interrupted switchover's old primary its primary role back, at an epoch
     above the plan's, resyncing to its peer; returns the pair's new plan."""
-    epoch = int(plan["epoch"]) + 1
+    epoch = plan.epoch + 1
     link = new_link_export()
-    restored = {**plan, "epoch": epoch, "link_export": link}
     # Reuse the flip helpers with the roles swapped: the DR disk stays secondary.
-    back = {**restored, "new_primary": plan["old_primary"], "old_primary": plan["new_primary"]}
+    back = PairFlip(epoch=epoch, link_export=link, new_primary=plan.old_primary, old_primary=plan.new_primary)
     _demote(runtime, pair, back)
     _promote(runtime, pair, back, mirroring=True)
     with runtime.db.session() as session:
@@ -257,15 +259,15 @@ def _restore(runtime: Runtime, pair: ReplicationPair, plan: dict[str, Any]) -> d
             .where(ReplicationPair.id == pair.id)
             .values(epoch=epoch, link_export=link, updated_at=utcnow())
         )
-    return {**plan, "epoch": epoch + 1, "link_export": new_link_export()}
+    return plan.replace(epoch=epoch + 1, link_export=new_link_export())
 
 
-def _save_plans(runtime: Runtime, group: ReplicationGroup, plans: dict[str, dict[str, Any]]) -> None:
+def _save_plans(runtime: Runtime, group: ReplicationGroup, plans: dict[str, PairFlip]) -> None:
     with runtime.db.session() as session:
         session.execute(
             update(ReplicationGroup)
             .where(ReplicationGroup.id == group.id, ReplicationGroup.status == group.status)
-            .values(pending={**group.pending, "pairs": plans})
+            .values(pending=dump_plan(SwitchoverPlan(pairs=plans)))
         )
 
 
@@ -275,47 +277,38 @@ def reverse(runtime: Runtime, group: ReplicationGroup) -> None:
     write its peer lacks, then promote the DR disks and flip the rows. An old primary
     found holding unsynced writes gets its role back at a higher epoch and resyncs;
     the switchover then waits for it, until agent_timeout_s."""
-    plans: dict[str, dict[str, Any]] = dict(group.pending.get("pairs", {}))
+    plans = _flips(group)
     pairs = {p.id: p for p in _members(runtime, group.id)}
-    todo = [
-        (pairs[pid], plan) for pid, plan in plans.items() if pid in pairs and pairs[pid].epoch < plan["epoch"]
-    ]
+    todo = [(pairs[p], plan) for p, plan in plans.items() if p in pairs and pairs[p].epoch < plan.epoch]
     waiting = False
     for pair, plan in todo:
-        old = plan["old_primary"]
-        state = _call(runtime, az_of(runtime, old), "get_replication", old, primary=True)
-        if state.get("role") == "secondary" and int(state.get("epoch", 0)) == plan["epoch"]:
-            if int(state.get("dirty_bytes", 0)) > 0:  # demoted by an interrupted pass
+        old = plan.old_primary
+        state = state_of(runtime, old, primary=True)
+        if state.role is Role.SECONDARY and state.epoch == plan.epoch:
+            if state.dirty_bytes > 0:  # demoted by an interrupted pass
                 plans[pair.id] = _restore(runtime, pair, plan)
                 waiting = True
             continue
-        if state.get("role") != "primary":
-            raise StepFailed(f"disk {old} is {state.get('role')}, not the primary", rep.FD_INTERNAL)
-        if state.get("fenced") or not state.get("mirroring"):
-            config = primary_config(runtime, pair, False, True)
-            _call(runtime, az_of(runtime, old), "set_replication", old, config, primary=True)
+        if state.role is not Role.PRIMARY:
+            raise StepFailed(f"disk {old} is {state.role}, not the primary", rep.FD_INTERNAL)
+        if state.fenced or not state.mirroring:
+            set_role(runtime, old, primary_config(runtime, pair, False, True), primary=True)
             waiting = True
-        elif state.get("replication_status") != ReplicationStatus.ACTIVE:
+        elif state.replication_status is not ReplicationStatus.ACTIVE:
             log.info(
                 "switchover of pair %s waits: %s",
                 pair.id,
-                {k: state.get(k) for k in ("replication_status", "link_up", "group_split", "dirty_bytes")},
+                state.model_dump(include={"replication_status", "link_up", "group_split", "dirty_bytes"}),
             )
-            if state.get("replication_status") != ReplicationStatus.COPYING:
+            if state.replication_status is not ReplicationStatus.COPYING:
                 # Split (e.g. by a member demoted in an interrupted pass): rejoin and resync.
-                _call(runtime, az_of(runtime, old), "resume_replication", old, primary=True)
+                _resume(runtime, old)
             waiting = True
     if not waiting:
         for pair, plan in todo:
             _demote(runtime, pair, plan)  # drains in-flight writes, then refuses new ones
-            state = _call(
-                runtime,
-                az_of(runtime, plan["old_primary"]),
-                "get_replication",
-                plan["old_primary"],
-                primary=True,
-            )
-            if int(state.get("dirty_bytes", 0)) > 0:
+            state = state_of(runtime, plan.old_primary, primary=True)
+            if state.dirty_bytes > 0:
                 plans[pair.id] = _restore(runtime, pair, plan)
                 waiting = True
     if waiting:
@@ -349,7 +342,7 @@ STEPS = {
 
 def _fail(runtime: Runtime, group: ReplicationGroup, default: GroupTrigger, detail: str, fault: str) -> None:
     trigger = default
-    if group.status == GroupStatus.UPDATING and (group.pending or {}).get("action") == "reprotect":
+    if group.status == GroupStatus.UPDATING and isinstance(_plan(group), ReprotectPlan):
         trigger = GroupTrigger.REPROTECT_FAILED
     _advance(runtime, group, trigger, failure_detail=detail, fault=fault[:1024])
 

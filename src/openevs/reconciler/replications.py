@@ -10,22 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select, update
 
-from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
+from openevs.contract import (
+    AgentClient,
+    AgentRequestFailed,
+    AgentUnavailable,
+    Peer,
+    ReplicationRequest,
+    ReplicationState,
+)
 from openevs.db.models import Agent, ReplicationClaim, ReplicationPair, utcnow
 from openevs.domain import replication as rep
-from openevs.domain.replication import PairStatus, PairTrigger
+from openevs.domain.replication import PairStatus, PairTrigger, Role
 from openevs.runtime import Runtime
 from openevs.services.connections import regrant_exports
 from openevs.services.replications import pair_transition
 
 log = logging.getLogger(__name__)
 
-POOL_REASONS = ("io_error", "no_space")
+T = TypeVar("T")
 
 
 class StepFailed(Exception):
@@ -54,59 +62,55 @@ def nbd_address(runtime: Runtime, az: str) -> tuple[str, int]:
         return row.nbd_host, row.nbd_port
 
 
-def secondary_config(pair: ReplicationPair, initial: bool) -> dict[str, Any]:
-    return {
-        "role": "secondary",
-        "epoch": pair.epoch,
-        "pair_id": pair.id,
-        "group_id": pair.group_id,
-        "peer": None,
-        "link_export": pair.link_export,
-        "mirroring": True,
-        "initial_sync": initial,
-    }
+def secondary_config(pair: ReplicationPair, initial: bool) -> ReplicationRequest:
+    return ReplicationRequest(
+        role=Role.SECONDARY,
+        epoch=pair.epoch,
+        pair_id=pair.id,
+        group_id=pair.group_id,
+        link_export=pair.link_export,
+        initial_sync=initial,
+    )
 
 
 def primary_config(
     runtime: Runtime, pair: ReplicationPair, initial: bool, mirroring: bool = True
-) -> dict[str, Any]:
+) -> ReplicationRequest:
     host, port = nbd_address(runtime, az_of(runtime, pair.dr_volume_id))
-    return {
-        "role": "primary",
-        "epoch": pair.epoch,
-        "pair_id": pair.id,
-        "group_id": pair.group_id,
-        "peer": {"host": host, "port": port, "export": pair.link_export},
-        "link_export": None,
-        "mirroring": mirroring,
-        "initial_sync": initial,
-    }
+    return ReplicationRequest(
+        role=Role.PRIMARY,
+        epoch=pair.epoch,
+        pair_id=pair.id,
+        group_id=pair.group_id,
+        peer=Peer(host=host, port=port, export=pair.link_export),
+        mirroring=mirroring,
+        initial_sync=initial,
+    )
 
 
 def configure_pair(runtime: Runtime, pair: ReplicationPair, initial: bool) -> None:
     """Give the DR disk its secondary role, then the production disk its primary role."""
-    dr_az = az_of(runtime, pair.dr_volume_id)
-    prod_az = az_of(runtime, pair.production_volume_id)
-    _call(
-        runtime, dr_az, "set_replication", pair.dr_volume_id, secondary_config(pair, initial), primary=False
-    )
-    _call(
-        runtime,
-        prod_az,
-        "set_replication",
-        pair.production_volume_id,
-        primary_config(runtime, pair, initial),
-        primary=True,
-    )
+    set_role(runtime, pair.dr_volume_id, secondary_config(pair, initial), primary=False)
+    set_role(runtime, pair.production_volume_id, primary_config(runtime, pair, initial), primary=True)
 
 
-def _call(runtime: Runtime, az: str, method: str, *args: Any, primary: bool) -> Any:
+def call(runtime: Runtime, az: str, fn: Callable[[AgentClient], T], *, primary: bool) -> T:
+    """One agent call of a step: a refusal becomes StepFailed with its failure_detail."""
     try:
-        return getattr(runtime.agent(az), method)(*args)
+        return fn(runtime.agent(az))
     except AgentRequestFailed as exc:
-        if exc.reason in POOL_REASONS:
+        if exc.reason.pool_fault:
             raise StepFailed(str(exc), rep.FD_PRIMARY_POOL if primary else rep.FD_SECONDARY_POOL) from exc
         raise StepFailed(str(exc), rep.FD_INTERNAL) from exc
+
+
+def set_role(runtime: Runtime, volume_id: str, request: ReplicationRequest, *, primary: bool) -> None:
+    """Apply a replication config on the agent of the volume's AZ."""
+    call(runtime, az_of(runtime, volume_id), lambda a: a.set_replication(volume_id, request), primary=primary)
+
+
+def state_of(runtime: Runtime, volume_id: str, *, primary: bool) -> ReplicationState:
+    return call(runtime, az_of(runtime, volume_id), lambda a: a.get_replication(volume_id), primary=primary)
 
 
 def _timed_out(runtime: Runtime, pair: ReplicationPair) -> bool:
@@ -159,8 +163,9 @@ def create(runtime: Runtime, pair: ReplicationPair) -> None:
 
 def remove(runtime: Runtime, pair: ReplicationPair) -> None:
     try:
-        for volume_id, primary in ((pair.production_volume_id, True), (pair.dr_volume_id, False)):
-            _call(runtime, az_of(runtime, volume_id), "delete_replication", volume_id, primary=primary)
+        prod, dr = pair.production_volume_id, pair.dr_volume_id
+        call(runtime, az_of(runtime, prod), lambda a: a.delete_replication(prod), primary=True)
+        call(runtime, az_of(runtime, dr), lambda a: a.delete_replication(dr), primary=False)
     except AgentUnavailable as exc:
         if _timed_out(runtime, pair):
             _advance(
@@ -186,34 +191,34 @@ def remove(runtime: Runtime, pair: ReplicationPair) -> None:
     log.info("pair %s deleted; both disks are ordinary disks again", pair.id)
 
 
-def measured(state: dict[str, Any] | None) -> dict[str, Any]:
+def measured(state: ReplicationState | None) -> dict[str, Any]:
     """The row values that state what the production agent reported."""
     if state is None:
         return {"fault_level": rep.FAULT_PRODUCTION}
-    status = state["replication_status"]
-    sync = state.get("sync")
+    status = state.replication_status
+    sync = state.sync
     if status == rep.ReplicationStatus.COPYING and sync:
-        progress = rep.progress_percent(int(sync["copied_bytes"]), int(sync["total_bytes"]))
+        progress = rep.progress_percent(sync.copied_bytes, sync.total_bytes)
     elif status == rep.ReplicationStatus.ACTIVE:
         progress = "100"
     else:
         progress = None
-    if state.get("io_error"):
+    if state.io_error:
         fault = rep.FAULT_PRODUCTION
-    elif state.get("mirroring") and not state.get("link_up"):
+    elif state.mirroring and not state.link_up:
         fault = rep.FAULT_LINK
     else:
         fault = rep.FAULT_NONE
     return {
-        "replication_status": status,
+        "replication_status": None if status is None else str(status),
         "progress": progress,
         "fault_level": fault,
-        "synced_bytes": int(state.get("resynced_bytes_total", 0)),
+        "synced_bytes": state.resynced_bytes_total,
     }
 
 
-def _record(runtime: Runtime, pair: ReplicationPair, state: dict[str, Any] | None) -> None:
-    if state is not None and state.get("role") != "primary":
+def _record(runtime: Runtime, pair: ReplicationPair, state: ReplicationState | None) -> None:
+    if state is not None and state.role is not Role.PRIMARY:
         return  # roles are being (re)configured; the next pass measures again
     values = measured(state)
     changed = {k: v for k, v in values.items() if getattr(pair, k) != v}
@@ -239,7 +244,7 @@ def observe_all(runtime: Runtime) -> bool:
         azs = dict(
             session.execute(select(Volume.id, Volume.availability_zone).where(Volume.id.in_(ids))).all()
         )
-    states: dict[str, dict[str, dict[str, Any]] | None] = {}
+    states: dict[str, dict[str, ReplicationState] | None] = {}
     for az in sorted(set(azs.values())):
         try:
             states[az] = runtime.agent(az).list_replication()
@@ -260,7 +265,7 @@ def observe_all(runtime: Runtime) -> bool:
             _record(runtime, pair, state)
         except Exception:
             log.exception("pair %s: observe failed", pair.id)
-        copying = copying or (state or {}).get("replication_status") == rep.ReplicationStatus.COPYING
+        copying = copying or (state is not None and state.replication_status is rep.ReplicationStatus.COPYING)
     return copying
 
 
@@ -315,7 +320,7 @@ def push_roles(runtime: Runtime, az: str) -> None:
                 state = None
                 with contextlib.suppress(AgentUnavailable, AgentRequestFailed):
                     state = agent.get_replication(pair.production_volume_id)
-                mirroring = bool(state.get("mirroring", True)) if state else True
+                mirroring = state.mirroring if state is not None else True
                 agent.set_replication(
                     pair.production_volume_id, primary_config(runtime, pair, False, mirroring)
                 )

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete, exists, select
 
-from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
+from openevs.contract import AgentRequestFailed, AgentUnavailable
 from openevs.db.cas import compare_and_set
 from openevs.db.models import Attachment, Volume, utcnow
 from openevs.domain.states import VOLUME_TRANSITIONS, VolumeStatus, VolumeTrigger, next_state

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
+from openevs.contract import AgentRequestFailed, AgentUnavailable
 from openevs.db.models import Agent, Attachment, Volume
 from openevs.domain.errors import InvalidInput, InvalidState, ServiceUnavailable
 from openevs.runtime import Runtime

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from openevs.agent.interface import AgentRequestFailed, AgentUnavailable
+from openevs.contract import AgentRequestFailed, AgentUnavailable
 from openevs.db.cas import compare_and_set
 from openevs.db.models import ReplicationPair, Volume, utcnow
 from openevs.domain import replication as rep

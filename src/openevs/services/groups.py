@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from openevs.config import Settings
+from openevs.contract import FailoverPlan, MembershipPlan, PairFlip, ReprotectPlan, SwitchoverPlan, dump_plan
 from openevs.db.cas import compare_and_set
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import codes
@@ -247,7 +248,7 @@ def update_group(
         if pid not in current:
             raise InvalidInput(f"replication pair {pid[:64]} is not a member of this group")
     adds = _load_pairs(session, project_id, add_ids, group.priority_station)
-    values: dict[str, Any] = {"pending": {"add": add_ids, "remove": remove_ids}}
+    values: dict[str, Any] = {"pending": dump_plan(MembershipPlan(add=add_ids, remove=remove_ids))}
     if name is not None:
         values["name"] = name
     if description is not None:
@@ -269,16 +270,16 @@ def delete_group(session: Session, project_id: str, group_id: str) -> Replicatio
     return group
 
 
-def _flip_plan(pairs: list[ReplicationPair]) -> dict[str, dict[str, Any]]:
+def _flip_plan(pairs: list[ReplicationPair]) -> dict[str, PairFlip]:
     """Per member: the next epoch, a fresh link secret, and the roles after the flip.
     Fixed when the request is accepted, so a crashed reconciler resumes the same plan."""
     return {
-        p.id: {
-            "epoch": p.epoch + 1,
-            "link_export": new_link_export(),
-            "new_primary": p.dr_volume_id,
-            "old_primary": p.production_volume_id,
-        }
+        p.id: PairFlip(
+            epoch=p.epoch + 1,
+            link_export=new_link_export(),
+            new_primary=p.dr_volume_id,
+            old_primary=p.production_volume_id,
+        )
         for p in pairs
     }
 
@@ -289,7 +290,7 @@ def plan_failover(session: Session, project_id: str, group_id: str) -> Replicati
     pairs = members(session, group.id)
     if not pairs:
         raise InvalidState("the group has no replication pairs to fail over")
-    pending = {"action": "failover", "pairs": _flip_plan(pairs)}
+    pending = dump_plan(FailoverPlan(pairs=_flip_plan(pairs)))
     transition(session, group, GroupTrigger.FAILOVER, pending=pending)
     return group
 
@@ -305,7 +306,7 @@ def plan_reverse(session: Session, project_id: str, group_id: str) -> Replicatio
     if not pairs:
         raise InvalidState("the group has no replication pairs to switch over")
     transition(
-        session, group, GroupTrigger.REVERSE, pending={"action": "reverse", "pairs": _flip_plan(pairs)}
+        session, group, GroupTrigger.REVERSE, pending=dump_plan(SwitchoverPlan(pairs=_flip_plan(pairs)))
     )
     return group
 
@@ -314,5 +315,5 @@ def plan_reprotect(session: Session, project_id: str, group_id: str) -> Replicat
     group = get_group(session, project_id, group_id)
     if not members(session, group.id):
         raise InvalidState("the group has no replication pairs to reprotect")
-    transition(session, group, GroupTrigger.REPROTECT, pending={"action": "reprotect"})
+    transition(session, group, GroupTrigger.REPROTECT, pending=dump_plan(ReprotectPlan()))
     return group

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from openevs.agent.client import HttpAgentClient
-from openevs.agent.interface import AgentUnavailable
+from openevs.contract import AgentUnavailable
 
 T = TypeVar("T")
 

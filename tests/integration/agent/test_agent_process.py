@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from openevs.agent.client import HttpAgentClient
-from openevs.agent.interface import AgentRequestFailed, AgentUnavailable, VolumeInfo
 from openevs.agent.supervisor import AgentSupervisor
 from openevs.config import Settings
+from openevs.contract import AgentRequestFailed, AgentUnavailable, VolumeInfo
 from tests.integration.agent.support import AgentProcess, alive, wait_for
 
 GiB = 1 << 30
@@ -31,8 +31,9 @@ def test_health(agent: AgentProcess) -> None:
 
 def test_volume_lifecycle(agent: AgentProcess) -> None:
     client = agent.client
-    assert client.create_volume("vol-1", GiB) == VolumeInfo("vol-1", GiB, 0)
-    assert client.create_volume("vol-1", GiB) == VolumeInfo("vol-1", GiB, 0)
+    fresh = VolumeInfo(volume_id="vol-1", size_bytes=GiB, allocated_bytes=0)
+    assert client.create_volume("vol-1", GiB) == fresh
+    assert client.create_volume("vol-1", GiB) == fresh
     with pytest.raises(AgentRequestFailed) as exc:
         client.create_volume("vol-1", 2 * GiB)
     assert (exc.value.status, exc.value.reason) == (409, "conflict")
@@ -92,15 +93,15 @@ def test_exports_survive_restart(agent: AgentProcess) -> None:
 
     agent.start()
     assert client.health().boot_id != boot_id
-    assert client.list_exports() == {
-        "att-1": ("vol-1", False),
-        "att-2": ("vol-1", True),
-        "att-3": ("vol-2", False),
-    }
+    assert [(e.name, e.volume_id, e.read_only) for e in client.list_exports()] == [
+        ("att-1", "vol-1", False),
+        ("att-2", "vol-1", True),
+        ("att-3", "vol-2", False),
+    ]
     client.revoke_export("att-3")
     client.revoke_export("att-3")
     client.delete_volume("vol-1")  # drops its grants
-    assert client.list_exports() == {}
+    assert client.list_exports() == []
     assert [v.volume_id for v in client.list_volumes()] == ["vol-2"]
 
 

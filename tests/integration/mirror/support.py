@@ -7,9 +7,10 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from openevs.agent.nbd.client import NbdClient
+from openevs.contract import Peer, ReplicationRequest, ReplicationState
+from openevs.domain.replication import Role
 from tests.conftest import free_port
 from tests.integration.agent.support import AgentProcess, wait_for
 
@@ -29,16 +30,16 @@ class PairedAgent(AgentProcess):
         cmd[cmd.index("--nbd") + 1] = f"127.0.0.1:{self.nbd_port}"
         return cmd
 
-    def peer(self, export: str) -> dict[str, Any]:
-        return {"host": "127.0.0.1", "port": self.nbd_port, "export": export}
+    def peer(self, export: str) -> Peer:
+        return Peer(host="127.0.0.1", port=self.nbd_port, export=export)
 
-    def state(self, volume_id: str) -> dict[str, Any]:
+    def state(self, volume_id: str) -> ReplicationState:
         return self.client.get_replication(volume_id)
 
-    def wait_status(self, volume_id: str, status: str, timeout_s: float = 20.0) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
+    def wait_status(self, volume_id: str, status: str, timeout_s: float = 20.0) -> ReplicationState:
+        def check() -> ReplicationState | None:
             state = self.state(volume_id)
-            return state if state["replication_status"] == status else None
+            return state if state.replication_status == status else None
 
         try:
             return wait_for(f"{volume_id} {status}", check, timeout_s)
@@ -68,13 +69,13 @@ def pair(
     """Configure the DR volume as secondary first, then the production volume as primary."""
     secondary.client.set_replication(
         dr_volume,
-        {"role": "secondary", "epoch": epoch, "pair_id": f"p-{volume}", "group_id": group_id,
-         "link_export": link, "initial_sync": initial_sync},
+        ReplicationRequest(role=Role.SECONDARY, epoch=epoch, pair_id=f"p-{volume}", group_id=group_id,
+                           link_export=link, initial_sync=initial_sync),
     )  # fmt: skip
     primary.client.set_replication(
         volume,
-        {"role": "primary", "epoch": epoch, "pair_id": f"p-{volume}", "group_id": group_id,
-         "peer": secondary.peer(link), "mirroring": True, "initial_sync": initial_sync},
+        ReplicationRequest(role=Role.PRIMARY, epoch=epoch, pair_id=f"p-{volume}", group_id=group_id,
+                           peer=secondary.peer(link), mirroring=True, initial_sync=initial_sync),
     )  # fmt: skip
 
 

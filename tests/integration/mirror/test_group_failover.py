@@ -7,8 +7,9 @@ import struct
 
 import pytest
 
-from openevs.agent.interface import AgentRequestFailed
 from openevs.agent.nbd.errors import NbdError
+from openevs.contract import AgentRequestFailed, ReplicationRequest
+from openevs.domain.replication import Role
 from tests.integration.agent.support import wait_for
 from tests.integration.mirror.support import MiB, PairedAgent, connect, pair, write_blocks
 
@@ -51,8 +52,8 @@ def test_group_splits_as_one_crash_consistent_point(
                 # Break m1's link only: its DR side is re-keyed (connections dropped).
                 await asyncio.to_thread(
                     b.client.set_replication, "m1-dr",
-                    {"role": "secondary", "epoch": 2, "pair_id": "p-m1", "group_id": "g1",
-                     "link_export": "link-m1-rekeyed"},
+                    ReplicationRequest(role=Role.SECONDARY, epoch=2, pair_id="p-m1", group_id="g1",
+                                       link_export="link-m1-rekeyed"),
                 )  # fmt: skip
         await m1.close()
         await m2.close()
@@ -60,8 +61,8 @@ def test_group_splits_as_one_crash_consistent_point(
     asyncio.run(ordered_writes())
     for vol in ("m1", "m2"):
         state = a.state(vol)
-        assert state["replication_status"] == "inactive", state
-        assert state["group_split"] and state["dirty_bytes"] > 0
+        assert state.replication_status == "inactive", state
+        assert state.group_split and state.dirty_bytes > 0
     dr1 = _records(b.image("m1-dr").read_bytes())
     dr2 = _records(b.image("m2-dr").read_bytes())
     assert len(dr1) >= RECORDS // 3 and len(dr1) < RECORDS
@@ -83,15 +84,15 @@ def test_group_pause_resume(agents: tuple[PairedAgent, PairedAgent]) -> None:
     for vol in ("m1", "m2"):
         a.wait_status(vol, "active")
     paused = a.client.pause_group("g1")
-    assert {v["replication_status"] for v in paused["volumes"]} == {"active-stopped"}
+    assert {v.replication_status for v in paused.volumes} == {"active-stopped"}
 
     async def write() -> None:
         async with await connect(a, "att-m1") as nbd:
             await write_blocks(nbd, [0, 2 * MiB], 4096)
 
     asyncio.run(write())
-    assert a.state("m1")["replication_status"] == "inactive"
-    assert a.state("m2")["replication_status"] == "active-stopped"
+    assert a.state("m1").replication_status == "inactive"
+    assert a.state("m2").replication_status == "active-stopped"
     a.client.resume_group("g1")
     for vol in ("m1", "m2"):
         a.wait_status(vol, "active")
@@ -119,17 +120,17 @@ def test_failover_fences_the_old_primary(agents: tuple[PairedAgent, PairedAgent]
 
     # Failover: the DR disk becomes a writable primary at epoch 2; its peer is down.
     b.client.set_replication(
-        "dr", {"role": "primary", "epoch": 2, "pair_id": "p-vol",
-               "peer": a.peer("link-2"), "mirroring": False},
+        "dr", ReplicationRequest(role=Role.PRIMARY, epoch=2, pair_id="p-vol",
+                                 peer=a.peer("link-2"), mirroring=False),
     )  # fmt: skip
     asyncio.run(write(b, "att-dr", [4 * MiB, 5 * MiB]))
     state = b.state("dr")
-    assert state["role"] == "primary" and state["replication_status"] == "inactive"
-    assert state["dirty_bytes"] == 2 * 64 * 1024
+    assert state.role == "primary" and state.replication_status == "inactive"
+    assert state.dirty_bytes == 2 * 64 * 1024
 
     # The old primary comes back: fenced until the controller speaks.
     a.start()
-    assert a.state("vol")["fenced"]
+    assert a.state("vol").fenced
 
     async def refused() -> None:
         async with await connect(a, "att") as nbd:
@@ -140,19 +141,19 @@ def test_failover_fences_the_old_primary(agents: tuple[PairedAgent, PairedAgent]
     asyncio.run(refused())
     # Demoted with the new epoch: still refused, and its bitmap is kept.
     a.client.set_replication(
-        "vol", {"role": "secondary", "epoch": 2, "pair_id": "p-vol", "link_export": "link-2"}
+        "vol", ReplicationRequest(role=Role.SECONDARY, epoch=2, pair_id="p-vol", link_export="link-2")
     )
     asyncio.run(refused())
     state = a.state("vol")
-    assert state["role"] == "secondary" and state["fenced"]
+    assert state.role == "secondary" and state.fenced
     old_dirty = a.client.get_replication_dirty("vol")
 
     # Reprotect: resync from the new primary, including what the old one wrote alone.
-    before = b.state("dr")["resynced_bytes_total"]
+    before = b.state("dr").resynced_bytes_total
     b.client.set_replication(
-        "dr", {"role": "primary", "epoch": 2, "pair_id": "p-vol", "peer": a.peer("link-2"),
-               "mirroring": True, "add_dirty": old_dirty},
+        "dr", ReplicationRequest(role=Role.PRIMARY, epoch=2, pair_id="p-vol", peer=a.peer("link-2"),
+                                 mirroring=True, add_dirty=old_dirty.ranges),
     )  # fmt: skip
     state = b.wait_status("dr", "active")
-    print(f"\nreprotect resynced {state['resynced_bytes_total'] - before} B")
+    print(f"\nreprotect resynced {state.resynced_bytes_total - before} B")
     wait_for("checksums", lambda: a.checksum("vol") == b.checksum("dr"))

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from openevs.agent.interface import AgentRequestFailed
 from openevs.agent.nbd.errors import NbdError
+from openevs.contract import AgentRequestFailed, ReplicationRequest
+from openevs.domain.replication import Role
 from tests.integration.agent.support import wait_for
 from tests.integration.mirror.support import MiB, PairedAgent, connect, pair, write_blocks
 
@@ -33,8 +34,8 @@ def test_initial_copy_then_synchronous_mirroring(agents: tuple[PairedAgent, Pair
     asyncio.run(before())
     pair(a, b, "vol", "dr")
     state = a.wait_status("vol", "active")
-    assert state["link_up"] and state["dirty_bytes"] == 0 and state["sync"] is None
-    assert 0 < state["resynced_bytes_total"] <= 13 * MiB  # data extents only, not 64 MiB
+    assert state.link_up and state.dirty_bytes == 0 and state.sync is None
+    assert 0 < state.resynced_bytes_total <= 13 * MiB  # data extents only, not 64 MiB
 
     async def after() -> None:
         async with await connect(a, "att") as nbd:
@@ -45,7 +46,7 @@ def test_initial_copy_then_synchronous_mirroring(agents: tuple[PairedAgent, Pair
             await nbd.flush()
 
     asyncio.run(after())
-    assert a.state("vol")["replication_status"] == "active"
+    assert a.state("vol").replication_status == "active"
     assert a.checksum("vol") == b.checksum("dr")
 
     # The DR disk is read-only to users, whatever the grant says.
@@ -63,20 +64,21 @@ def test_initial_copy_then_synchronous_mirroring(agents: tuple[PairedAgent, Pair
             assert refused.value.errno == EPERM
 
     asyncio.run(on_dr())
-    assert b.state("dr")["role"] == "secondary"
+    assert b.state("dr").role == "secondary"
 
     # Same config again: a no-op; an older epoch: refused.
     pair(a, b, "vol", "dr")
-    assert a.state("vol")["replication_status"] == "active"
+    assert a.state("vol").replication_status == "active"
     with pytest.raises(AgentRequestFailed) as stale:
-        a.client.set_replication("vol", {"role": "primary", "epoch": 0,
-                                         "peer": b.peer("link-secret-1")})  # fmt: skip
+        a.client.set_replication(
+            "vol", ReplicationRequest(role=Role.PRIMARY, epoch=0, peer=b.peer("link-secret-1"))
+        )
     assert stale.value.status == 409 and stale.value.reason == "stale_epoch"
 
     # Back to standalone: the DR disk is writable again, its link export is gone.
     a.client.delete_replication("vol")
     b.client.delete_replication("dr")
-    assert a.state("vol")["role"] == "standalone"
+    assert a.state("vol").role == "standalone"
 
     async def standalone() -> None:
         async with await connect(b, "dr-rw") as nbd:
@@ -109,17 +111,17 @@ def test_link_loss_marks_dirty_and_resync_copies_only_that(
 
     written = asyncio.run(workload())
     state = a.wait_status("vol", "inactive")
-    assert not state["link_up"]
-    dirty = state["dirty_bytes"]
+    assert not state.link_up
+    dirty = state.dirty_bytes
     # The outage's writes, plus what the peer had received but not flushed when the
     # link broke (it may not be durable there): the 1 MiB written before the kill.
     assert written <= dirty <= written + 2 * MiB
-    before = state["resynced_bytes_total"]
+    before = state.resynced_bytes_total
 
     started = time.monotonic()
     b.start()  # same pool, same NBD address: the primary reconnects by itself
     state = a.wait_status("vol", "active", timeout_s=30)
-    resynced = state["resynced_bytes_total"] - before
+    resynced = state.resynced_bytes_total - before
     print(f"\noutage: written {written} B, dirty {dirty} B, resynced {resynced} B"
           f" in {time.monotonic() - started:.2f} s")  # fmt: skip
     assert resynced == dirty
@@ -141,17 +143,17 @@ def test_pause_and_resume(agents: tuple[PairedAgent, PairedAgent]) -> None:
     asyncio.run(write(range(16 * MiB, 24 * MiB, R)))  # mirrored: its extents are hot
     state = a.client.pause_replication("vol")
     # Paused right after writes: the peer was flushed, nothing differs.
-    assert state["replication_status"] == "active-stopped" and not state["mirroring"]
+    assert state.replication_status == "active-stopped" and not state.mirroring
     asyncio.run(write(range(0, 8 * MiB, MiB)))
     state = a.state("vol")
-    assert state["replication_status"] == "inactive" and state["dirty_bytes"] == 8 * R
-    assert [tuple(r) for r in a.client.get_replication_dirty("vol")] == [
+    assert state.replication_status == "inactive" and state.dirty_bytes == 8 * R
+    assert [tuple(r) for r in a.client.get_replication_dirty("vol").ranges] == [
         (i * MiB, R) for i in range(8)
     ]
-    before = state["resynced_bytes_total"]
+    before = state.resynced_bytes_total
     a.client.resume_replication("vol")
     state = a.wait_status("vol", "active")
-    assert state["resynced_bytes_total"] - before == 8 * R
+    assert state.resynced_bytes_total - before == 8 * R
     assert a.checksum("vol") == b.checksum("dr")
 
 
@@ -171,7 +173,7 @@ def test_volumes_grow_while_paired(agents: tuple[PairedAgent, PairedAgent]) -> N
             await nbd.write(12 * MiB, b"g" * R)
 
     asyncio.run(write())
-    wait_for("mirrored", lambda: a.state("vol")["replication_status"] == "active")
+    wait_for("mirrored", lambda: a.state("vol").replication_status == "active")
     assert a.checksum("vol") == b.checksum("dr")
     a.client.delete_volume("vol")  # deleting a volume drops its replication state
     assert not list(a.pool.glob("vol.*"))

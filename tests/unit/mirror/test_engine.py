@@ -10,8 +10,6 @@ from openevs.agent.mirror.engine import (
     REGION_BYTES,
     GroupState,
     MirrorState,
-    Role,
-    Status,
     WriteAction,
     decide_flush,
     decide_write,
@@ -23,6 +21,7 @@ from openevs.agent.mirror.engine import (
     status,
     take_chunk,
 )
+from openevs.domain.replication import ReplicationStatus, Role
 
 R = REGION_BYTES
 
@@ -84,21 +83,23 @@ def test_decide_flush() -> None:
     [
         (MirrorState(role=Role.STANDALONE), False, False, None),
         (MirrorState(role=Role.SECONDARY, mirroring=True), False, False, None),
-        (synced(), False, False, Status.ACTIVE),
-        (synced(), True, False, Status.COPYING),  # copied, waiting for the peer's flush
-        (synced(dirty={3}), False, False, Status.COPYING),
-        (synced(copying={3}), True, False, Status.COPYING),
-        (synced(link_up=False), False, False, Status.INACTIVE),
-        (synced(link_up=False, dirty={3}), True, False, Status.INACTIVE),
-        (synced(group_split=True), False, False, Status.INACTIVE),
-        (synced(fenced=True), False, False, Status.INACTIVE),
-        (synced(mirroring=False), False, False, Status.ACTIVE_STOPPED),
-        (synced(mirroring=False, link_up=False), False, False, Status.ACTIVE_STOPPED),
-        (synced(mirroring=False, dirty={1}), False, False, Status.INACTIVE),
-        (synced(), False, True, Status.ERROR),
+        (synced(), False, False, ReplicationStatus.ACTIVE),
+        (synced(), True, False, ReplicationStatus.COPYING),  # copied, waiting for the peer's flush
+        (synced(dirty={3}), False, False, ReplicationStatus.COPYING),
+        (synced(copying={3}), True, False, ReplicationStatus.COPYING),
+        (synced(link_up=False), False, False, ReplicationStatus.INACTIVE),
+        (synced(link_up=False, dirty={3}), True, False, ReplicationStatus.INACTIVE),
+        (synced(group_split=True), False, False, ReplicationStatus.INACTIVE),
+        (synced(fenced=True), False, False, ReplicationStatus.INACTIVE),
+        (synced(mirroring=False), False, False, ReplicationStatus.ACTIVE_STOPPED),
+        (synced(mirroring=False, link_up=False), False, False, ReplicationStatus.ACTIVE_STOPPED),
+        (synced(mirroring=False, dirty={1}), False, False, ReplicationStatus.INACTIVE),
+        (synced(), False, True, ReplicationStatus.ERROR),
     ],
 )
-def test_status(state: MirrorState, sync_running: bool, io_error: bool, expected: Status | None) -> None:
+def test_status(
+    state: MirrorState, sync_running: bool, io_error: bool, expected: ReplicationStatus | None
+) -> None:
     assert status(state, io_error=io_error, sync_running=sync_running) == expected
 
 

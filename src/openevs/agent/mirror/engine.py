@@ -24,25 +24,13 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from openevs.domain.replication import ReplicationStatus, Role
+
 REGION_BYTES = 64 * 1024
 # The activity log records "hot" extents, each this many regions (4 MiB),
 # so a sequential writer persists one hot record per 4 MiB, not per write.
 HOT_EXTENT_REGIONS = 64
 MAX_CHUNK_REGIONS = 64  # one sync request copies at most 4 MiB
-
-
-class Role(enum.StrEnum):
-    STANDALONE = "standalone"
-    PRIMARY = "primary"
-    SECONDARY = "secondary"
-
-
-class Status(enum.StrEnum):
-    COPYING = "copying"
-    ACTIVE = "active"
-    ACTIVE_STOPPED = "active-stopped"
-    INACTIVE = "inactive"
-    ERROR = "error"
 
 
 class WriteAction(enum.Enum):
@@ -141,7 +129,7 @@ def decide_flush(state: MirrorState) -> bool:
 
 def status(
     state: MirrorState, *, io_error: bool, sync_running: bool, peer_ok: bool = True
-) -> Status | None:
+) -> ReplicationStatus | None:
     """The replication_status of DESIGN.md section 3, from measured state.
 
     Only a primary knows it (the secondary cannot tell whether the primary
@@ -150,15 +138,15 @@ def status(
     if state.role is not Role.PRIMARY:
         return None
     if io_error or not peer_ok:
-        return Status.ERROR
+        return ReplicationStatus.ERROR
     behind = bool(state.dirty or state.copying)
     if not state.mirroring:
-        return Status.INACTIVE if behind else Status.ACTIVE_STOPPED
+        return ReplicationStatus.INACTIVE if behind else ReplicationStatus.ACTIVE_STOPPED
     if not state.in_sync_path:
-        return Status.INACTIVE
+        return ReplicationStatus.INACTIVE
     if behind or sync_running:
-        return Status.COPYING
-    return Status.ACTIVE
+        return ReplicationStatus.COPYING
+    return ReplicationStatus.ACTIVE
 
 
 def sync_candidates(state: MirrorState) -> bool:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from openevs.agent.mirror.engine import Role
 from openevs.agent.mirror.link import PeerLink
 from openevs.agent.nbd.export import FileExport
+from openevs.domain.replication import Role
 
 if TYPE_CHECKING:
     from openevs.agent.mirror.manager import ReplicationManager

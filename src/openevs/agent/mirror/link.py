@@ -18,9 +18,9 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from openevs.agent.mirror.config import Peer
 from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.errors import NbdConnectionClosed
+from openevs.contract import Peer
 
 log = logging.getLogger(__name__)
 

@@ -19,22 +19,15 @@ resume, group pause/resume) drives. Rules it keeps:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from openevs.agent.exports import validate_export_name
 from openevs.agent.mirror import engine
-from openevs.agent.mirror.config import (
-    BITMAP_SUFFIX,
-    ReplicationConfig,
-    load_configs,
-    remove_config,
-    save_config,
-)
-from openevs.agent.mirror.engine import GroupState, Role
+from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
+from openevs.agent.mirror.engine import GroupState
 from openevs.agent.mirror.export import MirroredExport
 from openevs.agent.mirror.replica import Replica
 from openevs.agent.nbd.export import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
@@ -45,12 +38,14 @@ from openevs.agent.pool import (
     VolumeConflict,
     VolumeNotFound,
 )
+from openevs.contract import ErrorReason, ReplicationConfig, ReplicationRequest, ReplicationState
+from openevs.domain.replication import Role
 
 log = logging.getLogger(__name__)
 
 
 class StaleEpoch(PoolError):
-    reason = "stale_epoch"
+    reason = ErrorReason.STALE_EPOCH
 
 
 class ReplicationManager:
@@ -187,29 +182,20 @@ class ReplicationManager:
             raise VolumeNotFound(f"volume {volume_id} is not replicated")
         return replica
 
-    def describe(self, volume_id: str) -> dict[str, Any]:
+    def describe(self, volume_id: str) -> ReplicationState:
         replica = self.replicas.get(volume_id)
         if replica is not None:
             return replica.describe()
         self.pool.info(volume_id)
-        return {
-            "volume_id": volume_id, "role": "standalone", "epoch": 0, "pair_id": "",
-            "group_id": None, "peer": None, "link_export_set": False,
-            "replication_status": None, "link_up": False, "link_error": None,
-            "mirroring": False, "fenced": False, "group_split": False, "dirty_bytes": 0,
-            "sync": None, "resynced_bytes_total": 0, "io_error": False,
-        }  # fmt: skip
+        return ReplicationState.standalone(volume_id)
 
     def dirty_ranges(self, volume_id: str) -> list[tuple[int, int]]:
         replica = self._replica(volume_id)
         st = replica.state
         return engine.merge_ranges(st.dirty | st.copying, replica.size_bytes)
 
-    async def put(
-        self, volume_id: str, config: ReplicationConfig, *, initial_sync: bool = False,
-        add_dirty: Iterable[tuple[int, int]] = (),
-    ) -> dict[str, Any]:  # fmt: skip
-        add = [(int(o), int(n)) for o, n in add_dirty]
+    async def put(self, volume_id: str, request: ReplicationRequest) -> ReplicationState:
+        config, initial_sync, add = request.config(), request.initial_sync, request.add_dirty
         for offset, length in add:
             if offset < 0 or length < 0:
                 raise InvalidVolumeRequest(f"add_dirty range ({offset}, {length}) is negative")
@@ -342,9 +328,10 @@ class ReplicationManager:
         """Pause or resume: every member's state changes in this one step."""
         async with self._lock:
             replicas = [self._replica(v) for v in volume_ids]
-            for replica in replicas:
+            configs = [r.config.replace(mirroring=on) for r in replicas]  # all valid, or none applied
+            for replica, config in zip(replicas, configs, strict=True):
                 replica.state.mirroring = on
-                replica.config = dataclasses.replace(replica.config, mirroring=on)
+                replica.config = config
             for replica in replicas:
                 replica.update_link()
             for gid in {r.config.group_id for r in replicas if r.config.group_id}:

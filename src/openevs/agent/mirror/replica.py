@@ -28,16 +28,16 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from openevs.agent.mirror import engine
 from openevs.agent.mirror.bitmap import BitmapFile
-from openevs.agent.mirror.config import ReplicationConfig
-from openevs.agent.mirror.engine import REGION_BYTES, MirrorState, Role, WriteAction
+from openevs.agent.mirror.engine import REGION_BYTES, MirrorState, WriteAction
 from openevs.agent.mirror.link import LinkDown, PeerLink
 from openevs.agent.nbd.errors import NbdError, RemoteProtocolError
 from openevs.agent.pool import data_extents
+from openevs.contract import ReplicationConfig, ReplicationState, SyncProgress
+from openevs.domain.replication import ReplicationStatus, Role
 
 if TYPE_CHECKING:
     from openevs.agent.mirror.manager import ReplicationManager
@@ -601,34 +601,31 @@ class Replica:
 
     # -- reporting --------------------------------------------------------
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ReplicationState:
         st = self.state
         size = self.size_bytes
         status = engine.status(st, io_error=self.io_error, sync_running=self.sync_running)
         remaining = engine.dirty_bytes(st.dirty, size) + engine.dirty_bytes(st.copying, size)
         sync = None
-        if status is engine.Status.COPYING:
-            sync = {
-                "copied_bytes": self.copied_bytes,
-                "total_bytes": self.copied_bytes + remaining,
-            }
+        if status is ReplicationStatus.COPYING:
+            sync = SyncProgress(copied_bytes=self.copied_bytes, total_bytes=self.copied_bytes + remaining)
         cfg = self.config
-        return {
-            "volume_id": self.volume_id,
-            "role": str(cfg.role),
-            "epoch": cfg.epoch,
-            "pair_id": cfg.pair_id,
-            "group_id": cfg.group_id,
-            "peer": None if cfg.peer is None else asdict(cfg.peer),
-            "link_export_set": cfg.link_export is not None,
-            "replication_status": None if status is None else str(status),
-            "link_up": st.link_up if st.role is Role.PRIMARY else self.manager.link_connected(self),
-            "link_error": (self.link.last_error if self.link is not None else "") or None,
-            "mirroring": st.mirroring,
-            "fenced": st.fenced or st.role is Role.SECONDARY,
-            "group_split": st.group_split,
-            "dirty_bytes": remaining,
-            "sync": sync,
-            "resynced_bytes_total": self.resynced_bytes_total,
-            "io_error": self.io_error,
-        }
+        return ReplicationState(
+            volume_id=self.volume_id,
+            role=cfg.role,
+            epoch=cfg.epoch,
+            pair_id=cfg.pair_id,
+            group_id=cfg.group_id,
+            peer=cfg.peer,
+            link_export_set=cfg.link_export is not None,
+            replication_status=status,
+            link_up=st.link_up if st.role is Role.PRIMARY else self.manager.link_connected(self),
+            link_error=(self.link.last_error if self.link is not None else "") or None,
+            mirroring=st.mirroring,
+            fenced=st.fenced or st.role is Role.SECONDARY,
+            group_split=st.group_split,
+            dirty_bytes=remaining,
+            sync=sync,
+            resynced_bytes_total=self.resynced_bytes_total,
+            io_error=self.io_error,
+        )

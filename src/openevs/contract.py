@@ -1,0 +1,360 @@
+"""The typed contract between the controller and its storage agents.
+
+Every value that crosses the controller <-> agent boundary is one of these
+pydantic models, in both directions: the agent's control API
+(agent/control.py) parses requests into them and answers with them, the
+controller's client (agent/client.py) sends them and validates every answer
+into them, and the reconciler only ever sees them. Nothing untyped crosses.
+
+It also holds the plans a consistency group's transition carries out
+(failover, switchover, reprotect, membership change), stored in the group
+row's `pending` column and validated whenever they are loaded
+(`load_plan`), so a crashed reconciler resumes a plan it can trust.
+
+Rules this module keeps:
+
+- models are frozen and refuse unknown fields, so a misspelt key is an
+  error at the boundary, not a silently ignored value;
+- a config is normalised on the way in (a primary has no link export, a
+  secondary no peer), so "the same config again" compares equal;
+- errors are part of the project's error tree: `AgentUnavailable` (the
+  agent cannot be reached) and `AgentRequestFailed` (it answered and
+  refused, with a machine-readable `ErrorReason`).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, model_validator
+
+from openevs.domain.errors import OpenEvsError
+from openevs.domain.replication import ReplicationStatus, Role
+
+NAME_MAX = 255  # export names and hosts
+ID_MAX = 128  # volume, pair and group ids
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes`, validated like a new value (model_copy does not validate)."""
+        return self.model_validate({**self.model_dump(), **changes})
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class ErrorReason(enum.StrEnum):
+    """What an agent's error answer says went wrong; the controller acts on it."""
+
+    NOT_FOUND = "not_found"
+    INVALID_INPUT = "invalid_input"
+    CONFLICT = "conflict"
+    STALE_EPOCH = "stale_epoch"
+    NO_SPACE = "no_space"
+    IO_ERROR = "io_error"
+    BAD_ANSWER = "bad_answer"  # the answer did not match this contract
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS[self]
+
+    @property
+    def pool_fault(self) -> bool:
+        """The volume's storage pool failed (not the request)."""
+        return self in (ErrorReason.IO_ERROR, ErrorReason.NO_SPACE)
+
+
+_HTTP_STATUS = {
+    ErrorReason.NOT_FOUND: 404,
+    ErrorReason.INVALID_INPUT: 400,
+    ErrorReason.CONFLICT: 409,
+    ErrorReason.STALE_EPOCH: 409,
+    ErrorReason.NO_SPACE: 507,
+    ErrorReason.IO_ERROR: 500,
+    ErrorReason.BAD_ANSWER: 502,
+}
+
+
+class AgentError(OpenEvsError):
+    """Something went wrong talking to a storage agent."""
+
+
+class AgentUnavailable(AgentError):
+    """The agent cannot be reached (down, restarting, network cut)."""
+
+
+class AgentRequestFailed(AgentError):
+    """The agent answered but refused or failed the request."""
+
+    def __init__(self, message: str, *, reason: ErrorReason = ErrorReason.IO_ERROR, status: int = 0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status or reason.http_status
+
+
+class ErrorDetail(Model):
+    reason: ErrorReason
+    message: str
+
+
+class ErrorBody(Model):
+    """Every error answer of the control API: `{"error": {"reason", "message"}}`."""
+
+    error: ErrorDetail
+
+
+# -- volumes and exports ---------------------------------------------------------
+
+
+class AgentHealth(Model):
+    az: str
+    nbd_host: str
+    nbd_port: int
+    boot_id: str  # changes at every agent start
+    capacity_bytes: int
+    free_bytes: int
+    volume_count: int
+
+
+class VolumeInfo(Model):
+    volume_id: str
+    size_bytes: int
+    allocated_bytes: int
+
+
+class VolumeList(Model):
+    volumes: list[VolumeInfo]
+
+
+class SizeRequest(Model):
+    size_bytes: StrictInt
+
+
+class ExportGrant(Model):
+    """Which volume an NBD client may open under an export name, and whether it may write."""
+
+    volume_id: str = Field(min_length=1, max_length=ID_MAX)
+    read_only: StrictBool = False
+
+
+class Export(Model):
+    name: str
+    volume_id: str
+    read_only: bool
+
+
+class ExportList(Model):
+    exports: list[Export]
+
+
+# -- replication ------------------------------------------------------------------
+
+
+class Peer(Model):
+    """Where a primary forwards its writes: the DR volume's link export on the peer agent."""
+
+    host: str = Field(min_length=1, max_length=NAME_MAX)
+    port: StrictInt = Field(ge=1, le=65535)
+    export: str = Field(min_length=1, max_length=NAME_MAX)
+
+
+class ReplicationConfig(Model):
+    """A volume's replication role, as the controller sets it and the agent persists it."""
+
+    role: Role
+    epoch: StrictInt = Field(ge=0)
+    pair_id: str = Field(default="", max_length=ID_MAX)
+    group_id: str | None = Field(default=None, max_length=ID_MAX)
+    peer: Peer | None = None  # primary: where to forward
+    link_export: str | None = Field(default=None, max_length=NAME_MAX)  # secondary: what the primary opens
+    mirroring: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            role = data.get("role")
+            if role != Role.SECONDARY:
+                data["link_export"] = None
+            data["group_id"] = data.get("group_id") or None
+            data["link_export"] = data.get("link_export") or None
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> ReplicationConfig:
+        if self.role is Role.PRIMARY and self.mirroring and self.peer is None:
+            raise ValueError("a mirroring primary needs a peer {host, port, export}")
+        if self.role is Role.SECONDARY and not self.link_export:
+            raise ValueError("a secondary needs a link_export")
+        return self
+
+
+class ReplicationRequest(ReplicationConfig):
+    """A config to apply, plus what to do to the data while applying it."""
+
+    initial_sync: StrictBool = False  # primary: copy all data; secondary: discard all first
+    add_dirty: list[tuple[StrictInt, StrictInt]] = Field(default_factory=list)  # (offset, length)
+
+    def config(self) -> ReplicationConfig:
+        return ReplicationConfig.model_validate(self.model_dump(exclude={"initial_sync", "add_dirty"}))
+
+
+class SyncProgress(Model):
+    copied_bytes: int
+    total_bytes: int
+
+
+class ReplicationState(Model):
+    """What an agent measures of one volume's replication (its bytes, its link)."""
+
+    volume_id: str
+    role: Role
+    epoch: int
+    pair_id: str = ""
+    group_id: str | None = None
+    peer: Peer | None = None
+    link_export_set: bool = False
+    replication_status: ReplicationStatus | None = None  # only a primary knows it
+    link_up: bool = False
+    link_error: str | None = None
+    mirroring: bool = False
+    fenced: bool = False
+    group_split: bool = False
+    dirty_bytes: int = 0
+    sync: SyncProgress | None = None
+    resynced_bytes_total: int = 0
+    io_error: bool = False
+
+    @classmethod
+    def standalone(cls, volume_id: str) -> ReplicationState:
+        return cls(volume_id=volume_id, role=Role.STANDALONE, epoch=0)
+
+
+class ReplicationStates(Model):
+    volumes: list[ReplicationState]
+
+
+class DirtyRanges(Model):
+    """Merged (offset, length) byte ranges a primary holds that its peer may lack."""
+
+    ranges: list[tuple[int, int]]
+
+
+# -- group plans (controller side, stored in the group row) ------------------------
+
+
+class PairFlip(Model):
+    """One member's role swap: fixed when the request is accepted."""
+
+    epoch: int
+    link_export: str
+    new_primary: str
+    old_primary: str
+
+
+class FailoverPlan(Model):
+    action: Literal["failover"] = "failover"
+    pairs: dict[str, PairFlip]
+
+
+class SwitchoverPlan(Model):
+    action: Literal["reverse"] = "reverse"
+    pairs: dict[str, PairFlip]
+
+
+class ReprotectPlan(Model):
+    action: Literal["reprotect"] = "reprotect"
+
+
+class MembershipPlan(Model):
+    action: Literal["update"] = "update"
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+
+
+Plan = Annotated[
+    FailoverPlan | SwitchoverPlan | ReprotectPlan | MembershipPlan, Field(discriminator="action")
+]
+_PLAN: TypeAdapter[Plan] = TypeAdapter(Plan)
+
+
+def load_plan(raw: dict[str, Any] | None) -> Plan | None:
+    """The plan stored in a group row (`{}` when none), validated."""
+    if not raw:
+        return None
+    if "action" not in raw:  # rows written before plans carried their kind
+        raw = {"action": "update", **raw}
+    return _PLAN.validate_python(raw)
+
+
+def dump_plan(plan: Plan | None) -> dict[str, Any]:
+    return {} if plan is None else plan.model_dump(mode="json")
+
+
+# -- the client interface ----------------------------------------------------------
+
+
+class AgentClient(Protocol):
+    """How the controller drives one AZ's agent. Every call is idempotent, so the
+    reconciler can repeat it after a crash; errors are `AgentError`s."""
+
+    az: str
+
+    def health(self) -> AgentHealth: ...
+
+    def list_volumes(self) -> list[VolumeInfo]: ...
+
+    def get_volume(self, volume_id: str) -> VolumeInfo: ...
+
+    def create_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
+        """Create a sparse volume; if it exists with this size, succeed."""
+        ...
+
+    def grow_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
+        """Grow to size_bytes; growing to the current size succeeds; shrinking is refused."""
+        ...
+
+    def delete_volume(self, volume_id: str) -> None:
+        """Close its exports and remove the file; absent volume succeeds."""
+        ...
+
+    def grant_export(self, export_name: str, volume_id: str, read_only: bool) -> None: ...
+
+    def list_exports(self) -> list[Export]: ...
+
+    def revoke_export(self, export_name: str) -> None:
+        """Revoke and close its connections; unknown name succeeds."""
+        ...
+
+    def set_replication(self, volume_id: str, request: ReplicationRequest) -> ReplicationState:
+        """Apply a config; the same one again is a no-op; a lower epoch is refused (stale_epoch)."""
+        ...
+
+    def get_replication(self, volume_id: str) -> ReplicationState: ...
+
+    def get_replication_dirty(self, volume_id: str) -> DirtyRanges: ...
+
+    def list_replication(self) -> dict[str, ReplicationState]:
+        """volume_id -> state of every replicated volume of the agent (one call)."""
+        ...
+
+    def delete_replication(self, volume_id: str) -> None:
+        """Back to standalone: stop forwarding, drop the bitmap, revoke the link export."""
+        ...
+
+    def pause_replication(self, volume_id: str) -> ReplicationState: ...
+
+    def resume_replication(self, volume_id: str) -> ReplicationState: ...
+
+    def pause_group(self, group_id: str) -> ReplicationStates:
+        """Stop mirroring every member on this agent at one instant."""
+        ...
+
+    def resume_group(self, group_id: str) -> ReplicationStates: ...
+
+    def close(self) -> None: ...
