@@ -207,6 +207,30 @@ def agent(
     run_agent(az, pool, listen, nbd_host, nbd_port)
 
 
+def witness(
+    listen: Annotated[
+        str, typer.Option(help="address the agents and the controller reach it at: HOST:PORT")
+    ] = "127.0.0.1:8790",
+    state: Annotated[
+        Path, typer.Option(help="directory for its durable records (one small file per pair or group)")
+    ] = Path("./openevs-witness"),
+    lease_s: Annotated[
+        float, typer.Option(help="how long a grant lets a primary write alone before it must renew", min=1)
+    ] = 6.0,
+) -> None:
+    """Run a standalone quorum witness: the third site that decides which side of a
+    partitioned pair or group goes on writing. It stores no volume data."""
+    from openevs.agent.runner import parse_hostport
+    from openevs.witness.runner import run_witness
+
+    try:
+        host, port = parse_hostport(listen, "--listen")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    run_witness(host, port, state, lease_s)
+
+
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 
 
@@ -224,4 +248,5 @@ def register(app: typer.Typer) -> None:
     app.command()(api)
     app.command()(worker)
     app.command()(agent)
+    app.command()(witness)
     app.add_typer(db_app, name="db")

@@ -1,0 +1,1 @@
+"""The quorum witness: arbitration of synchronous replication (DESIGN 3, "Arbitration")."""

@@ -1,0 +1,150 @@
+"""A real `openevs witness` process, spoken to by both clients over TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openevs.witness.client import AsyncWitnessClient, WitnessClient, WitnessUnreachable, units
+from tests.conftest import free_port
+
+A, B = "az1.dc1", "az2.dc2"
+
+
+class WitnessProcess:
+    def __init__(self, state: Path, lease_s: float = 2.0) -> None:
+        self.state, self.lease_s = state, lease_s
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "openevs.cli.main", "witness", "--listen", f"127.0.0.1:{self.port}",
+               "--state", str(self.state), "--lease-s", str(self.lease_s)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                WitnessClient("127.0.0.1", self.port, "probe", timeout_s=1).ping()
+                return
+            except WitnessUnreachable:
+                assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
+                assert time.monotonic() < deadline, "the witness did not start"
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+            self.proc = None
+
+    def client(self, side: str) -> WitnessClient:
+        return WitnessClient("127.0.0.1", self.port, side, timeout_s=2)
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Iterator[WitnessProcess]:
+    w = WitnessProcess(tmp_path / "witness")
+    w.start()
+    yield w
+    w.stop(signal.SIGKILL)
+
+
+def test_grants_refusals_and_status_over_the_wire(witness: WitnessProcess) -> None:
+    a, b = witness.client(A), witness.client(B)
+    [grant] = a.acquire(units([("group:g1", 1)]))
+    assert grant.granted and grant.holder == A and grant.lease_s == 2.0
+    [refused] = b.acquire(units([("group:g1", 2)]))
+    assert not refused.granted and refused.refusal == "lease_live" and 0 < refused.lease_left_s <= 2
+    status = b.status(["group:g1", "pair:unknown"], sides=[A, B, "az3"])
+    assert [(r.key, r.epoch, r.holder) for r in status.records] == [("group:g1", 1, A)]
+    seen = {s.side: s.seen_ago_s for s in status.sides}
+    assert seen["az3"] is None and seen[A] is not None and seen[A] < 5
+    a.release(units([("group:g1", 1)]))
+    [grant] = b.acquire(units([("group:g1", 2)]))
+    assert grant.granted and grant.holder == B
+    [stale] = a.acquire(units([("group:g1", 1)]))
+    assert not stale.granted and stale.refusal == "stale_epoch"
+
+
+def test_records_survive_a_kill_and_leases_count_as_live_after_it(witness: WitnessProcess) -> None:
+    witness.client(A).acquire(units([("pair:p1", 5), ("pair:p2", 1)]))
+    witness.stop(signal.SIGKILL)
+    witness.start()
+    files = sorted(os.listdir(witness.state / "records"))
+    assert files == ["pair-p1.json", "pair-p2.json"]
+    b = witness.client(B)
+    [early] = b.acquire(units([("pair:p1", 6)]))
+    assert early.refusal == "lease_live"  # the witness cannot know the lease ran out
+    [old] = b.acquire(units([("pair:p1", 5)]))
+    assert old.refusal == "held_by_peer"
+    time.sleep(witness.lease_s)
+    [late] = b.acquire(units([("pair:p1", 6)]))
+    assert late.granted
+
+
+def test_the_async_client_batches_and_reconnects(witness: WitnessProcess) -> None:
+    async def scenario() -> None:
+        client = AsyncWitnessClient("127.0.0.1", witness.port, A, timeout_s=2)
+        grants = await client.acquire(units([(f"pair:p{i}", 1) for i in range(500)]))
+        assert all(g.granted for g in grants) and len(grants) == 500
+        assert client.lease_s == 2.0
+        witness.stop(signal.SIGKILL)
+        with pytest.raises(WitnessUnreachable):
+            await client.ping()
+        await asyncio.to_thread(witness.start)
+        await client.ping()  # a new connection
+        [renewed] = await client.acquire(units([("pair:p1", 1)]))
+        assert renewed.granted
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_peer_is_unreachable_not_a_hang() -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # accepts, never answers
+        port = listener.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(WitnessUnreachable):
+            WitnessClient("127.0.0.1", port, A, timeout_s=0.5).ping()
+        assert time.monotonic() - start < 5
+
+
+def test_garbage_does_not_disturb_other_clients(witness: WitnessProcess) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", witness.port)) as sock:
+        sock.sendall(b"\x00\x00\x00\x05hello")
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # dropped
+    witness.client(A).ping()
+
+
+def test_a_state_dir_that_cannot_be_written_fails_the_grant_not_the_witness(
+    witness: WitnessProcess,
+) -> None:
+    if os.geteuid() == 0:
+        # root ignores directory permissions: make the records directory a file's child instead
+        records = witness.state / "records"
+        for f in records.iterdir():
+            f.unlink()
+        records.rmdir()
+        records.write_text("not a directory")
+    else:
+        (witness.state / "records").chmod(0o500)
+    from openevs.witness.client import WitnessFailed
+
+    with pytest.raises(WitnessFailed, match="cannot save"):
+        witness.client(A).acquire(units([("pair:p9", 1)]))
+    witness.client(A).ping()  # still serving
