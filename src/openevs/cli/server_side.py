@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+import yaml
 from rich.console import Console
 
 from openevs.config import ConfigError, Settings, load_settings
@@ -38,21 +39,23 @@ def _logging() -> None:
 
 
 def clouds_yaml(settings: Settings, password: str | None) -> str:
-    return (
-        "clouds:\n"
-        "  openevs:\n"
-        "    auth:\n"
-        f"      auth_url: {settings.endpoint}/v3\n"
-        "      username: admin\n"
-        f"      password: {password or '<the admin password>'}\n"
-        "      project_name: admin\n"
-        "      user_domain_name: Default\n"
-        "      project_domain_name: Default\n"
-        f"    region_name: {settings.region}\n"
-        "    identity_api_version: 3\n"
-        "    block_storage_api_version: 2\n"
-        "    volume_api_version: 2\n"
-    )
+    """The clouds.yaml of cloud `openevs` (admin in project admin) for openstacksdk and our client."""
+    cloud = {
+        "auth": {
+            "auth_url": f"{settings.endpoint}/v3",
+            "username": "admin",
+            "password": password or "<the admin password>",
+            "project_name": "admin",
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        },
+        "region_name": settings.region,
+        "identity_api_version": 3,
+        "block_storage_api_version": 2,
+        "volume_api_version": 2,
+    }
+    text: str = yaml.safe_dump({"clouds": {"openevs": cloud}}, sort_keys=False, default_flow_style=False)
+    return text
 
 
 def prepare(settings: Settings) -> tuple[Database, str | None]:
