@@ -6,14 +6,13 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Annotated
 
 import typer
 import uvicorn
 import yaml
 from rich.console import Console
 
+from openevs.agent.__main__ import agent
 from openevs.config import ConfigError, Settings, load_settings
 from openevs.db.session import Database, upgrade
 from openevs.runtime import Runtime
@@ -187,27 +186,6 @@ def worker() -> None:
         pass
     finally:
         runtime.close()
-
-
-def agent(
-    az: Annotated[str, typer.Option(help="the availability zone this agent serves")],
-    pool: Annotated[Path, typer.Option(help="directory holding the AZ's volume files")],
-    listen: Annotated[
-        str, typer.Option(help="control API address: HOST:PORT or unix:/path.sock")
-    ] = "127.0.0.1:8780",
-    nbd: Annotated[
-        str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port)")
-    ] = "127.0.0.1:10809",
-) -> None:
-    """Run one standalone storage agent (a storage node of one AZ)."""
-    from openevs.agent.runner import parse_hostport, run_agent
-
-    try:
-        nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port)
 
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
