@@ -1,18 +1,35 @@
 """Settings, read once: defaults, then `openevs.toml`, then `OPENEVS_<KEY>` variables.
 
 Every component receives a `Settings` object; nothing else reads the
-environment. Keys are documented in DESIGN.md section 1 and in README.md.
+environment. `Settings(...)` takes only its arguments (tests build one
+directly); `load_settings()` layers explicit overrides over `OPENEVS_<KEY>`
+variables over the toml file (`OPENEVS_CONFIG`, default `./openevs.toml`,
+the same keys in lower case) over the defaults, and turns every invalid
+value into one `ConfigError` that names the variable or key. Keys are
+documented in DESIGN.md section 1 and in README.md.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 DEFAULT_AZS = ("az1.dc1", "az2.dc2", "az3.dc3")
 DEFAULT_VOLUME_TYPES = ("SATA", "SAS", "SSD", "GPSSD", "ESSD")
+ENV_PREFIX = "OPENEVS_"
 
 
 class ConfigError(ValueError):
@@ -26,16 +43,23 @@ def _parse_hostport(value: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@dataclass(frozen=True)
-class Settings:
+# Lists and maps come as "a,b,c" and "az1=url,az2=url" in the environment
+# (NoDecode: not as JSON) and as arrays and tables in the toml file.
+NameList = Annotated[tuple[str, ...], NoDecode]
+UrlMap = Annotated[dict[str, str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
     data_dir: Path = Path("./openevs-data")
     database_url: str = ""
     listen: str = "127.0.0.1:8776"
     public_url: str = ""
     admin_password: str = ""
-    azs: tuple[str, ...] = DEFAULT_AZS
+    azs: NameList = DEFAULT_AZS
     region: str = "region-1"
-    volume_types: tuple[str, ...] = DEFAULT_VOLUME_TYPES
+    volume_types: NameList = DEFAULT_VOLUME_TYPES
     token_ttl_s: int = 24 * 3600
     quota_volumes: int = 1000
     quota_gigabytes: int = 1_000_000
@@ -46,13 +70,60 @@ class Settings:
     group_limit_per_az: int = 128
     # Standalone agents: "az1.dc1=http://host:port,az2.dc2=http://..."; AZs not
     # listed here get an embedded agent (a child process of `openevs serve`).
-    agent_urls: dict[str, str] = field(default_factory=dict)
+    agent_urls: UrlMap = {}
     agent_host: str = "127.0.0.1"
     embedded_agents: bool = True
     max_body_bytes: int = 1 << 20
     # NBD port of the embedded agent of the i-th AZ is nbd_port_base + i; 0 = ephemeral.
     nbd_port_base: int = 10809
     nbd_host: str = "127.0.0.1"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The arguments only: load_settings() reads the file and the environment.
+        return (init_settings,)
+
+    @field_validator("azs", "volume_types", mode="before")
+    @classmethod
+    def _name_list(cls, raw: Any) -> Any:
+        if isinstance(raw, str):
+            raw = raw.split(",")
+        if isinstance(raw, list | tuple):
+            values = tuple(str(item).strip() for item in raw if str(item).strip())
+            if not values:
+                raise ValueError("must list at least one value")
+            return values
+        return raw
+
+    @field_validator("agent_urls", mode="before")
+    @classmethod
+    def _url_map(cls, raw: Any) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        result: dict[str, str] = {}
+        for part in raw.split(","):
+            if not part.strip():
+                continue
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"each entry must look like AZ=URL; {part!r} does not")
+            result[key.strip()] = value.strip()
+        return result
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ValueError("must look like HOST:PORT")
+        return value
 
     @property
     def db_url(self) -> str:
@@ -81,71 +152,54 @@ class Settings:
         return self.data_dir / "agents"
 
 
-def _coerce(name: str, raw: object, current: object) -> object:
-    if isinstance(current, bool):
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
-    if isinstance(current, int):
-        try:
-            return int(str(raw))
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if isinstance(current, float):
-        try:
-            return float(str(raw))
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if isinstance(current, Path):
-        return Path(str(raw))
-    if isinstance(current, tuple):
-        items = raw if isinstance(raw, list) else str(raw).split(",")
-        values = tuple(str(i).strip() for i in items if str(i).strip())
-        if not values:
-            raise ConfigError(f"{name} must list at least one value")
-        return values
-    if isinstance(current, dict):
-        if isinstance(raw, dict):
-            return {str(k): str(v) for k, v in raw.items()}
-        result: dict[str, str] = {}
-        for part in str(raw).split(","):
-            if not part.strip():
-                continue
-            key, sep, value = part.partition("=")
-            if not sep:
-                raise ConfigError(f"{name} entries must look like AZ=URL, got {part!r}")
-            result[key.strip()] = value.strip()
-        return result
-    return str(raw)
+class _EnvironSource(EnvSettingsSource):
+    """`OPENEVS_<KEY>` variables of a given mapping (os.environ or a test's dict).
+
+    The variables are read the way pydantic-settings reads os.environ (names
+    matched without regard to case); only where they come from differs.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items()}
 
 
-def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Settings:
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build settings from defaults, `openevs.toml` (or OPENEVS_CONFIG), env, overrides."""
-    env = dict(os.environ if env is None else env)
-    settings = Settings()
-    values: dict[str, object] = {}
-    config_path = Path(env.get("OPENEVS_CONFIG", "openevs.toml"))
-    if config_path.is_file():
-        with config_path.open("rb") as fh:
-            values.update(tomllib.load(fh))
-    for f in fields(Settings):
-        key = f"OPENEVS_{f.name.upper()}"
-        if key in env:
-            values[f.name] = env[key]
-    values.update(overrides)
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(values) - known)
+    environ = os.environ if env is None else env
+    config_path = Path(environ.get(f"{ENV_PREFIX}CONFIG", "openevs.toml"))
+    try:
+        from_file = TomlConfigSettingsSource(Settings, toml_file=config_path)()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path} is not valid TOML: {exc}") from None
+    layers: list[tuple[dict[str, Any], str]] = [
+        (from_file, f"{{}} in {config_path}"),
+        (_EnvironSource(environ)(), ENV_PREFIX + "{}"),
+        (dict(overrides), "{}"),
+    ]
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer, label in layers:
+        for key, value in layer.items():
+            values[key] = value
+            name = key.upper() if label.startswith(ENV_PREFIX) else key
+            origin[key] = label.format(name)
+    unknown = sorted(key for key in values if key not in Settings.model_fields)
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    coerced = {
-        name: _coerce(f"OPENEVS_{name.upper()}", raw, getattr(settings, name))
-        for name, raw in values.items()
-    }
-    settings = replace(settings, **coerced)  # type: ignore[arg-type]
-    settings.listen_host_port  # noqa: B018 - validate early
-    return settings
+        raise ConfigError(f"unknown setting(s): {', '.join(origin[key] for key in unknown)}")
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin, values)) from None
+
+
+def _describe(exc: ValidationError, origin: dict[str, str], values: dict[str, Any]) -> str:
+    problems = []
+    for err in exc.errors():
+        key = str(err["loc"][0]) if err["loc"] else ""
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{origin.get(key, key)}: {message} (got {values.get(key)!r})")
+    return "; ".join(problems)

@@ -1,41 +1,49 @@
 """`python -m openevs.agent`: one storage agent (what `openevs serve` starts per AZ).
 
-Flags: --az AZ --pool DIR --listen unix:/path.sock|HOST:PORT --nbd HOST:PORT.
-`openevs agent` calls the same `main`.
+`openevs agent` is the same command: cli/server_side.py registers `agent`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from typing import Annotated
 
-from openevs.agent.runner import parse_hostport, run_agent
+import typer
+
+PROG = "python -m openevs.agent"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m openevs.agent", description=__doc__)
-    parser.add_argument("--az", required=True, help="availability zone this agent serves")
-    parser.add_argument("--pool", required=True, type=Path, help="directory of volume files")
-    parser.add_argument(
-        "--listen",
-        default="127.0.0.1:8780",
-        help="control API address: unix:/path.sock or HOST:PORT (default 127.0.0.1:8780)",
-    )
-    parser.add_argument(
-        "--nbd", default="127.0.0.1:10809", help="NBD address HOST:PORT (port 0 = any free)"
-    )
-    return parser
+def agent(
+    az: Annotated[str, typer.Option(help="The availability zone this agent serves.")],
+    pool: Annotated[Path, typer.Option(help="Directory holding the AZ's volume files.")],
+    listen: Annotated[
+        str, typer.Option(help="Control API address: HOST:PORT or unix:/path.sock.")
+    ] = "127.0.0.1:8780",
+    nbd: Annotated[
+        str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port).")
+    ] = "127.0.0.1:10809",
+) -> None:
+    """Run one standalone storage agent (a storage node of one AZ).
+
+    It serves the volume files under --pool over NBD and answers the
+    controller on its control API; SIGTERM or SIGINT stops it cleanly.
+    """
+    # Imported here: every server-side `openevs` command loads this module,
+    # and only this one needs the agent's NBD and control-API code.
+    from openevs.agent.runner import parse_hostport, run_agent
+
+    try:
+        nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
+    run_agent(az, pool, listen, nbd_host, nbd_port)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        nbd_host, nbd_port = parse_hostport(args.nbd, "--nbd")
-    except ValueError as exc:
-        parser.error(str(exc))
-    run_agent(args.az, args.pool, args.listen, nbd_host, nbd_port)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(agent)
+    app(args=argv, prog_name=PROG)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from openevs.api.auth import RuntimeDep, ScopedDep
+from openevs.api.list_query import LongListQuery, LongText
 from openevs.api.timefmt import evs_time
 from openevs.api.volumes import _parse
 from openevs.db.models import ReplicationGroup
 from openevs.domain import codes
 from openevs.domain.errors import InvalidInput
 from openevs.services import group_actions, groups
-from openevs.services.listing import parse_page
 
 router = APIRouter(prefix="/v2/{project_id}")
 BASE = "/os-vendor-replication-consistency-groups"
@@ -102,30 +102,24 @@ def create_group(
     return JSONResponse({"replication_consistency_group": _view(runtime, group)}, status_code=202)
 
 
-Q = Annotated[str | None, Query(max_length=1024)]
+class GroupListQuery(LongListQuery):
+    """Query of GET /os-vendor-replication-consistency-groups: paging and the documented filters."""
+
+    FILTERS = ("name", "status", "priority_station", "volume_id")
+    name: LongText = None
+    status: LongText = None
+    priority_station: LongText = None
+    volume_id: LongText = None
 
 
 @router.get(BASE)
 @router.get(BASE + "/detail", include_in_schema=False)
 def list_groups(
-    project_id: str,
-    token: ScopedDep,
-    runtime: RuntimeDep,
-    marker: Q = None,
-    limit: Q = None,
-    offset: Q = None,
-    sort_key: Q = None,
-    sort_dir: Q = None,
-    name: Q = None,
-    status: Q = None,
-    priority_station: Q = None,
-    volume_id: Q = None,
-    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+    project_id: str, token: ScopedDep, runtime: RuntimeDep, query: Annotated[GroupListQuery, Query()]
 ) -> dict[str, Any]:
-    page = parse_page(limit, marker, offset, sort_key, sort_dir, changes_since, groups.GROUP_SORT_KEYS)
-    filters = {"name": name, "status": status, "priority_station": priority_station, "volume_id": volume_id}
+    page = query.page(groups.GROUP_SORT_KEYS)
     with runtime.db.session() as session:
-        rows = groups.list_groups(session, project_id, page, filters)
+        rows = groups.list_groups(session, project_id, page, query.filters())
         views = [group_view(g, [p.id for p in groups.members(session, g.id)]) for g in rows]
     return {"replication_consistency_groups": views}
 

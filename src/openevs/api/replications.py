@@ -15,10 +15,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from openevs.api.auth import RuntimeDep, ScopedDep
+from openevs.api.list_query import LongListQuery, LongText
 from openevs.api.timefmt import evs_time
 from openevs.db.models import ReplicationPair
 from openevs.services import replications
-from openevs.services.listing import parse_page
 
 router = APIRouter(prefix="/v2/{project_id}")
 
@@ -78,39 +78,28 @@ def create_pair(project_id: str, body: PairCreateBody, token: ScopedDep, runtime
     return JSONResponse({"replication": pair_view(pair)}, status_code=202)
 
 
-Q = Annotated[str | None, Query(max_length=1024)]
+class PairListQuery(LongListQuery):
+    """Query of GET /os-vendor-replications: paging and the documented filters."""
+
+    FILTERS = (
+        "name", "status", "replication_consistency_group_id", "volume_ids", "volume_id", "priority_station",
+    )
+    name: LongText = None
+    status: LongText = None
+    replication_consistency_group_id: LongText = None
+    volume_ids: LongText = None
+    volume_id: LongText = None
+    priority_station: LongText = None
 
 
 @router.get("/os-vendor-replications")
 @router.get("/os-vendor-replications/detail", include_in_schema=False)
 def list_pairs(
-    project_id: str,
-    token: ScopedDep,
-    runtime: RuntimeDep,
-    marker: Q = None,
-    limit: Q = None,
-    offset: Q = None,
-    sort_key: Q = None,
-    sort_dir: Q = None,
-    name: Q = None,
-    status: Q = None,
-    replication_consistency_group_id: Q = None,
-    volume_ids: Q = None,
-    volume_id: Q = None,
-    priority_station: Q = None,
-    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+    project_id: str, token: ScopedDep, runtime: RuntimeDep, query: Annotated[PairListQuery, Query()]
 ) -> dict[str, Any]:
-    page = parse_page(limit, marker, offset, sort_key, sort_dir, changes_since, replications.PAIR_SORT_KEYS)
-    filters = {
-        "name": name,
-        "status": status,
-        "replication_consistency_group_id": replication_consistency_group_id,
-        "volume_ids": volume_ids,
-        "volume_id": volume_id,
-        "priority_station": priority_station,
-    }
+    page = query.page(replications.PAIR_SORT_KEYS)
     with runtime.db.session() as session:
-        rows = replications.list_pairs(session, project_id, page, filters)
+        rows = replications.list_pairs(session, project_id, page, query.filters())
     return {"replications": [pair_view(p) for p in rows]}
 
 

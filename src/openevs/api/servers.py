@@ -10,12 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openevs.api.auth import RuntimeDep, ScopedDep
 from openevs.api.identity import base_url
+from openevs.api.list_query import ListQuery, Text
 from openevs.api.timefmt import nova_time
 from openevs.db.models import Attachment, Server
 from openevs.domain.errors import InvalidInput, NotFound
 from openevs.domain.states import ServerStatus, ServerTrigger
 from openevs.services import connections, servers
-from openevs.services.listing import parse_page
 
 router = APIRouter(prefix="/v2.1/{project_id}")
 
@@ -109,26 +109,24 @@ def create_server(
     )
 
 
-Q = Annotated[str | None, Query(max_length=255)]
+class ServerListQuery(ListQuery):
+    """Query of GET /servers and /servers/detail: paging (no offset), name and status."""
+
+    FILTERS = ("name", "status")
+    name: Text = None
+    status: Text = None
+
+
+ServerListDep = Annotated[ServerListQuery, Query()]
 
 
 def _list(
-    project_id: str,
-    runtime: RuntimeDep,
-    request: Request,
-    detail: bool,
-    limit: str | None,
-    marker: str | None,
-    sort_key: str | None,
-    sort_dir: str | None,
-    name: str | None,
-    status: str | None,
-    changes_since: str | None,
+    project_id: str, runtime: RuntimeDep, request: Request, detail: bool, query: ServerListQuery
 ) -> dict[str, Any]:
-    page = parse_page(limit, marker, None, sort_key, sort_dir, changes_since, servers.SERVER_SORT_KEYS)
+    page = query.page(servers.SERVER_SORT_KEYS)
     url = base_url(runtime, request)
     with runtime.db.session() as session:
-        rows = servers.list_servers(session, project_id, page, name, status)
+        rows = servers.list_servers(session, project_id, page, query.name, query.status)
         atts = {s.id: servers.attachments_of_server(session, s.id) for s in rows} if detail else {}
     if detail:
         return {"servers": [server_view(s, atts[s.id], url) for s in rows]}
@@ -137,40 +135,16 @@ def _list(
 
 @router.get("/servers")
 def list_servers(
-    project_id: str,
-    token: ScopedDep,
-    runtime: RuntimeDep,
-    request: Request,
-    limit: Q = None,
-    marker: Q = None,
-    sort_key: Q = None,
-    sort_dir: Q = None,
-    name: Q = None,
-    status: Q = None,
-    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+    project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: ServerListDep
 ) -> dict[str, Any]:
-    return _list(
-        project_id, runtime, request, False, limit, marker, sort_key, sort_dir, name, status, changes_since
-    )
+    return _list(project_id, runtime, request, False, query)
 
 
 @router.get("/servers/detail")
 def list_servers_detail(
-    project_id: str,
-    token: ScopedDep,
-    runtime: RuntimeDep,
-    request: Request,
-    limit: Q = None,
-    marker: Q = None,
-    sort_key: Q = None,
-    sort_dir: Q = None,
-    name: Q = None,
-    status: Q = None,
-    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+    project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: ServerListDep
 ) -> dict[str, Any]:
-    return _list(
-        project_id, runtime, request, True, limit, marker, sort_key, sort_dir, name, status, changes_since
-    )
+    return _list(project_id, runtime, request, True, query)
 
 
 @router.get("/servers/{server_id}")

@@ -11,12 +11,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, V
 
 from openevs.api.auth import RuntimeDep, ScopedDep
 from openevs.api.identity import base_url
+from openevs.api.list_query import ListQuery, Text
 from openevs.api.timefmt import evs_time
 from openevs.db.models import Attachment, Volume
 from openevs.domain import codes
 from openevs.domain.errors import InvalidInput, NotFound
 from openevs.services import connections, volumes
-from openevs.services.listing import parse_page
 
 router = APIRouter(prefix="/v2/{project_id}")
 
@@ -155,34 +155,37 @@ def create_volume(
     return JSONResponse({"volume": volume_view(volume, [], base_url(runtime, request))}, 202)
 
 
+class VolumeListQuery(ListQuery):
+    """Query of GET /volumes and /volumes/detail: paging, Cinder's `sort`, three filters."""
+
+    FILTERS = ("name", "status", "availability_zone")
+    offset: Text = None
+    sort: Text = None  # Cinder's "sort=key:dir", read when sort_key is absent
+    name: Text = None
+    status: Text = None
+    availability_zone: Text = None
+
+    @property
+    def paging_offset(self) -> str | None:
+        return self.offset
+
+    @property
+    def paging_sort_key(self) -> str | None:
+        return self.sort_key or self.sort
+
+
+VolumeListDep = Annotated[VolumeListQuery, Query()]
+
+
 def _list(
-    project_id: str,
-    runtime: RuntimeDep,
-    request: Request,
-    detail: bool,
-    limit: str | None,
-    marker: str | None,
-    offset: str | None,
-    sort_key: str | None,
-    sort_dir: str | None,
-    sort: str | None,
-    name: str | None,
-    status: str | None,
-    availability_zone: str | None,
-    changes_since: str | None,
+    project_id: str, runtime: RuntimeDep, request: Request, detail: bool, query: VolumeListQuery
 ) -> dict[str, Any]:
-    page = parse_page(
-        limit, marker, offset, sort_key or sort, sort_dir, changes_since,
-        volumes.VOLUME_SORT_KEYS + ("size",),
-    )
+    page = query.page(volumes.VOLUME_SORT_KEYS + ("size",))
     if page.sort_key == "size":
         page = type(page)(**{**page.__dict__, "sort_key": "size_gb"})
     url = base_url(runtime, request)
     with runtime.db.session() as session:
-        rows = volumes.list_volumes(
-            session, project_id, page,
-            {"name": name, "status": status, "availability_zone": availability_zone},
-        )
+        rows = volumes.list_volumes(session, project_id, page, query.filters())
         atts = volumes.attachments_of(session, [v.id for v in rows])
     if detail:
         items = [volume_view(v, atts[v.id], url) for v in rows]
@@ -198,31 +201,18 @@ def _list(
     return result
 
 
-ListQuery = Annotated[str | None, Query(max_length=255)]
-
-
 @router.get("/volumes")
 def list_volumes(
-    project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request,
-    limit: ListQuery = None, marker: ListQuery = None, offset: ListQuery = None,
-    sort_key: ListQuery = None, sort_dir: ListQuery = None, sort: ListQuery = None,
-    name: ListQuery = None, status: ListQuery = None, availability_zone: ListQuery = None,
-    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+    project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: VolumeListDep
 ) -> dict[str, Any]:
-    return _list(project_id, runtime, request, False, limit, marker, offset, sort_key, sort_dir,
-                 sort, name, status, availability_zone, changes_since)
+    return _list(project_id, runtime, request, False, query)
 
 
 @router.get("/volumes/detail")
 def list_volumes_detail(
-    project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request,
-    limit: ListQuery = None, marker: ListQuery = None, offset: ListQuery = None,
-    sort_key: ListQuery = None, sort_dir: ListQuery = None, sort: ListQuery = None,
-    name: ListQuery = None, status: ListQuery = None, availability_zone: ListQuery = None,
-    changes_since: Annotated[str | None, Query(alias="changes-since", max_length=64)] = None,
+    project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: VolumeListDep
 ) -> dict[str, Any]:
-    return _list(project_id, runtime, request, True, limit, marker, offset, sort_key, sort_dir,
-                 sort, name, status, availability_zone, changes_since)
+    return _list(project_id, runtime, request, True, query)
 
 
 @router.get("/volumes/{volume_id}")
@@ -255,7 +245,7 @@ def update_volume(
 @router.delete("/volumes/{volume_id}", status_code=202)
 def delete_volume(
     project_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep,
-    cascade: ListQuery = None,
+    cascade: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Response:
     with runtime.db.session() as session:
         volumes.delete_volume(session, project_id, volume_id)

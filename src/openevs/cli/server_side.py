@@ -1,4 +1,4 @@
-"""Server-side commands: serve (all-in-one), api, worker, agent, db upgrade."""
+"""Server-side commands: serve (all-in-one), api, worker, agent, witness, db upgrade."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Annotated
 
 import typer
 import uvicorn
+import yaml
 from rich.console import Console
 
+from openevs.agent.__main__ import agent
 from openevs.config import ConfigError, Settings, load_settings
 from openevs.db.session import Database, upgrade
 from openevs.runtime import Runtime
 from openevs.services import identity
+from openevs.witness.__main__ import witness
 
 err = Console(stderr=True)
 out = Console()
@@ -38,21 +39,23 @@ def _logging() -> None:
 
 
 def clouds_yaml(settings: Settings, password: str | None) -> str:
-    return (
-        "clouds:\n"
-        "  openevs:\n"
-        "    auth:\n"
-        f"      auth_url: {settings.endpoint}/v3\n"
-        "      username: admin\n"
-        f"      password: {password or '<the admin password>'}\n"
-        "      project_name: admin\n"
-        "      user_domain_name: Default\n"
-        "      project_domain_name: Default\n"
-        f"    region_name: {settings.region}\n"
-        "    identity_api_version: 3\n"
-        "    block_storage_api_version: 2\n"
-        "    volume_api_version: 2\n"
-    )
+    """The clouds.yaml of cloud `openevs` (admin in project admin) for openstacksdk and our client."""
+    cloud = {
+        "auth": {
+            "auth_url": f"{settings.endpoint}/v3",
+            "username": "admin",
+            "password": password or "<the admin password>",
+            "project_name": "admin",
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        },
+        "region_name": settings.region,
+        "identity_api_version": 3,
+        "block_storage_api_version": 2,
+        "volume_api_version": 2,
+    }
+    text: str = yaml.safe_dump({"clouds": {"openevs": cloud}}, sort_keys=False, default_flow_style=False)
+    return text
 
 
 def prepare(settings: Settings) -> tuple[Database, str | None]:
@@ -184,51 +187,6 @@ def worker() -> None:
         pass
     finally:
         runtime.close()
-
-
-def agent(
-    az: Annotated[str, typer.Option(help="the availability zone this agent serves")],
-    pool: Annotated[Path, typer.Option(help="directory holding the AZ's volume files")],
-    listen: Annotated[
-        str, typer.Option(help="control API address: HOST:PORT or unix:/path.sock")
-    ] = "127.0.0.1:8780",
-    nbd: Annotated[
-        str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port)")
-    ] = "127.0.0.1:10809",
-) -> None:
-    """Run one standalone storage agent (a storage node of one AZ)."""
-    from openevs.agent.runner import parse_hostport, run_agent
-
-    try:
-        nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port)
-
-
-def witness(
-    listen: Annotated[
-        str, typer.Option(help="address the agents and the controller reach it at: HOST:PORT")
-    ] = "127.0.0.1:8790",
-    state: Annotated[
-        Path, typer.Option(help="directory for its durable records (one small file per pair or group)")
-    ] = Path("./openevs-witness"),
-    lease_s: Annotated[
-        float, typer.Option(help="how long a grant lets a primary write alone before it must renew", min=1)
-    ] = 6.0,
-) -> None:
-    """Run a standalone quorum witness: the third site that decides which side of a
-    partitioned pair or group goes on writing. It stores no volume data."""
-    from openevs.agent.runner import parse_hostport
-    from openevs.witness.runner import run_witness
-
-    try:
-        host, port = parse_hostport(listen, "--listen")
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    run_witness(host, port, state, lease_s)
 
 
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 DEFAULT_CLOUD = "openevs"
 REQUEST_TIMEOUT_S = 30.0
@@ -64,37 +65,6 @@ def clouds_yaml_candidates(env: dict[str, str] | None = None, cwd: Path | None =
         paths.append(Path(env["OPENEVS_DATA_DIR"]).expanduser() / "clouds.yaml")
     paths.append(cwd / "openevs-data" / "clouds.yaml")
     return paths
-
-
-def _parse_yaml(text: str) -> Any:
-    try:
-        import yaml
-    except ImportError:  # PyYAML is not a runtime dependency; read the simple form ourselves
-        return _parse_simple_yaml(text)
-    return yaml.safe_load(text)
-
-
-def _parse_simple_yaml(text: str) -> dict[str, Any]:
-    """Nested `key: value` mappings only: the form `openevs serve` writes."""
-    root: dict[str, Any] = {}
-    stack: list[tuple[int, dict[str, Any]]] = [(-1, root)]
-    for raw in text.splitlines():
-        line = raw.split(" #", 1)[0].rstrip()
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        indent = len(line) - len(line.lstrip())
-        key, _, value = line.strip().partition(":")
-        while stack[-1][0] >= indent:
-            stack.pop()
-        parent = stack[-1][1]
-        value = value.strip().strip("'\"")
-        if value:
-            parent[key.strip()] = value
-        else:
-            child: dict[str, Any] = {}
-            parent[key.strip()] = child
-            stack.append((indent, child))
-    return root
 
 
 def _from_cloud(path: Path, name: str, cloud: Any) -> Credentials:
@@ -150,8 +120,8 @@ def find_credentials(env: dict[str, str] | None = None, cwd: Path | None = None)
         if not path.is_file():
             continue
         try:
-            data = _parse_yaml(path.read_text())
-        except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ClientError(f"cannot read {path}: {exc}") from exc
         clouds = data.get("clouds") if isinstance(data, dict) else None
         if isinstance(clouds, dict) and name in clouds:

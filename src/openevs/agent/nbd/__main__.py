@@ -8,36 +8,30 @@ per-attachment secret names.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from .export import Export, FileExport
 from .server import NbdServer
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m openevs.agent.nbd", description=__doc__)
-    parser.add_argument("file")
-    parser.add_argument("--port", type=int, default=10809)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--read-only", action="store_true")
-    parser.add_argument("--name", default="", help='export name (default "")')
-    parser.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
-    return parser.parse_args(argv)
+PROG = "python -m openevs.agent.nbd"
 
 
-async def serve(args: argparse.Namespace) -> None:
-    export = FileExport(args.file, read_only=args.read_only)
+async def serve(file: Path, host: str, port: int, name: str, read_only: bool) -> None:
+    export = FileExport(file, read_only=read_only)
 
-    async def resolve(name: str) -> Export | None:
-        return export if name == args.name else None
+    async def resolve(requested: str) -> Export | None:
+        return export if requested == name else None
 
-    server = NbdServer(resolve, args.host, args.port)
+    server = NbdServer(resolve, host, port)
     await server.start()
-    print(f"serving {args.file} on nbd://{args.host}:{server.port}/{args.name}", flush=True)
+    print(f"serving {file} on nbd://{host}:{server.port}/{name}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -47,19 +41,35 @@ async def serve(args: argparse.Namespace) -> None:
     export.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def serve_file(
+    file: Annotated[Path, typer.Argument(help="The file to export (its size is the export's size).")],
+    port: Annotated[int, typer.Option(help="TCP port to listen on (0: any free port).")] = 10809,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes, trims and zeroes.")] = False,
+    name: Annotated[str, typer.Option(help='Export name clients must ask for (default "").')] = "",
+    use_uvloop: Annotated[bool, typer.Option("--uvloop", help="Use uvloop if installed.")] = False,
+) -> None:
+    """Serve one file over NBD until SIGINT or SIGTERM (a development tool).
+
+    The default export name "" is allowed here only; the agent itself
+    serves per-attachment secret names.
+    """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args.uvloop:
+    if use_uvloop:
         try:
             import uvloop
         except ImportError:
             print("uvloop is not installed; using the default event loop", file=sys.stderr)
         else:
             uvloop.install()
-    asyncio.run(serve(args))
-    return 0
+    asyncio.run(serve(file, host, port, name, read_only))
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(serve_file)
+    app(args=argv, prog_name=PROG)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(sys.argv[1:])
