@@ -54,6 +54,7 @@ class WitnessServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self.store.close()
         for task in list(self._connections):
             task.cancel()
         for task in list(self._connections):
@@ -97,7 +98,7 @@ class WitnessServer:
         if isinstance(message, p.Acquire):
             async with self._lock:
                 try:
-                    grants = [await self._acquire(u, side, message.force) for u in message.units]
+                    grants = await self._acquire(message.units, side, message.force)
                 except StoreError as exc:
                     log.error("witness: %s", exc)
                     return p.Failure(id=message.id, message=str(exc))
@@ -111,16 +112,23 @@ class WitnessServer:
             return self._status(message, now)
         raise p.RemoteProtocolError(f"a client does not send {type(message).__name__}")
 
-    async def _acquire(self, unit: p.Unit, side: str, force: bool) -> p.Grant:
-        decision = self.arbiter.decide(unit.key, unit.epoch, side, time.monotonic(), force=force)
-        if decision.changed and decision.record is not None:
-            await asyncio.to_thread(self.store.save, decision.record)
+    async def _acquire(self, wanted: list[p.Unit], side: str, force: bool) -> list[p.Grant]:
+        """Decide every unit, persist the changed records in one batch, then apply them."""
+        decisions: dict[str, Decision] = {}
+        now = time.monotonic()
+        for unit in wanted:  # of duplicate keys the last wins
+            decisions[unit.key] = self.arbiter.decide(unit.key, unit.epoch, side, now, force=force)
+        changed = [d.record for d in decisions.values() if d.changed and d.record is not None]
+        if changed:
+            await asyncio.to_thread(self.store.save, changed)
             log.info(
-                "witness: %s granted at epoch %d to %s%s", unit.key, unit.epoch, side,
-                " (forced)" if force else "",
+                "witness: %d unit(s) granted to %s%s: %s", len(changed), side, " (forced)" if force else "",
+                ", ".join(f"{r.key}@{r.epoch}" for r in changed[:5]) + (" ..." if len(changed) > 5 else ""),
             )  # fmt: skip
-        self.arbiter.apply(decision, time.monotonic())
-        return _grant(decision)
+        now = time.monotonic()
+        for decision in decisions.values():
+            self.arbiter.apply(decision, now)
+        return [_grant(decisions[u.key]) for u in wanted]
 
     def _status(self, message: p.Status, now: float) -> p.StatusReply:
         records = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import signal
 import subprocess
 import sys
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from openevs.witness.client import AsyncWitnessClient, WitnessClient, WitnessUnreachable, units
+from openevs.witness.client import AsyncWitnessClient, WitnessClient, WitnessFailed, WitnessUnreachable, units
 from tests.conftest import free_port
 
 A, B = "az1.dc1", "az2.dc2"
@@ -78,8 +78,7 @@ def test_records_survive_a_kill_and_leases_count_as_live_after_it(witness: Witne
     witness.client(A).acquire(units([("pair:p1", 5), ("pair:p2", 1)]))
     witness.stop(signal.SIGKILL)
     witness.start()
-    files = sorted(os.listdir(witness.state / "records"))
-    assert files == ["pair-p1.json", "pair-p2.json"]
+    assert (witness.state / "records.log").read_text().count("\n") == 2
     b = witness.client(B)
     [early] = b.acquire(units([("pair:p1", 6)]))
     assert early.refusal == "lease_live"  # the witness cannot know the lease ran out
@@ -131,20 +130,54 @@ def test_garbage_does_not_disturb_other_clients(witness: WitnessProcess) -> None
     witness.client(A).ping()
 
 
-def test_a_state_dir_that_cannot_be_written_fails_the_grant_not_the_witness(
-    witness: WitnessProcess,
-) -> None:
-    if os.geteuid() == 0:
-        # root ignores directory permissions: make the records directory a file's child instead
-        records = witness.state / "records"
-        for f in records.iterdir():
-            f.unlink()
-        records.rmdir()
-        records.write_text("not a directory")
-    else:
-        (witness.state / "records").chmod(0o500)
-    from openevs.witness.client import WitnessFailed
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, to run out of space for real."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
-    with pytest.raises(WitnessFailed, match="cannot save"):
-        witness.client(A).acquire(units([("pair:p9", 1)]))
-    witness.client(A).ping()  # still serving
+
+def test_a_full_disk_fails_the_grant_not_the_witness(small_disk: Path) -> None:
+    witness = WitnessProcess(small_disk / "witness")
+    witness.start()
+    try:
+        a = witness.client(A)
+        assert a.acquire(units([("pair:p1", 1)]))[0].granted
+        filler = small_disk / "filler"
+        with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(b"x" * 512)
+        many = units([(f"pair:q{i}", 1) for i in range(200)])  # more than the journal's last page holds
+        with pytest.raises(WitnessFailed, match="cannot save"):
+            a.acquire(many)
+        assert a.acquire(units([("pair:p1", 1)]))[0].granted  # a renewal writes nothing
+        a.ping()  # still serving
+        filler.unlink()
+        assert all(g.granted for g in a.acquire(many))  # back once there is room
+    finally:
+        witness.stop(signal.SIGKILL)
+
+
+def test_the_journal_is_whole_after_a_failed_append(small_disk: Path) -> None:
+    from openevs.witness.arbiter import Record
+    from openevs.witness.store import RecordStore, StoreError
+
+    store = RecordStore(small_disk / "w")
+    store.load()
+    store.save([Record("pair:a", 1, A)])
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"x" * 512)
+    with pytest.raises(StoreError):
+        store.save([Record(f"pair:b{i}", 1, A) for i in range(300)])
+    filler.unlink()
+    store.save([Record("pair:c", 2, B)])
+    store.close()
+    again = RecordStore(small_disk / "w")
+    assert {r.key: (r.epoch, r.holder) for r in again.load()} == {"pair:a": (1, A), "pair:c": (2, B)}
+    again.close()
