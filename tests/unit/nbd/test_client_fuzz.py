@@ -53,7 +53,7 @@ def drive(data: bytes, step: int, structured: bool = True) -> None:
     conn = ClientConnection(
         "disk", structured=structured, max_option_bytes=MAX_OPTION_BYTES, max_chunk_bytes=MAX_CHUNK_BYTES
     )
-    bound = len(conn._rbuf) + REQUESTED_BYTES
+    bound = conn.buffered_bytes + REQUESTED_BYTES  # the receive buffer never grows
     try:
         for start in range(0, len(data), step):
             conn.receive_data(data[start : start + step])
