@@ -2,6 +2,8 @@
 
 `code` is the documented EVS code (``EVS.1020``) or replication
 ``failure_detail`` value (``37100041``) where the reference defines one.
+Wire protocol errors hang from the same root but live with their protocol
+(`agent/nbd/errors.py`).
 """
 
 from __future__ import annotations
@@ -51,14 +53,3 @@ class Forbidden(DomainError):
 class ServiceUnavailable(OpenEvsError):
     """A component the request needs (an AZ's agent) cannot be reached now."""
 
-
-class ProtocolError(OpenEvsError):
-    """A wire protocol rule was broken."""
-
-
-class LocalProtocolError(ProtocolError):
-    """We broke the protocol's rules (a bug on our side or a misuse of the API)."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer broke the protocol's rules."""

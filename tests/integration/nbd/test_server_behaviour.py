@@ -149,7 +149,9 @@ def test_protocol_violation_in_transmission_drops_the_connection(
         client = await NbdClient.connect("127.0.0.1", nbd_server.port, "mem")
         pending = asyncio.ensure_future(client.read(0, 512))
         await asyncio.sleep(0)
-        client._writer.write(b"\xde\xad" * 14)  # a request with a bad magic
+        sock = client._sock
+        assert sock is not None
+        sock.send(b"\xde\xad" * 14)  # a request with a bad magic
         await pending  # the read was answered before the garbage was parsed
         with pytest.raises(NbdConnectionClosed):
             await client.read(0, 512)

@@ -19,7 +19,6 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from openevs.agent.nbd.client import NbdClient
-from openevs.agent.nbd.errors import NbdConnectionClosed
 from openevs.contract import Peer
 
 log = logging.getLogger(__name__)
@@ -38,13 +37,9 @@ class LinkDown(Exception):
 
 
 class _LinkClient(NbdClient):
-    def abort(self) -> None:
+    def abort(self, reason: str = "link aborted") -> None:
         """Drop the connection now, failing every pending request (no DISC, no wait)."""
-        self._fail_all(NbdConnectionClosed("link aborted"))
-        transport = self._writer.transport
-        transport.abort()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
+        super().abort(reason)
 
 
 class PeerLink:

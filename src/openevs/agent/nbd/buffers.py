@@ -1,10 +1,11 @@
-"""Buffers of the NBD server's I/O layer: a pool of large buffers and the send queue.
+"""Buffers of the NBD I/O layers: a pool of large buffers and the send queue.
 
 Large read and write payloads (≥ 64 KiB) live in pooled bytearrays, so the
 hot path neither allocates nor page-faults megabytes per request. A pooled
 buffer goes back to the pool only once nothing uses it any more: for a write
 payload when the export's write returned, for read data once the send queue
-has pushed its last byte into the socket.
+has pushed its last byte into the socket. The client sends its requests
+through a `SendQueue` too (payloads queued by reference, never copied).
 """
 
 from __future__ import annotations
@@ -150,6 +151,16 @@ class SendQueue:
         release = self._release
         while release and release[0][0] <= self._sent_total:
             self._pool.put(release.popleft()[1])
+
+    def unshare(self, data: Buffer) -> None:
+        """Copy what is still queued of `data` (its owner wants the memory back)."""
+        if isinstance(data, bytes):
+            return
+        base = data.obj if isinstance(data, memoryview) else data
+        items = self._items
+        for i, item in enumerate(items):
+            if isinstance(item, memoryview) and item.obj is base or item is base:
+                items[i] = bytes(item)
 
     def clear(self) -> None:
         self._items.clear()

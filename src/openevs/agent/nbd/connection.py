@@ -24,10 +24,10 @@ import logging
 import socket
 from collections.abc import Callable, Sized
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import constants as c
-from .buffers import POOL_MIN_BYTES, FileRegion, SendQueue
+from .buffers import POOL_MIN_BYTES, BufferPool, FileRegion, SendQueue
 from .constants import Command, Errno
 from .eager import start_eagerly
 from .errors import ProtocolError
@@ -35,9 +35,6 @@ from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request
 from .export import Export
 from .protocol import ServerConnection
 from .replies import merge_extents
-
-if TYPE_CHECKING:
-    from .server import NbdServer
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +54,30 @@ def wire_errno(code: int | None) -> int:
     return Errno.EIO
 
 
+class Owner(Protocol):
+    """What a connection needs from the server that accepted it (read live: limits
+    may be changed while the server runs)."""
+
+    pool: BufferPool
+    max_in_flight: int
+    max_in_flight_bytes: int
+    max_output_bytes: int
+    handshake_timeout_s: float
+
+    async def resolve(self, name: str) -> Export | None:
+        """The export called `name`, or None (also when it is not for this client)."""
+
+    def register(self, conn: Connection, name: str) -> None:
+        """`conn` entered transmission on export `name`."""
+
+    def forget(self, conn: Connection) -> None:
+        """`conn` has ended."""
+
+
 class Connection:
     """One client connection: handshake coroutine, then callback-driven transmission."""
 
-    def __init__(self, server: NbdServer, sock: socket.socket) -> None:
+    def __init__(self, server: Owner, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
@@ -102,7 +119,7 @@ class Connection:
         finally:
             self.abort()
             self.sock.close()
-            self.server._forget(self)
+            self.server.forget(self)
 
     async def _handshake(self) -> bool:
         proto = self.proto
@@ -115,7 +132,7 @@ class Connection:
                     return False
                 proto.buffer_updated(n)
             elif isinstance(event, ExportLookup):
-                export = await self.server._resolve(event.name)
+                export = await self.server.resolve(event.name)
                 if export is None:
                     proto.export_not_found()
                 else:
@@ -128,7 +145,7 @@ class Connection:
                     proto.export_found(size_bytes=export.size_bytes, read_only=export.read_only)
             elif isinstance(event, ExportChosen):
                 self.name = event.name
-                self.server._register(self, event.name)
+                self.server.register(self, event.name)
                 await self._send_handshake()
                 return True
             elif isinstance(event, Disconnect):

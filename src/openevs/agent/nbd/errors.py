@@ -1,21 +1,17 @@
-"""Errors of the NBD layer.
+"""Errors of the NBD layer, under the project's one root (`OpenEvsError`).
 
-Protocol violations reuse the project's error tree (`LocalProtocolError` when
-we misuse the API or break the rules, `RemoteProtocolError` when the peer
-does). `NbdError` is an error reply from a server (carrying the wire errno);
-`NbdConnectionClosed` is a connection that ended while requests were pending.
+`ProtocolError` is a broken wire rule: `LocalProtocolError` when we misuse
+the sans-IO API or would break the rules, `RemoteProtocolError` when the
+peer did. `NbdError` is an error reply from a server (carrying the wire
+errno); `NbdConnectionClosed` is a connection that ended while requests
+were pending; `NbdOptionRefused` is a handshake option the server refused.
 """
 
 from __future__ import annotations
 
 import os
 
-from openevs.domain.errors import (
-    LocalProtocolError,
-    OpenEvsError,
-    ProtocolError,
-    RemoteProtocolError,
-)
+from openevs.domain.errors import OpenEvsError
 
 __all__ = [
     "LocalProtocolError",
@@ -26,6 +22,18 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
 ]
+
+
+class ProtocolError(OpenEvsError):
+    """A wire protocol rule was broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We broke the protocol's rules (a bug on our side or a misuse of the API)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol's rules."""
 
 
 class NbdError(OpenEvsError):

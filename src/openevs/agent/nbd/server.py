@@ -118,17 +118,19 @@ class NbdServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _resolve(self, name: str) -> Export | None:
+    # -- what its connections call (connection.Owner) ---------------------
+
+    async def resolve(self, name: str) -> Export | None:
         while True:
             epoch = self._drop_epoch
             export = await self._resolver(name)
             if epoch == self._drop_epoch:
                 return export  # no revocation raced with the lookup
 
-    def _register(self, conn: Connection, name: str) -> None:
+    def register(self, conn: Connection, name: str) -> None:
         self._by_name.setdefault(name, set()).add(conn)
 
-    def _forget(self, conn: Connection) -> None:
+    def forget(self, conn: Connection) -> None:
         self._connections.discard(conn)
         if conn.name is not None:
             peers = self._by_name.get(conn.name)
