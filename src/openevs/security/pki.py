@@ -41,6 +41,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from openevs.security import PeerRejected, PkiError
@@ -128,8 +129,7 @@ def read_bundle(path: Path) -> list[x509.Certificate]:
         raise PkiError(f"cannot read certificates from {path}: {exc}") from None
 
 
-def _public_der(key: ec.EllipticCurvePublicKey | object) -> bytes:
-    assert isinstance(key, ec.EllipticCurvePublicKey)
+def _public_der(key: CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -210,7 +210,7 @@ def load_authority(pki_dir: Path) -> Authority:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{key_path} is not an EC key")
     bundle = read_bundle(bundle_path)
-    mine = _public_der(key.public_key())
+    mine = _public_der(key.public_key())  # the bundle may hold other CAs, of any key type
     for cert in bundle:
         if _public_der(cert.public_key()) == mine:
             return Authority(key, cert, bundle)
@@ -305,6 +305,8 @@ def issue(
     _refuse_existing([files.key, files.cert], force)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
+    if authority.certificate.not_valid_after_utc <= now:
+        raise PkiError(f"the CA in {pki_dir} expired on {authority.certificate.not_valid_after_utc:%Y-%m-%d}")
     not_after = min(now + dt.timedelta(days=days), authority.certificate.not_valid_after_utc)
     ca_ski = authority.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (

@@ -8,11 +8,12 @@ import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -245,3 +246,40 @@ def test_a_key_that_fits_no_certificate_of_the_bundle_is_refused(tmp_path: Path,
     (ca_dir / "ca.key").write_bytes((tmp_path / "other" / "ca.key").read_bytes())
     with pytest.raises(PkiError, match="no certificate in .*ca.pem belongs to the key"):
         pki.load_authority(ca_dir)
+
+
+def _self_signed(key: Any, days: int) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else's CA")])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=2 * abs(days) + 1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_an_operator_ca_of_another_key_type_may_join_the_bundle(ca_dir: Path) -> None:
+    corporate = _self_signed(rsa.generate_private_key(public_exponent=65537, key_size=2048), 30)
+    with (ca_dir / "ca.pem").open("ab") as f:
+        f.write(corporate.public_bytes(serialization.Encoding.PEM))
+    assert len(pki.load_authority(ca_dir).bundle) == 2
+    pki.issue(ca_dir, CONTROLLER)
+
+
+def test_an_expired_ca_issues_nothing(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    tmp_path.joinpath("ca.pem").write_bytes(_self_signed(key, -1).public_bytes(serialization.Encoding.PEM))
+    tmp_path.joinpath("ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with pytest.raises(PkiError, match="expired on"):
+        pki.issue(tmp_path, CONTROLLER)
