@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # NBD port of the embedded agent of the i-th AZ is nbd_port_base + i; 0 = ephemeral.
     nbd_port_base: int = 10809
     nbd_host: str = "127.0.0.1"
+    # HTTPS for the public API: certificate and key (PEM), both or neither; tls_ca is the
+    # CA bundle clients verify with (default: the deployment CA if it issued tls_cert).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -117,6 +122,17 @@ class Settings(BaseSettings):
             result[key.strip()] = value.strip()
         return result
 
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _optional_path(cls, raw: Any) -> Any:
+        return None if isinstance(raw, str) and not raw.strip() else raw
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("OPENEVS_TLS_CERT and OPENEVS_TLS_KEY go together: set both or neither")
+        return self
+
     @field_validator("listen")
     @classmethod
     def _hostport(cls, value: str) -> str:
@@ -143,13 +159,18 @@ class Settings(BaseSettings):
         host, port = self.listen_host_port
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
-        return f"http://{host}:{port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{port}"
 
     def pool_dir(self, az: str) -> Path:
         return self.data_dir / "pools" / az
 
     def agent_dir(self) -> Path:
         return self.data_dir / "agents"
+
+    def pki_dir(self) -> Path:
+        """Where `openevs admin pki` keeps the deployment CA and certificates by default."""
+        return self.data_dir / "pki"
 
 
 class _EnvironSource(EnvSettingsSource):
@@ -201,5 +222,8 @@ def _describe(exc: ValidationError, origin: dict[str, str], values: dict[str, An
     for err in exc.errors():
         key = str(err["loc"][0]) if err["loc"] else ""
         message = str(err["msg"]).removeprefix("Value error, ")
+        if not key:  # a rule across settings names them itself
+            problems.append(message)
+            continue
         problems.append(f"{origin.get(key, key)}: {message} (got {values.get(key)!r})")
     return "; ".join(problems)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -123,6 +124,7 @@ class ServeProcess:
     database_url: str = ""
     admin_password: str | None = ADMIN_PASSWORD  # None: serve generates and prints one
     extra_env: dict[str, str] = field(default_factory=dict)
+    ca_file: Path | None = None  # with OPENEVS_TLS_CERT in extra_env: the CA bundle to verify it with
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
@@ -139,7 +141,12 @@ class ServeProcess:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.extra_env.get("OPENEVS_TLS_CERT") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify` for this serve: its CA bundle when it serves HTTPS."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     @property
     def clouds_yaml_path(self) -> Path:
@@ -213,7 +220,7 @@ class ServeProcess:
 
         def root_answers() -> bool:
             self._check_alive()
-            return httpx.get(self.base + "/", timeout=2).status_code == 300
+            return httpx.get(self.base + "/", timeout=2, verify=self.verify()).status_code == 300
 
         session: Session | None = None
         try:
@@ -297,7 +304,7 @@ class ServeProcess:
                 "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
             }
         }
-        client = httpx.Client(timeout=30)
+        client = httpx.Client(timeout=30, verify=self.verify())
         r = client.post(f"{self.base}/v3/auth/tokens", json=body)
         if r.status_code != 201:
             client.close()

@@ -1,4 +1,4 @@
-"""`openevs admin`: projects, users and roles, straight on the database."""
+"""`openevs admin`: projects, users and roles, straight on the database; the PKI (cli/pki.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from openevs.cli import pki
 from openevs.cli.server_side import prepare, settings_or_exit
 from openevs.db.models import Project, RoleAssignment, User
 from openevs.domain.errors import OpenEvsError
 from openevs.services import identity
 
-app = typer.Typer(help="Manage projects, users and roles (run on the controller host).", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage projects, users and roles, and the deployment's certificates (run on the controller host).",
+    no_args_is_help=True,
+)
 project_app = typer.Typer(help="Projects.", no_args_is_help=True)
 user_app = typer.Typer(help="Users.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(user_app, name="user")
+app.add_typer(pki.app, name="pki")
 out = Console()
 err = Console(stderr=True)
 

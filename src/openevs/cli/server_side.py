@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import typer
 import uvicorn
@@ -16,6 +19,9 @@ from openevs.agent.__main__ import agent
 from openevs.config import ConfigError, Settings, load_settings
 from openevs.db.session import Database, upgrade
 from openevs.runtime import Runtime
+from openevs.security import SecurityError
+from openevs.security.pki import CA_CERT, bundle_that_issued
+from openevs.security.tls import public_server_context
 from openevs.services import identity
 from openevs.witness.__main__ import witness
 
@@ -38,9 +44,38 @@ def _logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def api_ca_file(settings: Settings) -> Path | None:
+    """The CA bundle clients verify the API's certificate with (None: plain HTTP, or the system's).
+
+    OPENEVS_TLS_CA when set; else the deployment CA bundle (next to the
+    certificate, or in <data_dir>/pki) if it issued the certificate.
+    """
+    if settings.tls_cert is None:
+        return None
+    if settings.tls_ca is not None:
+        return settings.tls_ca.resolve()
+    candidates = [settings.tls_cert.parent / CA_CERT, settings.pki_dir() / CA_CERT]
+    try:
+        found = bundle_that_issued(settings.tls_cert, candidates)
+    except SecurityError:
+        return None  # the certificate itself is unreadable; api_tls_context says so
+    return found.resolve() if found else None
+
+
+def api_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server context of the public API, or None for plain HTTP; exit 2 if the files do not work."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        return public_server_context(settings.tls_cert, settings.tls_key)
+    except SecurityError as exc:
+        err.print(f"[red]configuration error:[/red] OPENEVS_TLS_CERT/OPENEVS_TLS_KEY: {exc.message}")
+        raise typer.Exit(2) from exc
+
+
 def clouds_yaml(settings: Settings, password: str | None) -> str:
     """The clouds.yaml of cloud `openevs` (admin in project admin) for openstacksdk and our client."""
-    cloud = {
+    cloud: dict[str, object] = {
         "auth": {
             "auth_url": f"{settings.endpoint}/v3",
             "username": "admin",
@@ -54,6 +89,9 @@ def clouds_yaml(settings: Settings, password: str | None) -> str:
         "block_storage_api_version": 2,
         "volume_api_version": 2,
     }
+    ca = api_ca_file(settings)
+    if ca is not None:
+        cloud["cacert"] = str(ca)
     text: str = yaml.safe_dump({"clouds": {"openevs": cloud}}, sort_keys=False, default_flow_style=False)
     return text
 
@@ -75,6 +113,9 @@ def _announce(settings: Settings, created: str | None) -> None:
         out.print(f"admin password (generated, shown once): [bold]{created}[/bold]")
     elif created:
         out.print("admin password: the value of OPENEVS_ADMIN_PASSWORD")
+    if settings.tls_cert is not None:
+        ca = api_ca_file(settings)
+        out.print(f"HTTPS with {settings.tls_cert}; clients verify it with {ca or 'the system CAs'}")
     snippet = clouds_yaml(settings, password)
     path = settings.data_dir / "clouds.yaml"
     if password:
@@ -98,10 +139,13 @@ class _ApiServer(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def _run_api(runtime: Runtime) -> None:
+def _run_api(runtime: Runtime, tls: ssl.SSLContext | None) -> None:
     from openevs.api.app import create_app
 
     host, port = runtime.settings.listen_host_port
+    tls_options: dict[str, Any] = {}
+    if tls is not None:
+        tls_options["ssl_context_factory"] = lambda _config, _default: tls
     config = uvicorn.Config(
         create_app(runtime),
         host=host,
@@ -111,6 +155,7 @@ def _run_api(runtime: Runtime) -> None:
         timeout_graceful_shutdown=5,
         limit_concurrency=512,
         h11_max_incomplete_event_size=16 * 1024,
+        **tls_options,
     )
     _ApiServer(config).run()
 
@@ -139,6 +184,7 @@ def serve() -> None:
 
     _logging()
     settings = settings_or_exit()
+    tls = api_tls_context(settings)
     db, created = prepare(settings)
     supervisor = AgentSupervisor(settings)
     supervisor.start()
@@ -152,7 +198,7 @@ def serve() -> None:
     reconciler.start()
     _announce(settings, created)
     try:
-        _run_api(runtime)
+        _run_api(runtime, tls)
     finally:
         reconciler.stop()
         supervisor.stop()
@@ -160,14 +206,15 @@ def serve() -> None:
 
 
 def api() -> None:
-    """Run the HTTP API only (with `openevs worker` elsewhere, on PostgreSQL)."""
+    """Run the HTTP(S) API only (with `openevs worker` elsewhere, on PostgreSQL)."""
     _logging()
     settings = settings_or_exit()
+    tls = api_tls_context(settings)
     db, created = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
     _announce(settings, created)
     try:
-        _run_api(runtime)
+        _run_api(runtime, tls)
     finally:
         runtime.close()
 

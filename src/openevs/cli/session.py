@@ -10,6 +10,7 @@ where; the commands turn it into exit code 1.
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class Credentials:
     project_domain_name: str = "Default"
     region_name: str | None = None
     source: str = ""
+    cacert: str | None = None  # CA bundle to verify an https auth_url with (default: the system's)
+    verify: bool = True  # False: accept any server certificate (clouds.yaml `verify: false`)
 
 
 # -- finding credentials -------------------------------------------------------
@@ -84,6 +87,8 @@ def _from_cloud(path: Path, name: str, cloud: Any) -> Credentials:
         project_domain_name=str(auth.get("project_domain_name") or auth.get("domain_name") or "Default"),
         region_name=cloud.get("region_name"),
         source=f"cloud {name!r} in {path}",
+        cacert=str(cloud["cacert"]) if cloud.get("cacert") else None,
+        verify=cloud.get("verify", True) is not False,
     )
 
 
@@ -103,6 +108,7 @@ def _from_env(env: dict[str, str]) -> Credentials | None:
         project_domain_name=env.get("OS_PROJECT_DOMAIN_NAME") or "Default",
         region_name=env.get("OS_REGION_NAME"),
         source="OS_* environment variables",
+        cacert=env.get("OS_CACERT") or None,
     )
 
 
@@ -173,12 +179,24 @@ def _endpoint(catalog: list[dict[str, Any]], kind: str, region: str | None) -> s
     return None
 
 
+def tls_verification(creds: Credentials) -> ssl.SSLContext | bool:
+    """How the client checks an https server: against creds.cacert, the system's CAs, or not at all."""
+    if not creds.verify:
+        return False
+    if creds.cacert is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=Path(creds.cacert).expanduser())
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"cannot use the CA bundle {creds.cacert} ({creds.source}): {exc}") from exc
+
+
 class ApiSession:
     """A scoped token plus the volumev2 and compute endpoints of its catalog."""
 
     def __init__(self, creds: Credentials, client: httpx.Client | None = None) -> None:
         self.creds = creds
-        self.client = client or httpx.Client(timeout=REQUEST_TIMEOUT_S)
+        self.client = client or httpx.Client(timeout=REQUEST_TIMEOUT_S, verify=tls_verification(creds))
         self.token = ""
         self.project_id = ""
         self.endpoints: dict[str, str] = {}
