@@ -122,7 +122,7 @@ class Shape:
         """`-c FIELD` of a command that prints one object."""
         return typer.Option(
             "--column", "-c", metavar="FIELD",
-            help=f"Show only this field of the {self.what} (repeat for more, in the order given), "
+            help=f"Show only this field of the {self.what} (repeatable, in the order given), "
             "e.g. -c id -c status: a key of its -f json, or a list column's name.",
         )
 
