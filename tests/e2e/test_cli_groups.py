@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from openevs.cli import client_groups
 from tests.e2e.conftest import ServeProcess
-from tests.e2e.test_cli import failing, ok, ok_json
+from tests.e2e.test_cli import assert_fits_80_columns, failing, ok, ok_json
 
 pytestmark = pytest.mark.e2e
 
@@ -47,10 +48,15 @@ def test_group_lifecycle(env: dict[str, str]) -> None:
                     "--name", "cli-cg", "--wait", "--timeout", "90")
     gid = group["id"]
     assert group["status"] == "available" and sorted(group["replication_ids"]) == sorted([p1, p2])
+    assert set(group) == set(client_groups.SHAPE.fields)
     assert [g["id"] for g in ok_json(env, "group", "list", "--name", "cli-cg")] == [gid]
     dr_of_p1 = pairs[0]["volume_ids"].split(",")[1]
     assert [g["id"] for g in ok_json(env, "group", "list", "--volume-id", dr_of_p1)] == [gid]
     assert gid in ok(env, "group", "list").stdout
+    assert_fits_80_columns(ok(env, "group", "list", columns=80).stdout, gid)
+    assert_fits_80_columns(ok(env, "group", "list", "--long", "-c", "id", "-c", "pairs", columns=80).stdout,
+                           gid, p1, p2)
+    assert ok(env, "group", "show", gid, "-f", "value", "-c", "status").stdout == "available\n"
     again = failing(env, "group", "create", "--pair", p1, "--priority-station", AZ_A)
     assert "already in group" in again.stderr and "HTTP 409" in again.stderr, again.stderr
 

@@ -1,8 +1,9 @@
 """The client side of `openevs`: one sub-command per resource family.
 
 Each family lives in its own module (`client_volumes`, `client_servers`,
-`client_replication`, `client_groups`) built on `client_common` (options,
-tables, JSON output, `--wait`) and `session` (credentials, token, HTTP).
+`client_replication`, `client_groups`) built on `client_format` (its columns
+and fields; `-f`, `-c`, `--long`), `client_common` (error exits, `--wait`)
+and `session` (credentials, token, HTTP).
 """
 
 from __future__ import annotations

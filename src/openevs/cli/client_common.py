@@ -1,26 +1,22 @@
-"""What every client command shares: options, error exits, tables, `--wait`.
+"""What every client command shares: error exits, the session, `--wait`.
 
-A resource family (volumes, servers, replication pairs, and consistency
-groups next) declares its table columns and how to tell "done" and "failed"
-from a fetched object; this module renders lists and single objects (a rich
-table, or the API's JSON with `-f json`) and polls with a deadline behind a
-progress bar. Human output and progress go to stderr where they would spoil
-`-f json` on stdout.
+A resource family (volumes, servers, replication pairs, consistency groups)
+tells how to recognise "done" and "failed" in a fetched object; this module
+polls with a deadline behind a progress bar. Results are printed by
+`client_format`; human status lines and progress go to stderr, where they
+cannot spoil `-f json` (or any other format) on stdout.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
@@ -29,12 +25,9 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
+from openevs.cli.client_format import err
 from openevs.cli.session import ApiSession, ClientError, NotFoundError, open_session
-
-out = Console()
-err = Console(stderr=True)
 
 DEFAULT_TIMEOUT_S = 600.0
 POLL_INTERVAL_S = 0.5
@@ -43,15 +36,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-FormatOption = Annotated[
-    OutputFormat,
-    typer.Option("--format", "-f", help="table (for people) or json (the API's objects, for scripts)."),
-]
 WaitOption = Annotated[
     bool, typer.Option("--wait", help="Poll until the work is finished and print the final status.")
 ]
@@ -97,61 +81,7 @@ def connect() -> Iterator[ApiSession]:
         api.close()
 
 
-# -- rendering ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    value: Callable[[dict[str, Any]], Any]
-
-
-def field(header: str, key: str) -> Column:
-    return Column(header, lambda obj: obj.get(key))
-
-
-def text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def print_json(value: Any) -> None:
-    # print() rather than rich: no highlighting, no wrapping, exactly parseable.
-    print(json.dumps(value, indent=2, sort_keys=False))
-
-
-def print_list(items: Sequence[dict[str, Any]], columns: Sequence[Column], fmt: OutputFormat,
-               title: str | None = None) -> None:
-    if fmt is OutputFormat.json:
-        print_json(list(items))
-        return
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for col in columns:
-        table.add_column(col.header, overflow="fold")
-    for item in items:
-        table.add_row(*(text(col.value(item)) for col in columns))
-    out.print(table)
-    if not items:
-        err.print("(none)")
-
-
-def print_object(obj: dict[str, Any], fmt: OutputFormat, title: str | None = None) -> None:
-    if fmt is OutputFormat.json:
-        print_json(obj)
-        return
-    table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("Field", style="cyan", no_wrap=True)
-    table.add_column("Value", overflow="fold")
-    for key, value in obj.items():
-        if key == "links":
-            continue
-        table.add_row(key, text(value))
-    out.print(table)
+# -- messages -------------------------------------------------------------------
 
 
 def say(message: str) -> None:
@@ -239,10 +169,15 @@ def percent_of(value: Any) -> float | None:
 
 def replication_state(item: dict[str, Any]) -> str:
     """`status / replication_status [N%]` of a pair or a group, for progress lines."""
-    state = f"{item.get('status')} / {item.get('replication_status') or '-'}"
-    if item.get("replication_status") == "copying" and item.get("progress") is not None:
-        state += f" {item['progress']}%"
-    return state
+    return f"{item.get('status')} / {replication_cell(item) or '-'}"
+
+
+def replication_cell(item: dict[str, Any]) -> str | None:
+    """A pair's or group's replication_status, with its progress while copying ("copying 42%")."""
+    status = item.get("replication_status")
+    if status == "copying" and item.get("progress") is not None:
+        return f"{status} {item['progress']}%"
+    return None if status is None else str(status)
 
 
 def replication_percent(item: dict[str, Any]) -> float | None:

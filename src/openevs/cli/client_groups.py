@@ -18,22 +18,28 @@ import typer
 
 from openevs.cli.client_common import (
     DEFAULT_TIMEOUT_S,
-    Column,
-    FormatOption,
-    OutputFormat,
     TimeoutOption,
     Waiter,
     WaitOption,
     api_command,
     connect,
     fetch_or_none,
-    field,
-    print_list,
-    print_object,
+    replication_cell,
     replication_percent,
     replication_state,
     say,
     wait,
+)
+from openevs.cli.client_format import (
+    Column,
+    FormatOption,
+    LongOption,
+    OutputFormat,
+    Shape,
+    list_view,
+    object_view,
+    print_list,
+    print_object,
 )
 from openevs.cli.session import ApiSession, ClientError
 
@@ -48,19 +54,30 @@ app = typer.Typer(
 )
 
 PATH = "/os-vendor-replication-consistency-groups"
-COLUMNS = [
-    field("ID", "id"),
-    field("Name", "name"),
-    field("Status", "status"),
-    field("Replication", "replication_status"),
-    field("Progress %", "progress"),
-    field("Priority station", "priority_station"),
-    field("Fault level", "fault_level"),
-    Column("Pairs", lambda g: ", ".join(g.get("replication_ids") or [])),
-]
+SHAPE = Shape(
+    what="consistency group",
+    columns=(
+        Column("ID", "id", ids=True),
+        Column("Name", "name"),
+        Column("Status", "status", wrap=False),
+        Column("Replication", "replication_status", render=replication_cell, wrap=False),
+        Column("Progress %", "progress", long=True),
+        Column("Priority station", "priority_station", long=True),
+        Column("Fault level", "fault_level", long=True),
+        Column("Pairs", "replication_ids", ids=True, long=True),
+    ),
+    # The keys of the API's group, in its order (tests/e2e/test_cli_groups.py keeps them in step).
+    fields=(
+        "id", "name", "description", "status", "priority_station", "replication_model",
+        "replication_status", "progress", "replication_ids", "created_at", "updated_at",
+        "failure_detail", "fault_level",
+    ),
+)
 FAILED_STATUSES = {"error", "error_deleting", "error_reversing", "error_failovering"}
 
 GroupId = Annotated[str, typer.Argument(help="The consistency group's ID.")]
+Columns = Annotated[list[str] | None, SHAPE.column_option()]
+Fields = Annotated[list[str] | None, SHAPE.field_option()]
 
 
 def get_group(api: ApiSession, group_id: str) -> dict[str, Any]:
@@ -130,16 +147,27 @@ def _action(api: ApiSession, group_id: str, body: dict[str, Any]) -> None:
     api.volume("POST", f"{PATH}/{group_id}/action", json=body)
 
 
-def _run_action(group_id: str, operation: str, key: str, wait_: bool, timeout_s: float,
-                fmt: OutputFormat) -> None:
+# The action body's key of each operation that takes no arguments.
+ACTIONS = {
+    "pause": "os-stop-replication-consistency-group",
+    "sync": "os-sync-replication-consistency-group",
+    "switchover": "os-reverse-replication-consistency-group",
+    "failover": "os-failover-replication-consistency-group",
+    "reprotect": "os-reprotect-replication-consistency-group",
+}
+
+
+def _run_action(group_id: str, operation: str, wait_: bool, timeout_s: float,
+                fmt: OutputFormat, fields: list[str] | None) -> None:
+    view = object_view(SHAPE, fmt, fields)
     with connect() as api:
-        _action(api, group_id, {key: None})
+        _action(api, group_id, {ACTIONS[operation]: None})
         if wait_:
             group = _follow(api, group_id, operation, timeout_s) or {}
         else:
             say(f"{operation} of group {group_id} accepted")
             group = get_group(api, group_id)
-    print_object(group, fmt)
+    print_object(group, view)
 
 
 @app.command("create")
@@ -156,8 +184,10 @@ def create(
     wait_: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
     """Group replication pairs (hypermetro); with --wait, until the group is available."""
+    view = object_view(SHAPE, fmt, fields)
     spec: dict[str, Any] = {
         "replication_ids": pairs, "priority_station": priority_station, "replication_model": "hypermetro",
     }
@@ -170,7 +200,7 @@ def create(
                      ["replication_consistency_group"])
         if wait_:
             group = _follow(api, group["id"], "create", timeout) or group
-    print_object(group, fmt)
+    print_object(group, view)
 
 
 @app.command("list")
@@ -182,21 +212,26 @@ def list_(
         "--priority-station", help="Only groups whose production disks are in this AZ.")] = None,
     volume_id: Annotated[str | None, typer.Option(
         "--volume-id", help="Only the group holding this disk (production or DR).")] = None,
+    long: LongOption = False,
+    columns: Columns = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
-    """List the project's consistency groups."""
+    """List the project's consistency groups; Replication shows the progress while copying."""
+    view = list_view(SHAPE, fmt, columns, long)
     params = {"name": name, "status": status, "priority_station": priority_station, "volume_id": volume_id}
     with connect() as api:
         page = api.volume("GET", PATH, params=params)
-    print_list(list(page.get("replication_consistency_groups", [])), COLUMNS, fmt)
+    print_list(list(page.get("replication_consistency_groups", [])), view)
 
 
 @app.command("show")
 @api_command
-def show(group_id: GroupId, fmt: FormatOption = OutputFormat.table) -> None:
+def show(group_id: GroupId, fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
     """Show one group: members, replication status, progress, fault level, failure detail."""
+    view = object_view(SHAPE, fmt, fields)
     with connect() as api:
-        print_object(get_group(api, group_id), fmt)
+        group = get_group(api, group_id)
+    print_object(group, view)
 
 
 @app.command("update")
@@ -214,6 +249,7 @@ def update(
     wait_: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
     """Rename a group, or add/remove members.
 
@@ -229,12 +265,13 @@ def update(
         spec["remove_replication_ids"] = remove
     if not spec:
         raise ClientError("nothing to update: give --name, --description, --add or --remove")
+    view = object_view(SHAPE, fmt, fields)
     with connect() as api:
         group = dict(api.volume("PUT", f"{PATH}/{group_id}", json={"replication_consistency_group": spec})
                      ["replication_consistency_group"])
         if wait_:
             group = _follow(api, group_id, "update", timeout) or group
-    print_object(group, fmt)
+    print_object(group, view)
 
 
 @app.command("delete")
@@ -256,63 +293,63 @@ def delete(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOption 
 @app.command("pause")
 @api_command
 def pause(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-          fmt: FormatOption = OutputFormat.table) -> None:
+          fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
     """Stop mirroring of every member at one instant (group must be available).
 
     The group shows active-stopped, then inactive as soon as a production disk is
     written. With --wait, until the pause shows in replication_status.
     """
-    _run_action(group_id, "pause", "os-stop-replication-consistency-group", wait_, timeout, fmt)
+    _run_action(group_id, "pause", wait_, timeout, fmt, fields)
 
 
 @app.command("sync")
 @api_command
 def sync(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-         fmt: FormatOption = OutputFormat.table) -> None:
+         fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
     """Resume mirroring: copy every region that differs (group must be available).
 
     With --wait, a progress bar while copying, until replication_status is active.
     After a failover use `reprotect`, not sync.
     """
-    _run_action(group_id, "sync", "os-sync-replication-consistency-group", wait_, timeout, fmt)
+    _run_action(group_id, "sync", wait_, timeout, fmt, fields)
 
 
 @app.command("switchover")
 @api_command
 def switchover(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-               fmt: FormatOption = OutputFormat.table) -> None:
+               fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
     """Planned switchover (os-reverse): the DR disks become production with no write lost.
 
     Only when the group is available and active (every member in sync; sync first
     otherwise). The priority station moves to the DR AZ; mirroring continues the
     other way. With --wait, until the group is available again.
     """
-    _run_action(group_id, "switchover", "os-reverse-replication-consistency-group", wait_, timeout, fmt)
+    _run_action(group_id, "switchover", wait_, timeout, fmt, fields)
 
 
 @app.command("failover")
 @api_command
 def failover(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-             fmt: FormatOption = OutputFormat.table) -> None:
+             fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
     """Fail over: the DR disks become writable production disks, also when the primary AZ is down.
 
     The old production disks are fenced (they refuse writes); mirroring stops
     (active-stopped). Afterwards run `reprotect` to mirror back. With --wait,
     until the group is failovered.
     """
-    _run_action(group_id, "failover", "os-failover-replication-consistency-group", wait_, timeout, fmt)
+    _run_action(group_id, "failover", wait_, timeout, fmt, fields)
 
 
 @app.command("reprotect")
 @api_command
 def reprotect(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-              fmt: FormatOption = OutputFormat.table) -> None:
+              fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
     """After a failover only: mirror the new production disks back to the old ones.
 
     Only the regions that differ are copied. With --wait, a progress bar while
     copying, until the group is available and active.
     """
-    _run_action(group_id, "reprotect", "os-reprotect-replication-consistency-group", wait_, timeout, fmt)
+    _run_action(group_id, "reprotect", wait_, timeout, fmt, fields)
 
 
 @app.command("extend")
@@ -324,6 +361,7 @@ def extend(
         "--size", help="The new, larger size in GB of the --pair before it (one --size per --pair).", min=1,
     )],
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
     """Grow both disks of member pairs, e.g. `extend G --pair P1 --size 20 --pair P2 --size 40`.
 
@@ -332,6 +370,7 @@ def extend(
     """
     if len(pairs) != len(sizes):
         raise ClientError(f"give one --size per --pair; got {len(pairs)} --pair and {len(sizes)} --size")
+    view = object_view(SHAPE, fmt, fields)
     body = {"os-extend-replication-volumes": {
         "replications": [{"id": pid, "new_size": size} for pid, size in zip(pairs, sizes, strict=True)],
     }}
@@ -340,4 +379,4 @@ def extend(
         say(f"pairs of group {group_id} extended: "
             + ", ".join(f"{pid} to {size} GB" for pid, size in zip(pairs, sizes, strict=True)))
         group = get_group(api, group_id)
-    print_object(group, fmt)
+    print_object(group, view)

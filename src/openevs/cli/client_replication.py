@@ -14,21 +14,28 @@ import typer
 
 from openevs.cli.client_common import (
     DEFAULT_TIMEOUT_S,
-    FormatOption,
-    OutputFormat,
     TimeoutOption,
     Waiter,
     WaitOption,
     api_command,
     connect,
     fetch_or_none,
-    field,
-    print_list,
-    print_object,
+    replication_cell,
     replication_percent,
     replication_state,
     say,
     wait,
+)
+from openevs.cli.client_format import (
+    Column,
+    FormatOption,
+    LongOption,
+    OutputFormat,
+    Shape,
+    list_view,
+    object_view,
+    print_list,
+    print_object,
 )
 from openevs.cli.session import ApiSession, ClientError
 
@@ -40,19 +47,39 @@ app = typer.Typer(
 )
 
 PATH = "/os-vendor-replications"
-COLUMNS = [
-    field("ID", "id"),
-    field("Name", "name"),
-    field("Status", "status"),
-    field("Replication", "replication_status"),
-    field("Progress %", "progress"),
-    field("Volumes", "volume_ids"),
-    field("Priority station", "priority_station"),
-    field("Fault level", "fault_level"),
-    field("Group", "replication_consistency_group_id"),
-]
+
+
+def volume_id_list(volume_ids: Any) -> Any:
+    """The API's comma-joined `volume_ids` ("prod,dr") as a list, one id per table line."""
+    return volume_ids.split(",") if isinstance(volume_ids, str) and volume_ids else volume_ids
+
+
+SHAPE = Shape(
+    what="replication pair",
+    columns=(
+        Column("ID", "id", ids=True),
+        Column("Name", "name"),
+        Column("Status", "status", wrap=False),
+        Column("Replication", "replication_status", render=replication_cell, wrap=False),
+        Column("Progress %", "progress", long=True),
+        Column("Volumes", "volume_ids", ids=True, long=True,
+               render=lambda p: volume_id_list(p.get("volume_ids"))),
+        Column("Priority station", "priority_station", long=True),
+        Column("Fault level", "fault_level", long=True),
+        Column("Group", "replication_consistency_group_id", ids=True, long=True),
+    ),
+    # The keys of the API's pair, in its order (tests/e2e/test_cli.py keeps them in step).
+    fields=(
+        "id", "name", "description", "status", "replication_consistency_group_id", "volume_ids",
+        "priority_station", "created_at", "updated_at", "replication_model", "replication_status",
+        "progress", "failure_detail", "record_metadata", "fault_level",
+    ),
+    cells={"volume_ids": volume_id_list},
+)
 
 PairId = Annotated[str, typer.Argument(help="The replication pair's ID.")]
+Columns = Annotated[list[str] | None, SHAPE.column_option()]
+Fields = Annotated[list[str] | None, SHAPE.field_option()]
 
 
 def get_pair(api: ApiSession, pair_id: str) -> dict[str, Any]:
@@ -92,8 +119,10 @@ def create(
     wait_: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
     """Pair two disks (hypermetro); with --wait, follow the initial copy until active."""
+    view = object_view(SHAPE, fmt, fields)
     if len(volumes) != 2:
         raise ClientError(f"give --volume exactly twice (production, then DR); got {len(volumes)}")
     spec: dict[str, Any] = {
@@ -113,7 +142,7 @@ def create(
             )
             pair = wait(waiter, timeout) or pair
             say(f"replication {pair['id']} is {pair.get('status')}, {pair.get('replication_status')}")
-    print_object(pair, fmt)
+    print_object(pair, view)
 
 
 @app.command("list")
@@ -123,22 +152,27 @@ def list_(
     volume_id: Annotated[str | None, typer.Option("--volume-id", help="Only the pair of this disk.")] = None,
     name: Annotated[str | None, typer.Option(help="Only pairs with this name.")] = None,
     group: Annotated[str | None, typer.Option(help="Only members of this consistency group.")] = None,
+    long: LongOption = False,
+    columns: Columns = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
-    """List the project's replication pairs."""
+    """List the project's replication pairs; Replication shows the progress while copying."""
+    view = list_view(SHAPE, fmt, columns, long)
     params = {"status": status, "volume_id": volume_id, "name": name,
               "replication_consistency_group_id": group}
     with connect() as api:
         page = api.volume("GET", PATH, params=params)
-    print_list(list(page.get("replications", [])), COLUMNS, fmt)
+    print_list(list(page.get("replications", [])), view)
 
 
 @app.command("show")
 @api_command
-def show(pair_id: PairId, fmt: FormatOption = OutputFormat.table) -> None:
+def show(pair_id: PairId, fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
     """Show one replication pair, with its progress, fault level and failure detail."""
+    view = object_view(SHAPE, fmt, fields)
     with connect() as api:
-        print_object(get_pair(api, pair_id), fmt)
+        pair = get_pair(api, pair_id)
+    print_object(pair, view)
 
 
 @app.command("delete")

@@ -8,21 +8,26 @@ import typer
 
 from openevs.cli.client_common import (
     DEFAULT_TIMEOUT_S,
-    Column,
-    FormatOption,
-    OutputFormat,
     TimeoutOption,
     Waiter,
     WaitOption,
     api_command,
     connect,
     fetch_or_none,
-    field,
-    print_json,
-    print_list,
-    print_object,
     say,
     wait,
+)
+from openevs.cli.client_format import (
+    Column,
+    FormatOption,
+    LongOption,
+    OutputFormat,
+    Shape,
+    list_view,
+    object_view,
+    print_list,
+    print_object,
+    print_structured,
 )
 from openevs.cli.session import ApiSession, ClientError
 
@@ -33,16 +38,38 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-COLUMNS = [
-    field("ID", "id"),
-    field("Name", "name"),
-    field("Status", "status"),
-    field("Size (GB)", "size"),
-    field("AZ", "availability_zone"),
-    field("Type", "volume_type"),
-    field("Multiattach", "multiattach"),
-    Column("Attached to", lambda v: ", ".join(a.get("server_id", "") for a in v.get("attachments", []))),
-]
+def attachment_lines(attachments: Any) -> Any:
+    """A disk's attachments in a Field/Value table: "SERVER on DEVICE", one a line."""
+    if not isinstance(attachments, list):
+        return attachments
+    return [f"{a.get('server_id')} on {a.get('device') or '-'}" for a in attachments]
+
+
+SHAPE = Shape(
+    what="disk",
+    columns=(
+        Column("ID", "id", ids=True),
+        Column("Name", "name"),
+        Column("Status", "status", wrap=False),
+        Column("Size", "size"),  # GB, as Cinder's `size`
+        Column("AZ", "availability_zone"),
+        Column("Type", "volume_type", long=True),
+        Column("Multiattach", "multiattach", long=True),
+        Column("Attached to", "attachments", ids=True, long=True,
+               render=lambda v: [a.get("server_id") for a in v.get("attachments", [])]),
+    ),
+    # The keys of the API's volume, in its order (tests/e2e/test_cli.py keeps them in step).
+    fields=(
+        "id", "links", "name", "status", "attachments", "availability_zone", "bootable", "encrypted",
+        "created_at", "updated_at", "description", "volume_type", "replication_status",
+        "consistencygroup_id", "source_volid", "snapshot_id", "metadata", "volume_image_metadata",
+        "size", "user_id", "os-vol-tenant-attr:tenant_id", "os-vol-host-attr:host", "shareable",
+        "multiattach", "storage_cluster_id",
+    ),
+    cells={"attachments": attachment_lines},
+)
+Columns = Annotated[list[str] | None, SHAPE.column_option()]
+Fields = Annotated[list[str] | None, SHAPE.field_option()]
 
 FAILED = {"error", "error_deleting", "error_extending"}
 
@@ -73,8 +100,13 @@ def create(
     wait_: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
-    """Create a disk; with --wait, until it is available."""
+    """Create a disk; with --wait, until it is available.
+
+    `-f value -c id` prints just the new disk's ID.
+    """
+    view = object_view(SHAPE, fmt, fields)
     spec: dict[str, Any] = {"size": size, "availability_zone": az, "multiattach": multiattach}
     for key, value in (("name", name), ("description", description), ("volume_type", volume_type)):
         if value is not None:
@@ -86,7 +118,7 @@ def create(
                                  and v.get("status") not in ("creating",)), timeout)
             volume = final or volume
             say(f"volume {volume['id']} is {volume.get('status')}")
-    print_object(volume, fmt)
+    print_object(volume, view)
 
 
 @app.command("list")
@@ -95,9 +127,12 @@ def list_(
     name: Annotated[str | None, typer.Option(help="Only disks with this name.")] = None,
     status: Annotated[str | None, typer.Option(help="Only disks in this status, e.g. available.")] = None,
     az: Annotated[str | None, typer.Option("--az", help="Only disks in this availability zone.")] = None,
+    long: LongOption = False,
+    columns: Columns = None,
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
-    """List the project's disks (every page)."""
+    """List the project's disks (every page); Size is in GB."""
+    view = list_view(SHAPE, fmt, columns, long)
     params: dict[str, Any] = {"name": name, "status": status, "availability_zone": az}
     items: list[dict[str, Any]] = []
     with connect() as api:
@@ -108,7 +143,7 @@ def list_(
             if not batch or not page.get("volumes_links"):
                 break
             params["marker"] = batch[-1]["id"]
-    print_list(items, COLUMNS, fmt)
+    print_list(items, view)
 
 
 @app.command("show")
@@ -116,10 +151,13 @@ def list_(
 def show(
     volume_id: Annotated[str, typer.Argument(help="The disk's ID.")],
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
     """Show one disk."""
+    view = object_view(SHAPE, fmt, fields)
     with connect() as api:
-        print_object(get_volume(api, volume_id), fmt)
+        volume = get_volume(api, volume_id)
+    print_object(volume, view)
 
 
 @app.command("update")
@@ -129,14 +167,16 @@ def update(
     name: Annotated[str | None, typer.Option(help="New display name.")] = None,
     description: Annotated[str | None, typer.Option(help="New description.")] = None,
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
     """Change a disk's name or description."""
+    view = object_view(SHAPE, fmt, fields)
     spec = {k: v for k, v in (("name", name), ("description", description)) if v is not None}
     if not spec:
         raise ClientError("nothing to update: give --name and/or --description")
     with connect() as api:
         volume = api.volume("PUT", f"/volumes/{volume_id}", json={"volume": spec})["volume"]
-    print_object(volume, fmt)
+    print_object(volume, view)
 
 
 @app.command("extend")
@@ -147,8 +187,10 @@ def extend(
     wait_: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
     fmt: FormatOption = OutputFormat.table,
+    fields: Fields = None,
 ) -> None:
     """Grow a disk (os-extend); with --wait, until it has the new size."""
+    view = object_view(SHAPE, fmt, fields)
     with connect() as api:
         api.volume("POST", f"/volumes/{volume_id}/action", json={"os-extend": {"new_size": size}})
         if wait_:
@@ -159,7 +201,7 @@ def extend(
             say(f"volume {volume_id} is {volume.get('status')}, {volume.get('size')} GB")
         else:
             volume = get_volume(api, volume_id)
-    print_object(volume, fmt)
+    print_object(volume, view)
 
 
 @app.command("delete")
@@ -191,14 +233,15 @@ def connect_(
     """Print the NBD URI of an attached disk (os-initialize_connection).
 
     Any NBD client reaches the disk there, e.g. `nbdinfo "$(openevs volume connect ID)"`.
+    With -f json or yaml: the whole connection_info; any other format prints the URI.
     """
     connector: dict[str, Any] = {"server_id": server} if server else {}
     with connect() as api:
         body = api.volume("POST", f"/volumes/{volume_id}/action",
                           json={"os-initialize_connection": {"connector": connector}})
     info = body["connection_info"]
-    if fmt is OutputFormat.json:
-        print_json(info)
+    if fmt in (OutputFormat.json, OutputFormat.yaml):
+        print_structured(info, fmt)
         return
     data = info.get("data", {})
     print(data.get("uri"))
