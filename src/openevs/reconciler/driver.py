@@ -146,7 +146,7 @@ class Kind(Generic[R]):
             if timed_out(runtime, _row(row)):
                 self.fail(runtime, row, step, rep.FD_LINK, f"agent unreachable: {exc}")
             else:
-                log.info("%s %s: agent unreachable, retrying: %s", self.machine.entity, _row(row).id, exc)
+                log.debug("%s %s: agent unreachable, retrying: %s", self.machine.entity, _row(row).id, exc)
         except StepFailed as exc:
             self.fail(runtime, row, step, exc.failure_detail, str(exc))
         except AgentRequestFailed as exc:

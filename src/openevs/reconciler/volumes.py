@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy import delete, exists, select
 
 from openevs.db.models import Attachment, ReplicationClaim, ReplicationPair, Volume, utcnow
+from openevs.domain.errors import OpenEvsError
 from openevs.domain.states import VOLUME_MACHINE, VolumeStatus, VolumeTrigger
 from openevs.domain.volumes import GIB
 from openevs.reconciler.driver import Kind, Step
@@ -79,6 +80,8 @@ def finish_pair_grows(runtime: Runtime) -> int:
     for pair in pairs:
         try:
             pair_growth.finish(runtime, pair.id)
+        except OpenEvsError as exc:  # an agent that cannot grow it now: the next pass retries
+            log.warning("pair %s: interrupted extend not finished yet: %s", pair.id, exc)
         except Exception:
             log.exception("pair %s: finishing an interrupted extend failed", pair.id)
     return len(pairs)

@@ -63,6 +63,13 @@ def claim(session: Session, pair: ReplicationPair, production: Volume, dr: Volum
                 f"replication pair {pair.id} is being extended to {vol.target_size_gb} GB; "
                 "retry when that is done"
             )
+        if new_gb <= vol.size_gb:
+            # The caller checked the size the pair had when it read it; an extend that
+            # finished since must not be followed by a "growth" to less.
+            raise ChangedConcurrently(
+                f"replication pair {pair.id} was extended to {vol.size_gb} GB meanwhile; "
+                "ask for more than that"
+            )
     for vol in (dr, production):
         expected = {"size_gb": vol.size_gb, "target_size_gb": vol.target_size_gb}
         if not set_if(session, Volume, vol.id, expected, target_size_gb=new_gb):

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from openevs.db.models import ReplicationPair, Volume, utcnow
-from openevs.domain.errors import Conflict, ServiceUnavailable
+from openevs.domain.errors import ChangedConcurrently, Conflict, ServiceUnavailable
 from openevs.domain.volumes import GIB
 from openevs.reconciler.volumes import finish_pair_grows
 from openevs.runtime import Runtime
@@ -85,3 +85,19 @@ def test_the_reconciler_finishes_a_claim_whose_request_died(runtime: Runtime, pr
     assert sizes(runtime, pid, prod, dr) == (2, [(2, 2), (2, 2)])
     assert (agent_gb(runtime, AZ_A, prod), agent_gb(runtime, AZ_B, dr)) == (2, 2)
     assert finish_pair_grows(runtime) == 0
+
+
+def test_a_claim_decided_on_a_stale_size_is_refused(runtime: Runtime, project_id: str) -> None:
+    """The race behind racing extends: a request that read the pair at 1 GB and then
+    waited must not claim 2 GB after another request grew it to 3 GB."""
+    pid, prod, dr = make_pair(runtime, project_id)
+    with UnitOfWork(runtime) as stale:
+        pair = stale.session.get(ReplicationPair, pid)
+        vols = stale.session.get(Volume, prod), stale.session.get(Volume, dr)
+        assert pair is not None and vols[0] is not None and vols[1] is not None
+        pair_growth.carry_out(runtime, [claim(runtime, pid, 3)])  # meanwhile, in another request
+        with pytest.raises(ChangedConcurrently):  # its rows still say 1 GB
+            pair_growth.claim(stale.session, pair, vols[0], vols[1], 2)
+    with pytest.raises(ChangedConcurrently):  # read afresh: 3 GB, and 2 is no growth
+        claim(runtime, pid, 2)
+    assert sizes(runtime, pid, prod, dr) == (3, [(3, 3), (3, 3)])
