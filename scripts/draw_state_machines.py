@@ -1,5 +1,6 @@
 """Draw every transition table of openevs.domain into docs/state-machines.md
-(Mermaid state diagrams), so the picture can never drift from the code.
+(Mermaid state diagrams), with the group step table of the reconciler and the
+switchover's decision table, so the picture can never drift from the code.
 
     .venv/bin/python scripts/draw_state_machines.py
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openevs.domain.replication import GROUP_TRANSITIONS, PAIR_TRANSITIONS
+from openevs.domain.replication import GROUP_MACHINE, GROUP_TRANSITIONS, PAIR_TRANSITIONS
 from openevs.domain.states import SERVER_TRANSITIONS, VOLUME_TRANSITIONS
+from openevs.domain.switchover import SWITCHOVER_MEMBER
+from openevs.reconciler.groups import STEPS as GROUP_STEPS
 
 TABLES = [
     ("EVS disk (volume)", VOLUME_TRANSITIONS),
@@ -31,6 +34,26 @@ def diagram(table: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
+def group_steps() -> str:
+    lines = [
+        "| status | plan in the row | step (`reconciler/groups.py`) | on failure |",
+        "|---|---|---|---|",
+    ]
+    for (status, kind), step in GROUP_STEPS.items():
+        plan = "none" if kind is None else f"`{kind.__name__}`"
+        failed = GROUP_MACHINE.next(status, step.fail)
+        name = getattr(step.run, "__name__", str(step.run))
+        lines.append(f"| {status} | {plan} | `{name}` | {step.fail} → {failed} |")
+    return "\n".join(lines)
+
+
+def switchover_table() -> str:
+    lines = ["| phase | old primary | action |", "|---|---|---|"]
+    for (phase, view), action in SWITCHOVER_MEMBER.items():
+        lines.append(f"| {phase} | {view} | {action} |")
+    return "\n".join(lines)
+
+
 def render() -> str:
     parts = [
         "# State machines",
@@ -41,6 +64,24 @@ def render() -> str:
     ]
     for title, table in TABLES:
         parts += ["", f"## {title}", "", diagram(table)]
+    parts += [
+        "",
+        "## The reconciler's step of each transitional group status",
+        "",
+        "Reprotect shows as `updating` (EVS has no reprotecting status); the plan the",
+        "request stored in the group row tells it apart.",
+        "",
+        group_steps(),
+        "",
+        "## Switchover: what each pass does with an old primary",
+        "",
+        "`domain/switchover.py`: a pass first prepares every old primary; when none waits it",
+        "demotes them all and checks each again (phase `demoted`); when none waits then, it",
+        "promotes the DR disks and flips the rows. `reconfirm`, `resume`, `restore` and `wait`",
+        "end the pass (the switchover fails after `agent_timeout_s`); `fail` fails it at once.",
+        "",
+        switchover_table(),
+    ]
     return "\n".join(parts) + "\n"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from openevs.agent.client import HttpAgentClient
 from tests.conftest import free_port
-from tests.e2e.conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 class StandaloneAgent:

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from tests.conftest import PG_ADMIN_URL, _drop_pg_database, _pg_database, free_port
+from tests.support.waiting import wait_for
 
 ADMIN_PASSWORD = "e2e-admin-secret"
 AZS = ("az1.dc1", "az2.dc2", "az3.dc3")
@@ -37,25 +38,6 @@ START_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 20.0
 
 T = TypeVar("T")
-
-
-def wait_for(
-    what: str, probe: Callable[[], T | None], timeout_s: float = 20.0, interval_s: float = 0.05
-) -> T:
-    """Call probe until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            result = probe()
-        except Exception as exc:  # noqa: BLE001 - remembered for the failure message
-            last_exc, result = exc, None
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{detail}")
-        time.sleep(interval_s)
 
 
 def pid_alive(pid: int) -> bool:

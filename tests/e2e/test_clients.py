@@ -17,7 +17,8 @@ import pytest
 import yaml
 from openstack import exceptions as os_exc
 
-from tests.e2e.conftest import ADMIN_PASSWORD, ServeProcess, wait_for
+from tests.e2e.conftest import ADMIN_PASSWORD, ServeProcess
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.e2e,

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import AZS, ServeProcess, Session, cmdline, pid_alive, wait_for
+from tests.e2e.conftest import AZS, ServeProcess, Session, cmdline, pid_alive
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,10 @@ from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.errors import NbdError
 from openevs.contract import ReplicationState
 from tests.e2e.agents import StandaloneAgent
-from tests.e2e.conftest import ServeProcess, Session, wait_for
-from tests.e2e.test_replication import make_disk, nbd_address, wait_json
+from tests.e2e.conftest import ServeProcess, Session
+from tests.e2e.test_replication import nbd_address
+from tests.support.api import make_disk, wait_group, wait_json
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -99,10 +101,6 @@ def group_state(session: Session, gid: str) -> dict[str, Any]:
     r = session.get(f"{GROUPS}/{gid}")
     assert r.status_code == 200, r.text
     return dict(r.json()["replication_consistency_group"])
-
-
-def wait_group(session: Session, gid: str, pred: Any, timeout_s: float = 90) -> dict[str, Any]:
-    return wait_json(session, f"{GROUPS}/{gid}", "replication_consistency_group", pred, timeout_s)
 
 
 def action(session: Session, gid: str, body: dict[str, Any]) -> None:

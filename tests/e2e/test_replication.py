@@ -15,7 +15,6 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +23,9 @@ from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.errors import NbdError
 from openevs.agent.supervisor import control_socket_path
 from tests.e2e.agents import StandaloneAgent
-from tests.e2e.conftest import ServeProcess, Session, wait_for
+from tests.e2e.conftest import ServeProcess, Session
+from tests.support.api import make_disk, wait_json
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,28 +44,6 @@ def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, Sessi
     finally:
         serve.close()
         agent.stop()
-
-
-def wait_json(session: Session, path: str, key: str, pred: Any, timeout_s: float = 60) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-
-    def check() -> bool:
-        nonlocal result
-        r = session.get(path)
-        assert r.status_code == 200, r.text
-        result = r.json()[key]
-        return bool(pred(result))
-
-    wait_for(f"{path} to satisfy the condition", check, timeout_s)
-    return result
-
-
-def make_disk(session: Session, az: str, size_gb: int = 1) -> str:
-    r = session.post("/v2/{p}/volumes", {"volume": {"size": size_gb, "availability_zone": az}})
-    assert r.status_code == 202, r.text
-    vid = r.json()["volume"]["id"]
-    wait_json(session, f"/v2/{{p}}/volumes/{vid}", "volume", lambda v: v["status"] == "available")
-    return str(vid)
 
 
 def nbd_address(session: Session, volume_id: str, az: str) -> tuple[str, int, str, bool]:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import AZS, ServeProcess, Session, pid_alive, wait_for
+from tests.e2e.conftest import AZS, ServeProcess, Session, pid_alive
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

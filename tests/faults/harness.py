@@ -30,8 +30,10 @@ from typing import Any
 from openevs.agent.client import HttpAgentClient
 from openevs.contract import ReplicationState
 from tests.conftest import free_port
-from tests.e2e.conftest import ServeProcess, Session, wait_for
+from tests.e2e.conftest import ServeProcess, Session
 from tests.faults.netlab import NetLab, NetnsUnavailable
+from tests.support.api import get_json, make_disk, wait_group, wait_json
+from tests.support.waiting import wait_for
 
 MIB = 1 << 20
 AZ_A, AZ_B = "az1.dc1", "az3.dc3"
@@ -205,37 +207,6 @@ class FaultStack:
 # -- API helpers ---------------------------------------------------------------------
 
 
-def get_json(s: Session, path: str, key: str) -> dict[str, Any]:
-    r = s.get(path)
-    assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text}"
-    return dict(r.json()[key])
-
-
-def wait_json(
-    s: Session, path: str, key: str, pred: Any, timeout_s: float = 90, what: str = ""
-) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-
-    def check() -> bool:
-        nonlocal last
-        last = get_json(s, path, key)
-        return bool(pred(last))
-
-    try:
-        wait_for(what or f"{path} to satisfy the condition", check, timeout_s, 0.1)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last seen: {last}") from None
-    return last
-
-
-def make_disk(s: Session, az: str, size_gb: int = 1) -> str:
-    r = s.post("/v2/{p}/volumes", {"volume": {"size": size_gb, "availability_zone": az}})
-    assert r.status_code == 202, r.text
-    vid = str(r.json()["volume"]["id"])
-    wait_json(s, f"/v2/{{p}}/volumes/{vid}", "volume", lambda v: v["status"] == "available")
-    return vid
-
-
 def grant(s: Session, volume_id: str, az: str) -> tuple[str, int, str, bool]:
     """Attach the disk to a stopped server of its AZ; the NBD (host, port, export, read_only)."""
     r = s.post("/v2.1/{p}/servers", {"server": {"name": f"h-{volume_id[:8]}", "availability_zone": az}})
@@ -278,10 +249,6 @@ def group(s: Session, gid: str) -> dict[str, Any]:
 
 def pair(s: Session, pid: str) -> dict[str, Any]:
     return get_json(s, f"{PAIRS}/{pid}", "replication")
-
-
-def wait_group(s: Session, gid: str, pred: Any, timeout_s: float = 90) -> dict[str, Any]:
-    return wait_json(s, f"{GROUPS}/{gid}", "replication_consistency_group", pred, timeout_s)
 
 
 def wait_pair(s: Session, pid: str, pred: Any, timeout_s: float = 90) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,3 +163,18 @@ def controller_factory(
 def api(controller_factory: Callable[..., Api]) -> Api:
     """A running controller and an admin token of project `admin`."""
     return controller_factory()
+
+
+@pytest.fixture
+def runtime(database: Database, supervisor: AgentSupervisor, tmp_path: Path) -> Iterator[Runtime]:
+    """A controller's Runtime on the test database with the session's agents (no API, no reconciler)."""
+    settings = make_settings(tmp_path / "data", database.url, supervisor)
+    rt = Runtime(settings, Database(database.url), {az: supervisor.client_for(az) for az in settings.azs})
+    yield rt
+    rt.db.dispose()
+
+
+@pytest.fixture
+def project_id(runtime: Runtime) -> str:
+    with runtime.db.session() as session:
+        return identity.create_project(session, f"p-{uuid.uuid4().hex[:8]}").id

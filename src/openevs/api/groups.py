@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
@@ -15,6 +16,7 @@ from openevs.api.volumes import _parse
 from openevs.db.models import ReplicationGroup
 from openevs.domain import codes
 from openevs.domain.errors import InvalidInput
+from openevs.runtime import Runtime
 from openevs.services import group_actions, groups
 
 router = APIRouter(prefix="/v2/{project_id}")
@@ -78,10 +80,8 @@ def group_view(group: ReplicationGroup, replication_ids: list[str]) -> dict[str,
     }
 
 
-def _view(runtime: RuntimeDep, group: ReplicationGroup) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        ids = [p.id for p in groups.members(session, group.id)]
-    return group_view(group, ids)
+def _body(shown: groups.GroupDetail) -> dict[str, Any]:
+    return {"replication_consistency_group": group_view(shown.group, shown.replication_ids)}
 
 
 @router.post(BASE, status_code=202)
@@ -96,10 +96,7 @@ def create_group(
         name=spec.name,
         description=spec.description,
     )
-    with runtime.db.session() as session:
-        group = groups.create_group(session, runtime.settings, project_id, new)
-    runtime.kick()
-    return JSONResponse({"replication_consistency_group": _view(runtime, group)}, status_code=202)
+    return JSONResponse(_body(groups.create_group(runtime, project_id, new)), status_code=202)
 
 
 class GroupListQuery(LongListQuery):
@@ -126,9 +123,7 @@ def list_groups(
 
 @router.get(BASE + "/{group_id}")
 def show_group(project_id: str, group_id: str, token: ScopedDep, runtime: RuntimeDep) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        group = groups.get_group(session, project_id, group_id)
-    return {"replication_consistency_group": _view(runtime, group)}
+    return _body(groups.show_group(runtime, project_id, group_id))
 
 
 @router.put(BASE + "/{group_id}", status_code=202)
@@ -136,35 +131,32 @@ def update_group(
     project_id: str, group_id: str, body: GroupUpdateBody, token: ScopedDep, runtime: RuntimeDep
 ) -> JSONResponse:
     spec = body.replication_consistency_group
-    with runtime.db.session() as session:
-        group = groups.update_group(
-            session,
-            project_id,
-            group_id,
-            spec.name,
-            spec.description,
-            spec.replication_model,
-            list(spec.add_replication_ids),
-            list(spec.remove_replication_ids),
-        )
-    runtime.kick()
-    return JSONResponse({"replication_consistency_group": _view(runtime, group)}, status_code=202)
+    shown = groups.update_group(
+        runtime,
+        project_id,
+        group_id,
+        spec.name,
+        spec.description,
+        spec.replication_model,
+        list(spec.add_replication_ids),
+        list(spec.remove_replication_ids),
+    )
+    return JSONResponse(_body(shown), status_code=202)
 
 
 @router.delete(BASE + "/{group_id}", status_code=202)
 def delete_group(project_id: str, group_id: str, token: ScopedDep, runtime: RuntimeDep) -> Response:
-    with runtime.db.session() as session:
-        groups.delete_group(session, project_id, group_id)
-    runtime.kick()
+    groups.delete_group(runtime, project_id, group_id)
     return Response(status_code=202)
 
 
-NULL_ACTIONS = {
-    "os-stop-replication-consistency-group",
-    "os-sync-replication-consistency-group",
-    "os-failover-replication-consistency-group",
-    "os-reverse-replication-consistency-group",
-    "os-reprotect-replication-consistency-group",
+# The actions without arguments, each one use case.
+NULL_ACTIONS: dict[str, Callable[[Runtime, str, str], None]] = {
+    "os-stop-replication-consistency-group": group_actions.pause_group,
+    "os-sync-replication-consistency-group": group_actions.sync_group,
+    "os-failover-replication-consistency-group": groups.failover_group,
+    "os-reverse-replication-consistency-group": groups.reverse_group,
+    "os-reprotect-replication-consistency-group": groups.reprotect_group,
 }
 EXTEND = "os-extend-replication-volumes"
 
@@ -195,24 +187,13 @@ def group_action(
         raise InvalidInput(
             f'{action} takes no arguments; send {{"{action}": null}}', code=codes.MALFORMED_REQUEST
         )
-    if action == "os-stop-replication-consistency-group":
-        group_actions.pause_group(runtime, project_id, group_id)
-    elif action == "os-sync-replication-consistency-group":
-        group_actions.sync_group(runtime, project_id, group_id)
+    if action in NULL_ACTIONS:
+        NULL_ACTIONS[action](runtime, project_id, group_id)
     elif action == EXTEND:
         group_actions.extend_group(runtime, project_id, group_id, _extend_sizes(args))
-    elif action in NULL_ACTIONS:
-        planner = {
-            "os-failover-replication-consistency-group": groups.plan_failover,
-            "os-reverse-replication-consistency-group": groups.plan_reverse,
-            "os-reprotect-replication-consistency-group": groups.plan_reprotect,
-        }[action]
-        with runtime.db.session() as session:
-            planner(session, project_id, group_id)
-        runtime.kick()
     else:
         raise InvalidInput(
-            f"unknown action {action[:64]!r}; supported: {', '.join(sorted(NULL_ACTIONS | {EXTEND}))}",
+            f"unknown action {action[:64]!r}; supported: {', '.join(sorted([*NULL_ACTIONS, EXTEND]))}",
             code=codes.MALFORMED_REQUEST,
         )
     return Response(status_code=200)

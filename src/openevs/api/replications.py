@@ -72,9 +72,7 @@ def create_pair(project_id: str, body: PairCreateBody, token: ScopedDep, runtime
         name=spec.name,
         description=spec.description,
     )
-    with runtime.db.session() as session:
-        pair = replications.create_pair(session, runtime.settings, project_id, new)
-    runtime.kick()
+    pair = replications.create_pair(runtime, project_id, new)
     return JSONResponse({"replication": pair_view(pair)}, status_code=202)
 
 
@@ -105,14 +103,10 @@ def list_pairs(
 
 @router.get("/os-vendor-replications/{replication_id}")
 def show_pair(project_id: str, replication_id: str, token: ScopedDep, runtime: RuntimeDep) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        pair = replications.get_pair(session, project_id, replication_id)
-    return {"replication": pair_view(pair)}
+    return {"replication": pair_view(replications.show_pair(runtime, project_id, replication_id))}
 
 
 @router.delete("/os-vendor-replications/{replication_id}", status_code=202)
 def delete_pair(project_id: str, replication_id: str, token: ScopedDep, runtime: RuntimeDep) -> Response:
-    with runtime.db.session() as session:
-        replications.delete_pair(session, project_id, replication_id)
-    runtime.kick()
+    replications.delete_pair(runtime, project_id, replication_id)
     return Response(status_code=202)

@@ -13,9 +13,9 @@ from openevs.api.identity import base_url
 from openevs.api.list_query import ListQuery, Text
 from openevs.api.timefmt import nova_time
 from openevs.db.models import Attachment, Server
-from openevs.domain.errors import InvalidInput, NotFound
+from openevs.domain.errors import InvalidInput
 from openevs.domain.states import ServerStatus, ServerTrigger
-from openevs.services import connections, servers
+from openevs.services import servers
 
 router = APIRouter(prefix="/v2.1/{project_id}")
 
@@ -84,17 +84,15 @@ def create_server(
     project_id: str, body: ServerCreateBody, token: ScopedDep, runtime: RuntimeDep, request: Request
 ) -> JSONResponse:
     spec = body.server
-    with runtime.db.session() as session:
-        server = servers.create_server(
-            session,
-            runtime.settings,
+    server = servers.create_server(
+            runtime,
             project_id,
             token.user_id,
             spec.name,
             spec.availability_zone,
             spec.imageRef or "",
             str(spec.flavorRef or ""),
-        )
+    )
     url = base_url(runtime, request)
     return JSONResponse(
         {
@@ -151,30 +149,14 @@ def list_servers_detail(
 def show_server(
     project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request
 ) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        server = servers.get_server(session, project_id, server_id)
-        atts = servers.attachments_of_server(session, server.id)
-    return {"server": server_view(server, atts, base_url(runtime, request))}
+    shown = servers.show_server(runtime, project_id, server_id)
+    return {"server": server_view(shown.server, shown.attachments, base_url(runtime, request))}
 
 
 @router.delete("/servers/{server_id}", status_code=204)
 def delete_server(project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep) -> Response:
-    with runtime.db.session() as session:
-        server = servers.get_server(session, project_id, server_id)
-        az = server.availability_zone
-        removed = servers.delete_server(session, project_id, server_id)
-    for att in removed:
-        _revoke_quietly(runtime, az, att.export_name)
+    servers.delete_server(runtime, project_id, server_id)
     return Response(status_code=204)
-
-
-def _revoke_quietly(runtime: RuntimeDep, az: str, export_name: str | None) -> None:
-    # The attachment is gone from the database; an agent that is down now
-    # drops the grant when the reconciler syncs exports after its restart.
-    try:
-        connections.revoke_attachment_export(runtime, az, export_name)
-    except Exception:  # noqa: BLE001 - best effort, reconciled later
-        runtime.kick()
 
 
 @router.post("/servers/{server_id}/action", status_code=202)
@@ -194,8 +176,7 @@ def server_action(
         raise InvalidInput(f"unknown server action {action[:64]!r}; supported: os-start, os-stop") from None
     if args not in (None, {}):
         raise InvalidInput(f'{action} takes no arguments; send {{"{action}": null}}')
-    with runtime.db.session() as session:
-        servers.server_action(session, project_id, server_id, trigger)
+    servers.server_action(runtime, project_id, server_id, trigger)
     return Response(status_code=202)
 
 
@@ -204,8 +185,7 @@ def attach(
     project_id: str, server_id: str, body: AttachBody, token: ScopedDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
     spec = body.volumeAttachment
-    with runtime.db.session() as session:
-        att = servers.attach_volume(session, project_id, server_id, spec.volumeId, spec.device)
+    att = servers.attach_volume(runtime, project_id, server_id, spec.volumeId, spec.device)
     return {"volumeAttachment": attachment_view(att)}
 
 
@@ -213,9 +193,7 @@ def attach(
 def list_attachments(
     project_id: str, server_id: str, token: ScopedDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        server = servers.get_server(session, project_id, server_id)
-        atts = servers.attachments_of_server(session, server.id)
+    atts = servers.list_attachments(runtime, project_id, server_id)
     return {"volumeAttachments": [attachment_view(a) for a in atts]}
 
 
@@ -223,21 +201,13 @@ def list_attachments(
 def show_attachment(
     project_id: str, server_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        server = servers.get_server(session, project_id, server_id)
-        for att in servers.attachments_of_server(session, server.id):
-            if att.volume_id == volume_id:
-                return {"volumeAttachment": attachment_view(att)}
-    raise NotFound(f"volume {volume_id[:64]} is not attached to server {server_id[:64]}")
+    att = servers.show_attachment(runtime, project_id, server_id, volume_id)
+    return {"volumeAttachment": attachment_view(att)}
 
 
 @router.delete("/servers/{server_id}/os-volume_attachments/{volume_id}", status_code=202)
 def detach(
     project_id: str, server_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep
 ) -> Response:
-    with runtime.db.session() as session:
-        server = servers.get_server(session, project_id, server_id)
-        az = server.availability_zone
-        att = servers.detach_volume(session, project_id, server_id, volume_id)
-    _revoke_quietly(runtime, az, att.export_name)
+    servers.detach_volume(runtime, project_id, server_id, volume_id)
     return Response(status_code=202)

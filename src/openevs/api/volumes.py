@@ -149,9 +149,7 @@ def create_volume(
         metadata=spec.metadata,
         multiattach=bool(spec.multiattach or spec.shareable),
     )
-    with runtime.db.session() as session:
-        volume = volumes.create_volume(session, runtime.settings, project_id, token.user_id, new)
-    runtime.kick()
+    volume = volumes.create_volume(runtime, project_id, token.user_id, new)
     return JSONResponse({"volume": volume_view(volume, [], base_url(runtime, request))}, 202)
 
 
@@ -219,10 +217,8 @@ def list_volumes_detail(
 def show_volume(
     project_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request
 ) -> dict[str, Any]:
-    with runtime.db.session() as session:
-        volume = volumes.get_volume(session, project_id, volume_id)
-        atts = volumes.attachments_of(session, [volume.id])[volume.id]
-    return {"volume": volume_view(volume, atts, base_url(runtime, request))}
+    shown = volumes.show_volume(runtime, project_id, volume_id)
+    return {"volume": volume_view(shown.volume, shown.attachments, base_url(runtime, request))}
 
 
 @router.put("/volumes/{volume_id}")
@@ -231,15 +227,13 @@ def update_volume(
     runtime: RuntimeDep, request: Request,
 ) -> dict[str, Any]:
     spec = body.volume
-    with runtime.db.session() as session:
-        volume = volumes.update_volume(
-            session, project_id, volume_id,
-            spec.name if spec.name is not None else spec.display_name,
-            spec.description if spec.description is not None else spec.display_description,
-            spec.metadata,
-        )
-        atts = volumes.attachments_of(session, [volume.id])[volume.id]
-    return {"volume": volume_view(volume, atts, base_url(runtime, request))}
+    shown = volumes.update_volume(
+        runtime, project_id, volume_id,
+        spec.name if spec.name is not None else spec.display_name,
+        spec.description if spec.description is not None else spec.display_description,
+        spec.metadata,
+    )
+    return {"volume": volume_view(shown.volume, shown.attachments, base_url(runtime, request))}
 
 
 @router.delete("/volumes/{volume_id}", status_code=202)
@@ -247,9 +241,7 @@ def delete_volume(
     project_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep,
     cascade: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Response:
-    with runtime.db.session() as session:
-        volumes.delete_volume(session, project_id, volume_id)
-    runtime.kick()
+    volumes.delete_volume(runtime, project_id, volume_id)
     return Response(status_code=202)
 
 
@@ -266,9 +258,7 @@ def volume_action(
     (action, args), = body.items()
     if action == "os-extend":
         parsed = _parse(ExtendArgs, args, "os-extend")
-        with runtime.db.session() as session:
-            volumes.extend_volume(session, runtime.settings, project_id, volume_id, parsed.new_size)
-        runtime.kick()
+        volumes.extend_volume(runtime, project_id, volume_id, parsed.new_size)
         return Response(status_code=202)
     if action == "os-initialize_connection":
         parsed = _parse(ConnectorArgs, args, action)

@@ -7,9 +7,10 @@ This works the same on SQLite (where FOR UPDATE does nothing) and PostgreSQL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
 from openevs.db.models import utcnow
@@ -23,18 +24,35 @@ def compare_and_set(
     new: str,
     *,
     unchanged: dict[str, Any] | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
     **values: Any,
 ) -> bool:
     """Move row `ident` from status `expected` to `new` (plus `values`); True if we won.
 
     `unchanged` names other columns the caller's decision rested on: the
     status alone can come back to `expected` (ABA) while they moved.
+    `where` adds conditions of other rows (e.g. "no attachment left").
     """
     conditions = [getattr(model, column) == value for column, value in (unchanged or {}).items()]
+    conditions += list(where)
     stmt = (
         update(model)
         .where(model.id == ident, model.status == expected, *conditions)
         .values(status=new, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(stmt)
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def set_if(session: Session, model: Any, ident: str, expected: dict[str, Any], **values: Any) -> bool:
+    """The same guard for columns other than the status: set `values` on row
+    `ident` only if its `expected` columns still hold; True if we won."""
+    conditions = [getattr(model, column) == value for column, value in expected.items()]
+    stmt = (
+        update(model)
+        .where(model.id == ident, *conditions)
+        .values(updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
     result = session.execute(stmt)

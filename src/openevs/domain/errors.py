@@ -38,6 +38,10 @@ class Conflict(DomainError):
     """Something the request claims is already claimed by another resource."""
 
 
+class ChangedConcurrently(Conflict):
+    """The resource moved on while the request was deciding (a lost compare-and-set)."""
+
+
 class QuotaExceeded(DomainError):
     """A per-project quota would be exceeded."""
 

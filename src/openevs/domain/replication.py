@@ -2,7 +2,7 @@
 
 Statuses are the exact strings of the EVS reference (appendix). The
 `replication_status` of a pair is never decided here: it is measured on the
-production disk's agent and copied as it is (see reconciler/replications.py).
+production disk's agent and copied as it is (see domain/measurement.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from openevs.domain.errors import InvalidInput
+from openevs.domain.states import StateMachine
 
 REPLICATION_MODEL = "hypermetro"
 
@@ -76,6 +77,7 @@ PAIR_TRANSITIONS: dict[tuple[PairStatus, PairTrigger], PairStatus] = {
 }
 
 PAIR_TRANSITIONAL = frozenset({P.CREATING, P.DELETING})
+PAIR_MACHINE = StateMachine("replication pair", PAIR_TRANSITIONS)
 
 
 class GroupStatus(StrEnum):
@@ -147,6 +149,7 @@ GROUP_TRANSITIONS: dict[tuple[GroupStatus, GroupTrigger], GroupStatus] = {
 }
 
 GROUP_TRANSITIONAL = frozenset({G.CREATING, G.UPDATING, G.REVERSING, G.FAILOVERING, G.DELETING})
+GROUP_MACHINE = StateMachine("replication consistency group", GROUP_TRANSITIONS)
 
 
 def check_model(model: str) -> None:
@@ -159,9 +162,3 @@ def check_model(model: str) -> None:
 def join_volume_ids(ids: list[str]) -> str:
     """The documented quirk: ONE comma-joined string, in the request's order."""
     return ",".join(ids)
-
-
-def progress_percent(copied_bytes: int, total_bytes: int) -> str:
-    if total_bytes <= 0:
-        return "100"
-    return str(min(100, copied_bytes * 100 // total_bytes))

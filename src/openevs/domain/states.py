@@ -8,8 +8,9 @@ lowercase strings the API shows.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from openevs.domain.errors import InvalidState
 
@@ -95,3 +96,18 @@ def next_state(table: Mapping[tuple[S, T], S], entity: str, state: S | str, trig
         f"cannot {trigger} {entity} in status {state}"
         + (f" (allowed in: {', '.join(allowed)})" if allowed else "")
     )
+
+
+@dataclass(frozen=True)
+class StateMachine(Generic[S, T]):
+    """One entity's transition table and the name its refusals use."""
+
+    entity: str
+    transitions: Mapping[tuple[S, T], S]
+
+    def next(self, state: S | str, trigger: T) -> S:
+        return next_state(self.transitions, self.entity, state, trigger)
+
+
+VOLUME_MACHINE = StateMachine("volume", VOLUME_TRANSITIONS)
+SERVER_MACHINE = StateMachine("server", SERVER_TRANSITIONS)

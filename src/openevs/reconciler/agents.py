@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from openevs.contract import AgentHealth, AgentRequestFailed, AgentUnavailable
 from openevs.db.models import Agent, Attachment, Volume, utcnow
+from openevs.reconciler.roles import push_roles
 from openevs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ class AgentWatcher:
                 .where(Volume.availability_zone == az, Attachment.export_name.is_not(None))
             ).all()
             known = set(session.scalars(select(Volume.id).where(Volume.availability_zone == az)))
-        from openevs.reconciler.replications import push_roles
-
         push_roles(self.runtime, az)
         for name, volume_id, read_only in grants:
             if name is not None:

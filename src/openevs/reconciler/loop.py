@@ -2,7 +2,8 @@
 
 It wakes when the API queued work (runtime.wake) or every
 `reconcile_interval_s`; each pass is idempotent, so a crash at any point
-resumes on restart. Exceptions are caught per resource, at the loop's top.
+resumes on restart. Every resource kind goes through the one step driver
+(reconciler/driver.py), which catches exceptions per resource.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import time
 
 from openevs.reconciler import groups, replications, volumes
 from openevs.reconciler.agents import AgentWatcher
+from openevs.reconciler.groups import GROUPS
+from openevs.reconciler.replications import PAIRS
+from openevs.reconciler.volumes import VOLUMES
 from openevs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,9 +38,10 @@ class Reconciler:
             self.watcher.check()
         # Transitions first (a failover must not wait behind measurements),
         # then one batched measurement per agent of every pair, then groups.
-        busy = volumes.step(self.runtime)
-        busy += replications.step(self.runtime)
-        busy += groups.step(self.runtime)
+        busy = VOLUMES.run(self.runtime)
+        busy += PAIRS.run(self.runtime)
+        busy += GROUPS.run(self.runtime)
+        volumes.finish_pair_grows(self.runtime)
         if replications.observe_all(self.runtime):
             busy += 1
         groups.aggregate(self.runtime)

@@ -14,17 +14,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from openevs.contract import AgentRequestFailed, AgentUnavailable
 from openevs.db.models import Agent, Attachment, Volume
 from openevs.domain.errors import InvalidInput, InvalidState, ServiceUnavailable
 from openevs.runtime import Runtime
+from openevs.services.agent_errors import call_agent
 from openevs.services.replications import pair_of_volume
+from openevs.services.unit_of_work import UnitOfWork
 from openevs.services.volumes import get_volume
 
 
 def agent_availability(runtime: Runtime) -> dict[str, bool]:
-    with runtime.db.session() as session:
-        rows = session.scalars(select(Agent))
+    with UnitOfWork(runtime) as uow:
+        rows = uow.session.scalars(select(Agent))
         return {row.availability_zone: row.healthy for row in rows}
 
 
@@ -40,15 +41,6 @@ def _pick_attachment(atts: list[Attachment], connector: dict[str, Any]) -> Attac
     raise InvalidInput("the volume has several attachments; put server_id in the connector")
 
 
-def _agent_call(fn: Any, *args: Any) -> None:
-    try:
-        fn(*args)
-    except AgentUnavailable as exc:
-        raise ServiceUnavailable(f"the storage agent is unreachable: {exc}") from exc
-    except AgentRequestFailed as exc:
-        raise ServiceUnavailable(f"the storage agent refused: {exc}") from exc
-
-
 def export_is_read_only(session: Session, volume_id: str) -> bool:
     """A DR disk (secondary role) of a replication pair is exported read-only."""
     pair = pair_of_volume(session, volume_id)
@@ -58,7 +50,8 @@ def export_is_read_only(session: Session, volume_id: str) -> bool:
 def initialize_connection(
     runtime: Runtime, project_id: str, volume_id: str, connector: dict[str, Any]
 ) -> dict[str, Any]:
-    with runtime.db.session() as session:
+    with UnitOfWork(runtime) as uow:
+        session = uow.session
         volume = get_volume(session, project_id, volume_id)
         atts = list(session.scalars(select(Attachment).where(Attachment.volume_id == volume.id)))
         if not atts:
@@ -69,9 +62,11 @@ def initialize_connection(
         att.export_read_only = export_is_read_only(session, volume.id)
         export_name, read_only, az = att.export_name, att.export_read_only, volume.availability_zone
         agent_row = session.get(Agent, az)
-    if agent_row is None or not agent_row.nbd_port:
-        raise ServiceUnavailable(f"the storage agent of {az} has not reported its NBD address yet")
-    _agent_call(runtime.agent(az).grant_export, export_name, volume_id, read_only)
+        if agent_row is None or not agent_row.nbd_port:
+            raise ServiceUnavailable(f"the storage agent of {az} has not reported its NBD address yet")
+        # The name is committed before the agent knows it: a grant the agent holds
+        # always has its row, and an agent restart re-grants it from the row.
+        uow.after_commit(lambda: _grant(runtime, az, export_name, volume_id, read_only))
     host, port = agent_row.nbd_host, agent_row.nbd_port
     return {
         "driver_volume_type": "nbd",
@@ -87,28 +82,32 @@ def initialize_connection(
     }
 
 
+def _grant(runtime: Runtime, az: str, export_name: str, volume_id: str, read_only: bool) -> None:
+    call_agent(runtime, az, lambda a: a.grant_export(export_name, volume_id, read_only))
+
+
 def terminate_connection(
     runtime: Runtime, project_id: str, volume_id: str, connector: dict[str, Any]
 ) -> None:
-    with runtime.db.session() as session:
-        volume = get_volume(session, project_id, volume_id)
-        atts = list(session.scalars(select(Attachment).where(Attachment.volume_id == volume.id)))
+    with UnitOfWork(runtime) as uow:
+        volume = get_volume(uow.session, project_id, volume_id)
+        atts = list(uow.session.scalars(select(Attachment).where(Attachment.volume_id == volume.id)))
         if not atts:
             return
         att = _pick_attachment(atts, connector)
         export_name, az = att.export_name, volume.availability_zone
         if export_name is None:
             return
-    _agent_call(runtime.agent(az).revoke_export, export_name)
-    with runtime.db.session() as session:
-        row = session.get(Attachment, att.id)
+    revoke_attachment_export(runtime, az, export_name)
+    with UnitOfWork(runtime) as uow:
+        row = uow.session.get(Attachment, att.id)
         if row is not None and row.export_name == export_name:
             row.export_name = None
 
 
 def revoke_attachment_export(runtime: Runtime, az: str, export_name: str | None) -> None:
     if export_name:
-        _agent_call(runtime.agent(az).revoke_export, export_name)
+        call_agent(runtime, az, lambda a: a.revoke_export(export_name))
 
 
 def regrant_exports(runtime: Runtime, volume_ids: list[str]) -> None:

@@ -1,10 +1,12 @@
-"""Replication consistency group use cases.
+"""Replication consistency group use cases: create, show, update, delete,
+and the planned actions (failover, switchover, reprotect).
 
 Requests are checked against the documented constraints and refused at
-once; state changes go through GROUP_TRANSITIONS with compare-and-set, and
-the agent work of transitional statuses (creating, updating, failovering,
-reversing, deleting) is done by reconciler/groups.py. Pause, sync and
-extend act on the agents within the request (they answer 200 when done).
+once; state changes go through GROUP_MACHINE with compare-and-set, and the
+agent work of transitional statuses (creating, updating, failovering,
+reversing, deleting) is done by reconciler/groups.py, woken after the
+commit. Pause, sync and extend act on the agents within the request
+(services/group_actions.py).
 """
 
 from __future__ import annotations
@@ -18,22 +20,17 @@ from sqlalchemy.orm import Session
 
 from openevs.config import Settings
 from openevs.contract import FailoverPlan, MembershipPlan, PairFlip, ReprotectPlan, SwitchoverPlan, dump_plan
-from openevs.db.cas import compare_and_set
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import codes
 from openevs.domain import replication as rep
 from openevs.domain.errors import Conflict, InvalidInput, InvalidState, NotFound
-from openevs.domain.replication import (
-    GROUP_TRANSITIONS,
-    GroupStatus,
-    GroupTrigger,
-    PairStatus,
-    ReplicationStatus,
-)
-from openevs.domain.states import next_state
+from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger, PairStatus, ReplicationStatus
 from openevs.domain.volumes import check_text
+from openevs.runtime import Runtime
+from openevs.services import unit_of_work
 from openevs.services.listing import Page, paginate
 from openevs.services.replications import new_link_export
+from openevs.services.unit_of_work import UnitOfWork
 
 GROUP_SORT_KEYS = ("created_at", "updated_at", "name", "status", "id")
 PAUSED = (ReplicationStatus.ACTIVE_STOPPED, ReplicationStatus.INACTIVE)
@@ -46,6 +43,12 @@ class NewGroup:
     replication_model: str
     name: str | None = None
     description: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupDetail:
+    group: ReplicationGroup
+    replication_ids: list[str]
 
 
 def get_group(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
@@ -67,11 +70,12 @@ def members(session: Session, group_id: str) -> list[ReplicationPair]:
     )
 
 
+def detail(session: Session, group: ReplicationGroup) -> GroupDetail:
+    return GroupDetail(group, [p.id for p in members(session, group.id)])
+
+
 def transition(session: Session, group: ReplicationGroup, trigger: GroupTrigger, **values: Any) -> None:
-    new = next_state(GROUP_TRANSITIONS, "replication consistency group", group.status, trigger)
-    if not compare_and_set(session, ReplicationGroup, group.id, group.status, new, **values):
-        raise Conflict("the group changed status concurrently; retry the request")
-    session.refresh(group)
+    unit_of_work.transition(session, GROUP_MACHINE, group, trigger, **values)
 
 
 def _load_pairs(session: Session, project_id: str, ids: list[str], station: str) -> list[ReplicationPair]:
@@ -159,7 +163,19 @@ def _check_limits(session: Session, settings: Settings, station: str, dr_azs: se
             )
 
 
-def create_group(session: Session, settings: Settings, project_id: str, new: NewGroup) -> ReplicationGroup:
+def create_group(runtime: Runtime, project_id: str, new: NewGroup) -> GroupDetail:
+    with UnitOfWork(runtime) as uow:
+        group = _new_group(uow.session, uow.settings, project_id, new)
+        uow.wake_reconciler()
+        return detail(uow.session, group)
+
+
+def show_group(runtime: Runtime, project_id: str, group_id: str) -> GroupDetail:
+    with UnitOfWork(runtime) as uow:
+        return detail(uow.session, get_group(uow.session, project_id, group_id))
+
+
+def _new_group(session: Session, settings: Settings, project_id: str, new: NewGroup) -> ReplicationGroup:
     rep.check_model(new.replication_model)
     check_text(new.name, "name")
     check_text(new.description, "description")
@@ -208,6 +224,24 @@ def list_groups(
 
 
 def update_group(
+    runtime: Runtime,
+    project_id: str,
+    group_id: str,
+    name: str | None,
+    description: str | None,
+    replication_model: str | None,
+    add_ids: list[str],
+    remove_ids: list[str],
+) -> GroupDetail:
+    with UnitOfWork(runtime) as uow:
+        group = _update(
+            uow.session, project_id, group_id, name, description, replication_model, add_ids, remove_ids
+        )
+        uow.wake_reconciler()
+        return detail(uow.session, group)
+
+
+def _update(
     session: Session,
     project_id: str,
     group_id: str,
@@ -258,16 +292,17 @@ def update_group(
     return group
 
 
-def delete_group(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
-    group = get_group(session, project_id, group_id)
-    if group.status == GroupStatus.DELETING:
-        return group
-    if members(session, group.id):
-        raise InvalidState(
-            "the group still has replication pairs; remove them first (PUT remove_replication_ids)"
-        )
-    transition(session, group, GroupTrigger.DELETE)
-    return group
+def delete_group(runtime: Runtime, project_id: str, group_id: str) -> None:
+    with UnitOfWork(runtime) as uow:
+        group = get_group(uow.session, project_id, group_id)
+        uow.wake_reconciler()
+        if group.status == GroupStatus.DELETING:
+            return
+        if members(uow.session, group.id):
+            raise InvalidState(
+                "the group still has replication pairs; remove them first (PUT remove_replication_ids)"
+            )
+        transition(uow.session, group, GroupTrigger.DELETE)
 
 
 def _flip_plan(pairs: list[ReplicationPair]) -> dict[str, PairFlip]:
@@ -284,36 +319,40 @@ def _flip_plan(pairs: list[ReplicationPair]) -> dict[str, PairFlip]:
     }
 
 
-def plan_failover(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
+def failover_group(runtime: Runtime, project_id: str, group_id: str) -> None:
     """Record the new epoch and link of every member, then enter failovering."""
-    group = get_group(session, project_id, group_id)
-    pairs = members(session, group.id)
-    if not pairs:
-        raise InvalidState("the group has no replication pairs to fail over")
-    pending = dump_plan(FailoverPlan(pairs=_flip_plan(pairs)))
-    transition(session, group, GroupTrigger.FAILOVER, pending=pending)
-    return group
+    with UnitOfWork(runtime) as uow:
+        group = get_group(uow.session, project_id, group_id)
+        pairs = members(uow.session, group.id)
+        if not pairs:
+            raise InvalidState("the group has no replication pairs to fail over")
+        pending = dump_plan(FailoverPlan(pairs=_flip_plan(pairs)))
+        transition(uow.session, group, GroupTrigger.FAILOVER, pending=pending)
+        uow.wake_reconciler()
 
 
-def plan_reverse(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
-    group = get_group(session, project_id, group_id)
-    pairs = members(session, group.id)
-    if group.status == GroupStatus.AVAILABLE and group.replication_status != ReplicationStatus.ACTIVE:
-        raise InvalidState(
-            "a switchover needs every pair in sync (replication_status active, not "
-            f"{group.replication_status}); sync the group first"
-        )
-    if not pairs:
-        raise InvalidState("the group has no replication pairs to switch over")
-    transition(
-        session, group, GroupTrigger.REVERSE, pending=dump_plan(SwitchoverPlan(pairs=_flip_plan(pairs)))
-    )
-    return group
+def reverse_group(runtime: Runtime, project_id: str, group_id: str) -> None:
+    """Switchover: record the flip of every member, then enter reversing."""
+    with UnitOfWork(runtime) as uow:
+        group = get_group(uow.session, project_id, group_id)
+        pairs = members(uow.session, group.id)
+        if group.status == GroupStatus.AVAILABLE and group.replication_status != ReplicationStatus.ACTIVE:
+            raise InvalidState(
+                "a switchover needs every pair in sync (replication_status active, not "
+                f"{group.replication_status}); sync the group first"
+            )
+        if not pairs:
+            raise InvalidState("the group has no replication pairs to switch over")
+        pending = dump_plan(SwitchoverPlan(pairs=_flip_plan(pairs)))
+        transition(uow.session, group, GroupTrigger.REVERSE, pending=pending)
+        uow.wake_reconciler()
 
 
-def plan_reprotect(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
-    group = get_group(session, project_id, group_id)
-    if not members(session, group.id):
-        raise InvalidState("the group has no replication pairs to reprotect")
-    transition(session, group, GroupTrigger.REPROTECT, pending=dump_plan(ReprotectPlan()))
-    return group
+def reprotect_group(runtime: Runtime, project_id: str, group_id: str) -> None:
+    """Enter updating with a reprotect plan: the reconciler resyncs towards the old primaries."""
+    with UnitOfWork(runtime) as uow:
+        group = get_group(uow.session, project_id, group_id)
+        if not members(uow.session, group.id):
+            raise InvalidState("the group has no replication pairs to reprotect")
+        transition(uow.session, group, GroupTrigger.REPROTECT, pending=dump_plan(ReprotectPlan()))
+        uow.wake_reconciler()

@@ -2,7 +2,7 @@
 
 Every constraint that can be known at once is checked here and refused with
 the documented failure_detail code; the agent work (roles, link, initial
-copy, teardown) is done by reconciler/replications.py.
+copy, teardown) is done by reconciler/replications.py, woken after the commit.
 """
 
 from __future__ import annotations
@@ -10,22 +10,22 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from openevs.config import Settings
-from openevs.db.cas import compare_and_set
 from openevs.db.models import Attachment, ReplicationClaim, ReplicationPair, Server, Volume
 from openevs.domain import codes
 from openevs.domain import replication as rep
 from openevs.domain.errors import Conflict, InvalidInput, InvalidState, NotFound
-from openevs.domain.replication import PAIR_TRANSITIONS, PairStatus, PairTrigger
-from openevs.domain.states import ServerStatus, VolumeStatus, next_state
+from openevs.domain.replication import PAIR_MACHINE, PairStatus, PairTrigger
+from openevs.domain.states import ServerStatus, VolumeStatus
 from openevs.domain.volumes import check_text
+from openevs.runtime import Runtime
 from openevs.services.listing import Page, paginate
+from openevs.services.unit_of_work import UnitOfWork, transition
 
 PAIR_SORT_KEYS = ("created_at", "updated_at", "name", "status", "id")
 USABLE_VOLUME_STATUSES = (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE)
@@ -93,7 +93,19 @@ def _check_dr_servers(session: Session, dr: Volume) -> None:
         )
 
 
-def create_pair(session: Session, settings: Settings, project_id: str, new: NewPair) -> ReplicationPair:
+def create_pair(runtime: Runtime, project_id: str, new: NewPair) -> ReplicationPair:
+    with UnitOfWork(runtime) as uow:
+        pair = _new_pair(uow.session, uow.settings, project_id, new)
+        uow.wake_reconciler()
+    return pair
+
+
+def show_pair(runtime: Runtime, project_id: str, pair_id: str) -> ReplicationPair:
+    with UnitOfWork(runtime) as uow:
+        return get_pair(uow.session, project_id, pair_id)
+
+
+def _new_pair(session: Session, settings: Settings, project_id: str, new: NewPair) -> ReplicationPair:
     rep.check_model(new.replication_model)
     check_text(new.name, "name")
     check_text(new.description, "description")
@@ -183,24 +195,18 @@ def list_pairs(
     return paginate(session, ReplicationPair, stmt, page)
 
 
-def pair_transition(session: Session, pair: ReplicationPair, trigger: PairTrigger, **values: Any) -> bool:
-    new = next_state(PAIR_TRANSITIONS, "replication pair", pair.status, trigger)
-    return compare_and_set(session, ReplicationPair, pair.id, pair.status, new, **values)
-
-
-def delete_pair(session: Session, project_id: str, pair_id: str) -> ReplicationPair:
-    pair = get_pair(session, project_id, pair_id)
-    if pair.status == PairStatus.DELETING:
-        return pair
-    if pair.group_id is not None:
-        raise InvalidState(
-            f"the pair is a member of replication consistency group {pair.group_id}; "
-            "remove it from the group first"
-        )
-    if not pair_transition(session, pair, PairTrigger.DELETE):
-        raise InvalidState("the pair changed status concurrently; retry")
-    session.refresh(pair)
-    return pair
+def delete_pair(runtime: Runtime, project_id: str, pair_id: str) -> None:
+    with UnitOfWork(runtime) as uow:
+        pair = get_pair(uow.session, project_id, pair_id)
+        uow.wake_reconciler()
+        if pair.status == PairStatus.DELETING:
+            return
+        if pair.group_id is not None:
+            raise InvalidState(
+                f"the pair is a member of replication consistency group {pair.group_id}; "
+                "remove it from the group first"
+            )
+        transition(uow.session, PAIR_MACHINE, pair, PairTrigger.DELETE)
 
 
 def pair_of_volume(session: Session, volume_id: str) -> ReplicationPair | None:

@@ -1,34 +1,49 @@
-"""Server use cases (the consumers of disks): create, start/stop, delete,
-attach and detach volumes.
+"""Server use cases (the consumers of disks): create, show, start/stop,
+delete, attach and detach volumes.
 
 Attaching moves the volume to in-use with a compare-and-set, so two servers
 racing for one non-multiattach disk cannot both win; detaching the last
-attachment moves it back to available only if no attachment remains.
+attachment moves it back to available only if no attachment remains. The
+export of a removed attachment is revoked on its agent after the commit.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+from dataclasses import dataclass
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session
 
-from openevs.config import Settings
-from openevs.db.models import Attachment, Server, Volume, utcnow
-from openevs.domain.errors import Conflict, InvalidInput, InvalidState, NotFound
+from openevs.db.cas import compare_and_set
+from openevs.db.models import Attachment, Server, Volume
+from openevs.domain.errors import Conflict, InvalidInput, InvalidState, NotFound, ServiceUnavailable
 from openevs.domain.states import (
-    SERVER_TRANSITIONS,
+    SERVER_MACHINE,
+    VOLUME_MACHINE,
     ServerStatus,
     ServerTrigger,
     VolumeStatus,
-    next_state,
+    VolumeTrigger,
 )
 from openevs.domain.volumes import check_text
+from openevs.runtime import Runtime
+from openevs.services.connections import revoke_attachment_export
 from openevs.services.listing import Page, paginate
+from openevs.services.unit_of_work import UnitOfWork, transition
 from openevs.services.volumes import get_volume
+
+log = logging.getLogger(__name__)
 
 SERVER_SORT_KEYS = ("created_at", "updated_at", "name", "status", "id")
 MAX_ATTACHMENTS = 24
+
+
+@dataclass(frozen=True)
+class ServerDetail:
+    server: Server
+    attachments: list[Attachment]
 
 
 def get_server(session: Session, project_id: str, server_id: str) -> Server:
@@ -39,8 +54,7 @@ def get_server(session: Session, project_id: str, server_id: str) -> Server:
 
 
 def create_server(
-    session: Session,
-    settings: Settings,
+    runtime: Runtime,
     project_id: str,
     user_id: str,
     name: str,
@@ -51,24 +65,30 @@ def create_server(
     if not name or not name.strip():
         raise InvalidInput("server name must not be empty")
     check_text(name, "server name")
-    az = availability_zone or settings.azs[0]
-    if az not in settings.azs:
-        raise InvalidInput(
-            f"availability zone {az[:64]!r} does not exist; choose one of {', '.join(settings.azs)}"
+    azs = runtime.settings.azs
+    az = availability_zone or azs[0]
+    if az not in azs:
+        raise InvalidInput(f"availability zone {az[:64]!r} does not exist; choose one of {', '.join(azs)}")
+    with UnitOfWork(runtime) as uow:
+        server = Server(
+            id=str(uuid.uuid4()),
+            project_id=project_id,
+            user_id=user_id,
+            name=name,
+            availability_zone=az,
+            status=ServerStatus.ACTIVE,
+            image_ref=image_ref[:255],
+            flavor_ref=flavor_ref[:255],
         )
-    server = Server(
-        id=str(uuid.uuid4()),
-        project_id=project_id,
-        user_id=user_id,
-        name=name,
-        availability_zone=az,
-        status=ServerStatus.ACTIVE,
-        image_ref=image_ref[:255],
-        flavor_ref=flavor_ref[:255],
-    )
-    session.add(server)
-    session.flush()
+        uow.session.add(server)
+        uow.session.flush()
     return server
+
+
+def show_server(runtime: Runtime, project_id: str, server_id: str) -> ServerDetail:
+    with UnitOfWork(runtime) as uow:
+        server = get_server(uow.session, project_id, server_id)
+        return ServerDetail(server, attachments_of_server(uow.session, server.id))
 
 
 def list_servers(
@@ -82,18 +102,23 @@ def list_servers(
     return paginate(session, Server, stmt, page)
 
 
-def server_action(session: Session, project_id: str, server_id: str, trigger: ServerTrigger) -> Server:
-    server = get_server(session, project_id, server_id)
-    new = next_state(SERVER_TRANSITIONS, "server", server.status, trigger)
-    result = session.execute(
-        update(Server)
-        .where(Server.id == server.id, Server.status == server.status)
-        .values(status=new, updated_at=utcnow())
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict("the server changed state concurrently; retry")
-    session.refresh(server)
-    return server
+def server_action(runtime: Runtime, project_id: str, server_id: str, trigger: ServerTrigger) -> None:
+    with UnitOfWork(runtime) as uow:
+        server = get_server(uow.session, project_id, server_id)
+        transition(uow.session, SERVER_MACHINE, server, trigger)
+
+
+def list_attachments(runtime: Runtime, project_id: str, server_id: str) -> list[Attachment]:
+    with UnitOfWork(runtime) as uow:
+        server = get_server(uow.session, project_id, server_id)
+        return attachments_of_server(uow.session, server.id)
+
+
+def show_attachment(runtime: Runtime, project_id: str, server_id: str, volume_id: str) -> Attachment:
+    for att in list_attachments(runtime, project_id, server_id):
+        if att.volume_id == volume_id:
+            return att
+    raise NotFound(f"volume {volume_id[:64]} is not attached to server {server_id[:64]}")
 
 
 def attachments_of_server(session: Session, server_id: str) -> list[Attachment]:
@@ -113,6 +138,13 @@ def _next_device(used: set[str]) -> str:
 
 
 def attach_volume(
+    runtime: Runtime, project_id: str, server_id: str, volume_id: str, device: str | None
+) -> Attachment:
+    with UnitOfWork(runtime) as uow:
+        return _attach(uow.session, project_id, server_id, volume_id, device)
+
+
+def _attach(
     session: Session, project_id: str, server_id: str, volume_id: str, device: str | None
 ) -> Attachment:
     server = get_server(session, project_id, server_id)
@@ -131,9 +163,7 @@ def attach_volume(
     if device is not None and (not device.startswith("/dev/") or len(device) > 64 or device in used):
         raise InvalidInput("device must be a free name like /dev/vdb")
     if volume.status == VolumeStatus.IN_USE and not volume.multiattach:
-        raise Conflict(
-            f"volume {volume.id} is already attached and is not multiattach"
-        )
+        raise Conflict(f"volume {volume.id} is already attached and is not multiattach")
     if volume.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
         raise InvalidState(f"volume must be available to attach, not {volume.status}")
     att = Attachment(
@@ -145,28 +175,58 @@ def attach_volume(
     )
     session.add(att)
     session.flush()
-    next_state_ok = session.execute(
-        update(Volume)
-        .where(Volume.id == volume.id, Volume.status == volume.status)
-        .values(status=VolumeStatus.IN_USE, updated_at=utcnow())
-    )
-    if next_state_ok.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict(f"volume {volume.id} changed state concurrently; retry")
+    transition(session, VOLUME_MACHINE, volume, VolumeTrigger.ATTACH)
     return att
 
 
-def detach_volume(session: Session, project_id: str, server_id: str, volume_id: str) -> Attachment:
-    server = get_server(session, project_id, server_id)
-    att = session.scalar(
-        select(Attachment).where(Attachment.server_id == server.id, Attachment.volume_id == volume_id)
-    )
-    if att is None:
-        raise NotFound(f"volume {volume_id[:64]} is not attached to server {server.id}")
-    _lock_volumes(session, [volume_id])
-    if not _delete_row(session, Attachment, att.id):
-        raise NotFound(f"volume {volume_id[:64]} is not attached to server {server.id}")
-    _release_if_free(session, volume_id)
-    return att
+def detach_volume(runtime: Runtime, project_id: str, server_id: str, volume_id: str) -> None:
+    with UnitOfWork(runtime) as uow:
+        session = uow.session
+        server = get_server(session, project_id, server_id)
+        att = session.scalar(
+            select(Attachment).where(Attachment.server_id == server.id, Attachment.volume_id == volume_id)
+        )
+        if att is None:
+            raise NotFound(f"volume {volume_id[:64]} is not attached to server {server.id}")
+        _lock_volumes(session, [volume_id])
+        if not _delete_row(session, Attachment, att.id):
+            raise NotFound(f"volume {volume_id[:64]} is not attached to server {server.id}")
+        _release_if_free(session, volume_id)
+        _revoke_after_commit(uow, server.availability_zone, [att])
+
+
+def delete_server(runtime: Runtime, project_id: str, server_id: str) -> None:
+    """Delete the server, detaching its volumes and revoking their exports."""
+    with UnitOfWork(runtime) as uow:
+        session = uow.session
+        server = get_server(session, project_id, server_id)
+        atts = attachments_of_server(session, server.id)
+        _lock_volumes(session, [att.volume_id for att in atts])
+        for att in atts:
+            _delete_row(session, Attachment, att.id)
+        for att in atts:
+            _release_if_free(session, att.volume_id)
+        if not _delete_row(session, Server, server.id):
+            raise NotFound(f"server {server_id[:64]} could not be found")
+        _revoke_after_commit(uow, server.availability_zone, atts)
+
+
+def _revoke_after_commit(uow: UnitOfWork, az: str, atts: list[Attachment]) -> None:
+    names = [att.export_name for att in atts if att.export_name]
+    runtime = uow.runtime
+
+    def revoke() -> None:
+        for name in names:
+            try:
+                revoke_attachment_export(runtime, az, name)
+            except ServiceUnavailable as exc:
+                # The attachment is gone from the database; an agent that is down now
+                # drops the grant when the reconciler syncs exports after its restart.
+                log.warning("export %s of %s not revoked yet: %s", name, az, exc)
+                runtime.kick()
+
+    if names:
+        uow.after_commit(revoke)
 
 
 def _lock_volumes(session: Session, volume_ids: list[str]) -> None:
@@ -190,27 +250,7 @@ def _delete_row(session: Session, model: type[Attachment] | type[Server], row_id
 
 
 def _release_if_free(session: Session, volume_id: str) -> None:
-    session.execute(
-        update(Volume)
-        .where(
-            Volume.id == volume_id,
-            Volume.status == VolumeStatus.IN_USE,
-            ~exists().where(Attachment.volume_id == volume_id),
-        )
-        .values(status=VolumeStatus.AVAILABLE, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-
-
-def delete_server(session: Session, project_id: str, server_id: str) -> list[Attachment]:
-    """Delete the server, detaching its volumes; returns the removed attachments."""
-    server = get_server(session, project_id, server_id)
-    atts = attachments_of_server(session, server.id)
-    _lock_volumes(session, [att.volume_id for att in atts])
-    for att in atts:
-        _delete_row(session, Attachment, att.id)
-    for att in atts:
-        _release_if_free(session, att.volume_id)
-    if not _delete_row(session, Server, server.id):
-        raise NotFound(f"server {server_id[:64]} could not be found")
-    return atts
+    """in-use -> available once no attachment is left (DETACH_LAST)."""
+    new = VOLUME_MACHINE.next(VolumeStatus.IN_USE, VolumeTrigger.DETACH_LAST)
+    no_attachment_left = ~exists().where(Attachment.volume_id == volume_id)
+    compare_and_set(session, Volume, volume_id, VolumeStatus.IN_USE, new, where=[no_attachment_left])

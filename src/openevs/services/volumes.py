@@ -1,8 +1,8 @@
 """Disk use cases: create, list, show, update, extend, delete.
 
-Each loads, asks the domain, and saves status changes with compare-and-set;
-the agent work (file create/grow/remove) is done by the reconciler, which
-picks up every volume in a transitional status.
+Each runs in a unit of work: loads, asks the domain, saves status changes
+with compare-and-set, commits and wakes the reconciler, which does the agent
+work (file create/grow/remove) of every volume in a transitional status.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from openevs.config import Settings
-from openevs.db.cas import compare_and_set
 from openevs.db.models import Attachment, Project, Volume, utcnow
 from openevs.domain import codes
 from openevs.domain.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
-from openevs.domain.states import VOLUME_TRANSITIONS, VolumeStatus, VolumeTrigger, next_state
+from openevs.domain.states import VOLUME_MACHINE, VolumeStatus, VolumeTrigger
 from openevs.domain.volumes import check_metadata, check_new_size, check_size, check_text
+from openevs.runtime import Runtime
 from openevs.services.listing import Page, paginate
 from openevs.services.replications import refuse_if_paired
+from openevs.services.unit_of_work import UnitOfWork, transition
 
 VOLUME_SORT_KEYS = ("created_at", "updated_at", "name", "size_gb", "status", "id")
 
@@ -36,6 +37,12 @@ class NewVolume:
     volume_type: str | None = None
     metadata: dict[str, Any] | None = None
     multiattach: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeDetail:
+    volume: Volume
+    attachments: list[Attachment]
 
 
 def get_volume(session: Session, project_id: str, volume_id: str) -> Volume:
@@ -81,9 +88,11 @@ def _lock_project(session: Session, project_id: str) -> None:
     )
 
 
-def _check_quota(
+def check_quota(
     session: Session, settings: Settings, project_id: str, add_count: int, add_gb: int
 ) -> None:
+    """Refuse (413) what would take the project past its quota; holds the
+    project's quota lock until the transaction ends."""
     _lock_project(session, project_id)
     count_limit, gb_limit = _quota(session, settings, project_id)
     count, gb = _usage(session, project_id)
@@ -99,7 +108,14 @@ def _check_quota(
         )
 
 
-def create_volume(
+def create_volume(runtime: Runtime, project_id: str, user_id: str, new: NewVolume) -> Volume:
+    with UnitOfWork(runtime) as uow:
+        volume = _new_volume(uow.session, uow.settings, project_id, user_id, new)
+        uow.wake_reconciler()
+    return volume
+
+
+def _new_volume(
     session: Session, settings: Settings, project_id: str, user_id: str, new: NewVolume
 ) -> Volume:
     check_size(new.size_gb)
@@ -119,7 +135,7 @@ def create_volume(
             code=codes.VOLUME_TYPE_INVALID,
         )
     metadata = check_metadata(new.metadata or {})
-    _check_quota(session, settings, project_id, 1, new.size_gb)
+    check_quota(session, settings, project_id, 1, new.size_gb)
     volume = Volume(
         id=str(uuid.uuid4()),
         project_id=project_id,
@@ -152,48 +168,46 @@ def list_volumes(
     return paginate(session, Volume, stmt, page)
 
 
+def show_volume(runtime: Runtime, project_id: str, volume_id: str) -> VolumeDetail:
+    with UnitOfWork(runtime) as uow:
+        volume = get_volume(uow.session, project_id, volume_id)
+        return VolumeDetail(volume, attachments_of(uow.session, [volume.id])[volume.id])
+
+
 def update_volume(
-    session: Session,
+    runtime: Runtime,
     project_id: str,
     volume_id: str,
     name: str | None,
     description: str | None,
     metadata: dict[str, Any] | None,
-) -> Volume:
-    volume = get_volume(session, project_id, volume_id)
-    check_text(name, "name", codes.VOLUME_NAME_INVALID)
-    check_text(description, "description", codes.VOLUME_DESCRIPTION_INVALID)
-    if name is not None:
-        volume.name = name
-    if description is not None:
-        volume.description = description
-    if metadata is not None:
-        volume.metadata_ = check_metadata(metadata)
-    volume.updated_at = utcnow()
-    session.flush()
+) -> VolumeDetail:
+    with UnitOfWork(runtime) as uow:
+        volume = get_volume(uow.session, project_id, volume_id)
+        check_text(name, "name", codes.VOLUME_NAME_INVALID)
+        check_text(description, "description", codes.VOLUME_DESCRIPTION_INVALID)
+        if name is not None:
+            volume.name = name
+        if description is not None:
+            volume.description = description
+        if metadata is not None:
+            volume.metadata_ = check_metadata(metadata)
+        volume.updated_at = utcnow()
+        uow.session.flush()
+        return VolumeDetail(volume, attachments_of(uow.session, [volume.id])[volume.id])
+
+
+def extend_volume(runtime: Runtime, project_id: str, volume_id: str, new_size_gb: int) -> Volume:
+    with UnitOfWork(runtime) as uow:
+        volume = begin_extend(uow.session, uow.settings, project_id, volume_id, new_size_gb)
+        uow.wake_reconciler()
     return volume
 
 
-def _transition(
-    session: Session,
-    volume: Volume,
-    trigger: VolumeTrigger,
-    unchanged: dict[str, Any] | None = None,
-    **values: Any,
-) -> None:
-    new = next_state(VOLUME_TRANSITIONS, "volume", volume.status, trigger)
-    if not compare_and_set(
-        session, Volume, volume.id, volume.status, new, unchanged=unchanged, **values
-    ):
-        raise InvalidState(
-            f"volume {volume.id} changed status concurrently; retry the request"
-        )
-    session.refresh(volume)
-
-
-def extend_volume(
+def begin_extend(
     session: Session, settings: Settings, project_id: str, volume_id: str, new_size_gb: int
 ) -> Volume:
+    """Move the volume to extending towards `new_size_gb`, in the caller's transaction."""
     volume = get_volume(session, project_id, volume_id)
     refuse_if_paired(session, volume.id, "extended")
     if volume.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
@@ -207,23 +221,29 @@ def extend_volume(
             code=codes.MULTIATTACH_EXTEND_STATUS,
         )
     check_new_size(volume.size_gb, new_size_gb)
-    _check_quota(session, settings, project_id, 0, new_size_gb - volume.size_gb)
+    check_quota(session, settings, project_id, 0, new_size_gb - volume.size_gb)
     # The size check above used this size: an extend that finished meanwhile
     # (status back to available, size larger) must not be "extended" to less.
-    _transition(
-        session, volume, VolumeTrigger.EXTEND, unchanged={"size_gb": volume.size_gb},
+    transition(
+        session, VOLUME_MACHINE, volume, VolumeTrigger.EXTEND, unchanged={"size_gb": volume.size_gb},
         target_size_gb=new_size_gb,
-    )
+    )  # fmt: skip
     return volume
 
 
-def delete_volume(session: Session, project_id: str, volume_id: str) -> Volume:
+def delete_volume(runtime: Runtime, project_id: str, volume_id: str) -> None:
+    with UnitOfWork(runtime) as uow:
+        _begin_delete(uow.session, project_id, volume_id)
+        uow.wake_reconciler()
+
+
+def _begin_delete(session: Session, project_id: str, volume_id: str) -> None:
     volume = get_volume(session, project_id, volume_id)
     if volume.status == VolumeStatus.DELETING:
-        return volume
+        return
     refuse_if_paired(session, volume.id, "deleted")
     try:
-        next_state(VOLUME_TRANSITIONS, "volume", volume.status, VolumeTrigger.DELETE)
+        VOLUME_MACHINE.next(volume.status, VolumeTrigger.DELETE)
     except InvalidState:
         raise InvalidState(
             "volume status must be available, error, error_extending or error_deleting "
@@ -231,8 +251,7 @@ def delete_volume(session: Session, project_id: str, volume_id: str) -> Volume:
             + (": detach it first" if volume.status == VolumeStatus.IN_USE else ""),
             code=codes.DELETE_STATUS_INVALID,
         ) from None
-    _transition(session, volume, VolumeTrigger.DELETE)
-    return volume
+    transition(session, VOLUME_MACHINE, volume, VolumeTrigger.DELETE)
 
 
 def attachments_of(session: Session, volume_ids: list[str]) -> dict[str, list[Attachment]]:

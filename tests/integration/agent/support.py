@@ -5,29 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from openevs.agent.client import HttpAgentClient
-from openevs.contract import AgentUnavailable
+from tests.support.waiting import wait_for
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = check()
-        except (AgentUnavailable, OSError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:

@@ -15,7 +15,8 @@ from openevs.agent.client import HttpAgentClient
 from openevs.agent.supervisor import AgentSupervisor
 from openevs.config import Settings
 from openevs.contract import AgentRequestFailed, AgentUnavailable, VolumeInfo
-from tests.integration.agent.support import AgentProcess, alive, wait_for
+from tests.integration.agent.support import AgentProcess, alive
+from tests.support.waiting import wait_for
 
 GiB = 1 << 30
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from openevs.domain.errors import InvalidState
+from openevs.domain.errors import ChangedConcurrently
 from openevs.services import volumes
 from tests.integration.api.conftest import assert_client_error, create_server
 from tests.integration.conftest import Api
@@ -67,7 +67,9 @@ def test_one_disk_many_claims(api: Api) -> None:
     for i in range(WORKERS):
         calls.append(lambda c, n=i: c.post(action, json={"os-extend": {"new_size": 2 + n}}))
     codes = statuses(race(api, calls))
-    assert 202 in codes and set(codes) <= {202, 400}, codes
+    # Losers: 400 (the size they asked for is no longer larger) or 409 (they lost the
+    # compare-and-set to the winner: every lost race answers 409).
+    assert 202 in codes and set(codes) <= {202, 400, 409}, codes
     # Each winner saw the size it grew from; none may "grow" the disk to less than it has.
     r = api.wait(f"/v2/{{p}}/volumes/{vol['id']}", lambda r: r.json()["volume"]["status"] != "extending")
     grown = r.json()["volume"]
@@ -112,8 +114,8 @@ def test_an_extend_decided_on_a_stale_size_is_refused(api: Api) -> None:
         r = api.post(f"/v2/{{p}}/volumes/{vol['id']}/action", {"os-extend": {"new_size": 3}})
         assert r.status_code == 202, r.text
         api.wait(f"/v2/{{p}}/volumes/{vol['id']}", lambda r: r.json()["volume"]["status"] == "available")
-        with pytest.raises(InvalidState):
-            volumes.extend_volume(stale, api.runtime.settings, api.project_id, vol["id"], 2)
+        with pytest.raises(ChangedConcurrently):
+            volumes.begin_extend(stale, api.runtime.settings, api.project_id, vol["id"], 2)
         stale.rollback()
     shown = api.get(f"/v2/{{p}}/volumes/{vol['id']}").json()["volume"]
     assert (shown["status"], shown["size"]) == ("available", 3)

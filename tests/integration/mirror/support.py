@@ -12,7 +12,8 @@ from openevs.agent.nbd.client import NbdClient
 from openevs.contract import Peer, ReplicationRequest, ReplicationState
 from openevs.domain.replication import Role
 from tests.conftest import free_port
-from tests.integration.agent.support import AgentProcess, wait_for
+from tests.integration.agent.support import AgentProcess
+from tests.support.waiting import wait_for
 
 MiB = 1 << 20
 

@@ -10,8 +10,8 @@ import pytest
 from openevs.agent.nbd.errors import NbdError
 from openevs.contract import AgentRequestFailed, ReplicationRequest
 from openevs.domain.replication import Role
-from tests.integration.agent.support import wait_for
 from tests.integration.mirror.support import MiB, PairedAgent, connect, pair, write_blocks
+from tests.support.waiting import wait_for
 
 EPERM = 1
 RECORD = 4096

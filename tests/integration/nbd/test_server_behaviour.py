@@ -14,8 +14,9 @@ from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.constants import Option, Reply
 from openevs.agent.nbd.errors import NbdConnectionClosed
 from openevs.agent.nbd.export import MemoryExport
+from tests.support.waiting import wait_for
 
-from .conftest import ServerThread, wait_for
+from .conftest import ServerThread
 
 MIB = 1 << 20
 
@@ -94,7 +95,7 @@ def test_in_flight_requests_are_bounded(nbd_server: ServerThread) -> None:
         async with await NbdClient.connect("127.0.0.1", nbd_server.port, "gated") as client:
             writes = [asyncio.ensure_future(client.write(i * 4096, b"x" * 4096)) for i in range(10)]
             await asyncio.sleep(0)  # a scheduling point: lets the requests go out
-            wait_for(lambda: nbd_server.call(lambda: export.inside) == 2)
+            wait_for("two requests inside", lambda: nbd_server.call(lambda: export.inside) == 2, 10)
             nbd_server.call(export.gate.set)
             await asyncio.gather(*writes)
         assert export.max_inside == 2
@@ -170,7 +171,7 @@ def test_client_abort_and_server_close(nbd_server: ServerThread) -> None:
         with pytest.raises(NbdConnectionClosed):
             await first.read(0, 1)
         await asyncio.sleep(0)  # a scheduling point: the transport closes the socket
-        wait_for(lambda: nbd_server.call(nbd_server.server.connection_count) == 1)
+        wait_for("one connection", lambda: nbd_server.call(nbd_server.server.connection_count) == 1, 10)
         nbd_server.run(nbd_server.server.close())
         with pytest.raises(NbdConnectionClosed):
             await second.read(0, 1)

@@ -14,8 +14,9 @@ from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.constants import Command, Errno, Reply
 from openevs.agent.nbd.errors import NbdConnectionClosed, NbdError, NbdOptionRefused
 from openevs.agent.nbd.export import FileExport
+from tests.support.waiting import wait_for
 
-from .conftest import ServerThread, sparse_file, wait_for
+from .conftest import ServerThread, sparse_file
 
 HOLE = c.STATE_HOLE | c.STATE_ZERO
 
@@ -157,7 +158,8 @@ def test_drop_export_closes_its_connections(
         with pytest.raises(NbdConnectionClosed):
             await victim.read(0, 512)
         await survivor.read(0, 512)
-        wait_for(lambda: nbd_server.call(nbd_server.server.connection_count, name) == 0)
+        count = nbd_server.server.connection_count
+        wait_for("no connection left", lambda: nbd_server.call(count, name) == 0, 10)
         with pytest.raises(NbdOptionRefused):
             await NbdClient.connect("127.0.0.1", nbd_server.port, name)
         await victim.close()

@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from openevs.db.models import ReplicationPair
 from tests.integration.conftest import Api
+from tests.support.api import wait_group
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
 PAIRS = "/v2/{p}/os-vendor-replications"
@@ -74,12 +75,6 @@ def fault(r: Any) -> dict[str, Any]:
 def show(api: Api, gid: str) -> dict[str, Any]:
     r = api.get(f"{GROUPS}/{gid}")
     assert r.status_code == 200, r.text
-    return dict(r.json()["replication_consistency_group"])
-
-
-def wait_group(api: Api, gid: str, pred: Any, timeout_s: float = 30) -> dict[str, Any]:
-    r = api.wait(f"{GROUPS}/{gid}", lambda r: r.status_code == 200
-                 and pred(r.json()["replication_consistency_group"]), timeout_s)
     return dict(r.json()["replication_consistency_group"])
 
 

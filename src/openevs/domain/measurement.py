@@ -1,0 +1,128 @@
+"""What a pair's and a group's replication_status, progress and fault_level
+are, given what the agents measured.
+
+Rules this module keeps:
+
+- a pair's row states what its production disk's agent reported of its
+  bytes (dirty bitmap, link, running sync), never a label of our own; an
+  agent that cannot be reached is fault "2" (the production disk cannot be
+  read or written from here) and leaves the other columns as they were;
+- a group is as bad as its worst member: error before copying before
+  inactive before active-stopped before active, fault "2" before "5";
+- progress is a string "0".."100" while copying, "100" when active, null
+  otherwise; a group's is its members' average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from openevs.domain.replication import FAULT_LINK, FAULT_NONE, FAULT_PRODUCTION, ReplicationStatus
+
+STATUS_PRECEDENCE = (
+    ReplicationStatus.ERROR,
+    ReplicationStatus.COPYING,
+    ReplicationStatus.INACTIVE,
+    ReplicationStatus.ACTIVE_STOPPED,
+    ReplicationStatus.ACTIVE,
+)
+FAULT_PRECEDENCE = (FAULT_PRODUCTION, FAULT_LINK)
+
+
+class SyncReading(Protocol):
+    @property
+    def copied_bytes(self) -> int: ...
+
+    @property
+    def total_bytes(self) -> int: ...
+
+
+class StateReading(Protocol):
+    """What a production disk's agent measured (`contract.ReplicationState` is one)."""
+
+    @property
+    def replication_status(self) -> ReplicationStatus | None: ...
+
+    @property
+    def sync(self) -> SyncReading | None: ...
+
+    @property
+    def io_error(self) -> bool: ...
+
+    @property
+    def mirroring(self) -> bool: ...
+
+    @property
+    def link_up(self) -> bool: ...
+
+    @property
+    def resynced_bytes_total(self) -> int: ...
+
+
+class MemberReading(Protocol):
+    """A member pair as its row states it (`db.models.ReplicationPair` is one)."""
+
+    @property
+    def replication_status(self) -> str | None: ...
+
+    @property
+    def fault_level(self) -> str | None: ...
+
+    @property
+    def progress(self) -> str | None: ...
+
+
+def progress_percent(copied_bytes: int, total_bytes: int) -> str:
+    if total_bytes <= 0:
+        return "100"
+    return str(min(100, copied_bytes * 100 // total_bytes))
+
+
+def measure_pair(state: StateReading | None) -> dict[str, str | int | None]:
+    """The pair row's values that state what the production agent reported
+    (`None`: the agent cannot be reached)."""
+    if state is None:
+        return {"fault_level": FAULT_PRODUCTION}
+    status = state.replication_status
+    if status is ReplicationStatus.COPYING and state.sync is not None:
+        progress: str | None = progress_percent(state.sync.copied_bytes, state.sync.total_bytes)
+    elif status is ReplicationStatus.ACTIVE:
+        progress = "100"
+    else:
+        progress = None
+    if state.io_error:
+        fault = FAULT_PRODUCTION
+    elif state.mirroring and not state.link_up:
+        fault = FAULT_LINK
+    else:
+        fault = FAULT_NONE
+    return {
+        "replication_status": None if status is None else str(status),
+        "progress": progress,
+        "fault_level": fault,
+        "synced_bytes": state.resynced_bytes_total,
+    }
+
+
+@dataclass(frozen=True)
+class GroupMeasurement:
+    replication_status: str | None
+    fault_level: str
+    progress: str | None
+
+
+def aggregate_group(members: Sequence[MemberReading]) -> GroupMeasurement:
+    """A group's replication_status, fault_level and progress from its members' rows."""
+    statuses = {m.replication_status for m in members}
+    status = next((str(s) for s in STATUS_PRECEDENCE if s in statuses), None)
+    faults = {m.fault_level for m in members}
+    fault = next((f for f in FAULT_PRECEDENCE if f in faults), FAULT_NONE)
+    progress = None
+    if status == ReplicationStatus.COPYING:
+        values = [int(m.progress or 0) for m in members]
+        progress = str(sum(values) // len(values))
+    elif status == ReplicationStatus.ACTIVE:
+        progress = "100"
+    return GroupMeasurement(status, fault, progress)

@@ -1,0 +1,99 @@
+"""A pair's row from what its production agent measured, and a group's from its members."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from openevs.contract import ReplicationState, SyncProgress
+from openevs.domain.measurement import GroupMeasurement, aggregate_group, measure_pair, progress_percent
+from openevs.domain.replication import FAULT_LINK, FAULT_NONE, FAULT_PRODUCTION, ReplicationStatus, Role
+
+RS = ReplicationStatus
+
+
+def primary(**fields: object) -> ReplicationState:
+    base: dict[str, object] = {"volume_id": "v", "role": Role.PRIMARY, "epoch": 1, "mirroring": True,
+                               "link_up": True, "replication_status": RS.ACTIVE}  # fmt: skip
+    return ReplicationState.model_validate({**base, **fields})
+
+
+def test_an_unreachable_agent_is_fault_2_and_nothing_else() -> None:
+    assert measure_pair(None) == {"fault_level": FAULT_PRODUCTION}
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "progress", "fault"),
+    [
+        ({}, "active", "100", FAULT_NONE),
+        ({"replication_status": RS.COPYING, "sync": SyncProgress(copied_bytes=1, total_bytes=4)},
+         "copying", "25", FAULT_NONE),
+        ({"replication_status": RS.COPYING}, "copying", None, FAULT_NONE),  # no progress yet
+        ({"replication_status": RS.INACTIVE, "link_up": False}, "inactive", None, FAULT_LINK),
+        ({"replication_status": RS.ACTIVE_STOPPED, "mirroring": False, "link_up": False},
+         "active-stopped", None, FAULT_NONE),  # paused: the link is not expected up
+        ({"io_error": True, "link_up": False}, "active", "100", FAULT_PRODUCTION),  # the disk beats the link
+        ({"replication_status": None}, None, None, FAULT_NONE),
+    ],
+)  # fmt: skip
+def test_measure_pair(
+    fields: dict[str, object], status: str | None, progress: str | None, fault: str
+) -> None:
+    values = measure_pair(primary(resynced_bytes_total=512, **fields))
+    assert values == {"replication_status": status, "progress": progress, "fault_level": fault,
+                      "synced_bytes": 512}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("copied", "total", "percent"),
+    [(0, 10, "0"), (5, 10, "50"), (9, 10, "90"), (20, 10, "100"), (0, 0, "100")],
+)
+def test_progress_percent(copied: int, total: int, percent: str) -> None:
+    assert progress_percent(copied, total) == percent
+
+
+@dataclass(frozen=True)
+class Member:
+    replication_status: str | None
+    fault_level: str | None = FAULT_NONE
+    progress: str | None = None
+
+
+def test_a_group_without_members() -> None:
+    assert aggregate_group([]) == GroupMeasurement(None, FAULT_NONE, None)
+
+
+ORDER = ["error", "copying", "inactive", "active-stopped", "active"]
+
+
+@pytest.mark.parametrize("worse", range(len(ORDER)))
+@pytest.mark.parametrize("better", range(len(ORDER)))
+def test_the_worst_member_status_wins(worse: int, better: int) -> None:
+    members = [Member(ORDER[better]), Member(ORDER[worse])]
+    assert aggregate_group(members).replication_status == ORDER[min(worse, better)]
+
+
+def test_unknown_member_statuses_do_not_count() -> None:
+    assert aggregate_group([Member(None), Member("active")]).replication_status == "active"
+    assert aggregate_group([Member(None)]).replication_status is None
+
+
+@pytest.mark.parametrize(
+    ("faults", "fault"),
+    [
+        ([FAULT_NONE, FAULT_NONE], FAULT_NONE),
+        ([FAULT_LINK, FAULT_NONE], FAULT_LINK),
+        ([FAULT_LINK, FAULT_PRODUCTION], FAULT_PRODUCTION),
+        ([None, FAULT_NONE], FAULT_NONE),
+    ],
+)
+def test_fault_precedence(faults: list[str | None], fault: str) -> None:
+    assert aggregate_group([Member("active", f) for f in faults]).fault_level == fault
+
+
+def test_group_progress() -> None:
+    copying = [Member("copying", "0", "50"), Member("copying", "0", None), Member("active", "0", "100")]
+    assert aggregate_group(copying).progress == "50"  # (50 + 0 + 100) // 3
+    assert aggregate_group([Member("active"), Member("active")]).progress == "100"
+    assert aggregate_group([Member("inactive", progress="70")]).progress is None
