@@ -17,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from openevs.agent.node import StorageNode
 from openevs.agent.pool import PoolError
-from openevs.agent.service import Agent
 from openevs.contract import (
     AgentHealth,
     DirtyRanges,
@@ -49,7 +49,7 @@ def _validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_control_app(agent: Agent) -> FastAPI:
+def create_control_app(agent: StorageNode) -> FastAPI:
     app = FastAPI(title=f"openevs agent {agent.az}", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(PoolError)

@@ -21,7 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from openevs.agent.control import create_control_app
-from openevs.agent.service import Agent
+from openevs.agent.node import StorageNode
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ async def serve_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(az, pool_dir, nbd_host, nbd_port)
+    agent = StorageNode(az, pool_dir, nbd_host, nbd_port)
     sock: socket.socket | None = None
     inode: int | None = None
     try:

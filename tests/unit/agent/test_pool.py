@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from openevs.agent.exports import ExportTable, validate_export_name
+from openevs.agent.grants import GrantTable, validate_export_name
 from openevs.agent.pool import (
     FileVolumePool,
     InvalidVolumeRequest,
@@ -139,18 +139,18 @@ def test_capacity(pool: FileVolumePool) -> None:
 
 
 def test_export_table_persists_atomically(tmp_path: Path) -> None:
-    table = ExportTable(tmp_path)
+    table = GrantTable(tmp_path)
     assert table.grant("e1", ExportGrant(volume_id="v1", read_only=False)) is False
     assert table.grant("e1", ExportGrant(volume_id="v1", read_only=False)) is False
     assert table.grant("e2", ExportGrant(volume_id="v1", read_only=True)) is False
     assert table.grant("e2", ExportGrant(volume_id="v2", read_only=True)) is True
-    reloaded = ExportTable(tmp_path)
+    reloaded = GrantTable(tmp_path)
     assert reloaded.items() == [
         ("e1", ExportGrant(volume_id="v1", read_only=False)),
         ("e2", ExportGrant(volume_id="v2", read_only=True)),
     ]
     reloaded.revoke(["e1", "missing"])
-    assert ExportTable(tmp_path).names_for("v1") == []
+    assert GrantTable(tmp_path).names_for("v1") == []
     assert not (tmp_path / ".tmp-exports.json").exists()
 
 

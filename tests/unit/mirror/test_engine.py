@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from openevs.agent.mirror.engine import (
     HOT_EXTENT_REGIONS,
     MAX_CHUNK_REGIONS,
+    NEVER_WRITTEN,
     REGION_BYTES,
     GroupState,
     MirrorState,
     WriteAction,
+    busy_extents,
+    cool_candidates,
+    cooled,
     decide_flush,
     decide_write,
     dirty_bytes,
+    group_ready,
+    hot_ahead,
     hot_extents_of,
     merge_ranges,
     regions_of,
     regions_of_ranges,
+    releasable,
     status,
     take_chunk,
+    unchanged,
+    wants_link,
 )
 from openevs.domain.replication import ReplicationStatus, Role
 
@@ -152,3 +163,86 @@ def test_group_splits_as_one_and_rejoins_only_when_all_are_ready() -> None:
     # switchover (b, a secondary now) does not keep the others split.
     assert group.maybe_join({"a": True})
     assert not GroupState("empty").maybe_join({})
+
+
+def test_regroup_splits_unless_every_primary_is_ready() -> None:
+    group = GroupState("g", members={"a", "b"})
+    assert group.regroup({"a": True, "b": True}) is False  # rejoined
+    assert group.regroup({"a": True, "b": False}) is True  # one not ready: split
+    assert group.regroup({"a": True}) is False  # b is no primary now: it does not count
+    assert group.regroup({}) is False  # no primary: stays as it was
+    group.forward_failed()
+    assert group.regroup({}) is True
+
+
+@pytest.mark.parametrize(
+    ("state", "has_peer", "link", "ready"),
+    [
+        (synced(), True, True, True),
+        (synced(), False, False, True),  # no peer to connect to (ready: its link is up)
+        (synced(link_up=False), True, True, False),  # wants a link, has none yet
+        (synced(mirroring=False), True, False, False),
+        (synced(fenced=True), True, False, False),
+        (synced(group_split=True), True, True, True),  # the group decides that part
+        (MirrorState(role=Role.SECONDARY, mirroring=True, link_up=True), True, False, False),
+        (MirrorState(role=Role.STANDALONE, mirroring=True, link_up=True), True, False, False),
+    ],
+)
+def test_wants_link_and_group_ready(state: MirrorState, has_peer: bool, link: bool, ready: bool) -> None:
+    assert wants_link(state, has_peer=has_peer) is link
+    assert group_ready(state) is ready
+
+
+def test_busy_extents() -> None:
+    E = HOT_EXTENT_REGIONS
+    assert busy_extents({}) == set()
+    assert busy_extents({0: 1, E - 1: 2, 3 * E: 1}) == {0, 3}
+
+
+def _last(extent: int) -> Callable[[], int]:
+    def last() -> int:
+        return extent
+
+    return last
+
+
+def _never_asked() -> int:
+    raise AssertionError("the size was asked for in the usual case")
+
+
+def test_hot_ahead_only_for_a_sequential_writer() -> None:
+    # A write in extent 5 that did not come from a written extent 4: nothing ahead.
+    assert hot_ahead({}, set(), range(5, 6), _never_asked) == []
+    assert hot_ahead({4: NEVER_WRITTEN}, set(), range(5, 6), _never_asked) == []
+    # From a written extent 4 into 5: the next batch, up to the volume's end.
+    assert hot_ahead({4: 7}, set(), range(5, 6), _last(1000), ahead=4, batch=8) == list(range(6, 14))
+    assert hot_ahead({4: 7}, set(), range(5, 6), _last(9), ahead=4, batch=8) == [6, 7, 8, 9]
+    # What is hot or being made hot is skipped.
+    assert hot_ahead({4: 7, 7: 1}, {8}, range(5, 6), _last(12), ahead=8, batch=8) == [6, 9, 10, 11, 12]
+
+
+def test_hot_ahead_is_decided_without_the_size_when_the_window_is_hot() -> None:
+    assert hot_ahead({4: 7, 9: NEVER_WRITTEN}, set(), range(5, 6), _never_asked, ahead=4) == []
+    assert hot_ahead({4: 7}, {9}, range(5, 6), _never_asked, ahead=4) == []
+
+
+def test_hot_ahead_at_the_end_of_the_volume() -> None:
+    assert hot_ahead({4: 7}, set(), range(5, 6), _last(5), ahead=4) == []  # nothing past the end
+    assert hot_ahead({4: 7, 7: 1}, set(), range(5, 6), _last(7), ahead=4) == []  # the end is hot
+
+
+def test_cooling_clears_only_extents_idle_since_the_flushed_round() -> None:
+    hot = {1: 3, 2: 5, 3: 9, 4: NEVER_WRITTEN}
+    # Round ended at write 5: extents 1, 2 and 4 were idle since; 2 has a write in flight.
+    candidates = cool_candidates(hot, 5, busy={2})
+    assert candidates == [1, 4]
+    hot[1] = 11  # written while the peer flushed: it stays hot
+    del hot[4]  # released meanwhile (link loss): not cooled twice
+    assert cooled(hot, candidates, 5) == []
+    assert cooled({1: 3, 4: NEVER_WRITTEN}, candidates, 5) == [1, 4]
+
+
+def test_unchanged_and_releasable() -> None:
+    before = {1: 3, 2: 5, 3: 7}
+    assert unchanged({1: 3, 2: 6}, before) == [1]  # 2 written since, 3 gone
+    assert releasable({1: 3, 2: 5}, [1, 2, 3], busy={2}) == [1]

@@ -1,1 +1,1 @@
-"""Synchronous replication of volumes to a peer AZ's agent (see manager.py)."""
+"""Synchronous replication of volumes to a peer AZ's agent (manager.py drives replica.py)."""

@@ -2,8 +2,9 @@
 
 Everything here works on region numbers (a region is `REGION_BYTES` of the
 volume) and plain state; it imports no asyncio, socket, file or clock, so
-every decision is unit-tested directly. The I/O wrappers (replica.py,
-link.py) ask this module and carry out the answer.
+every decision is unit-tested directly. The I/O wrappers (writes.py,
+sync.py, activity.py, replica_link.py, groups.py) ask this module and carry
+out the answer; plan.py holds the decisions about a config change.
 
 Rules this module keeps:
 
@@ -15,13 +16,16 @@ Rules this module keeps:
   regions dirty (the sync will copy them);
 - the sync never picks a region that a write is still in flight to, for the
   same reason;
-- one failed forward splits the whole group at once.
+- one failed forward splits the whole group at once; a group forwards again
+  only when every primary member is ready;
+- a hot extent's bits may be cleared only when no write is in flight there
+  and none was made since the round whose peer FLUSH is now done.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from openevs.domain.replication import ReplicationStatus, Role
@@ -31,6 +35,14 @@ REGION_BYTES = 64 * 1024
 # so a sequential writer persists one hot record per 4 MiB, not per write.
 HOT_EXTENT_REGIONS = 64
 MAX_CHUNK_REGIONS = 64  # one sync request copies at most 4 MiB
+# A sequential writer keeps at least HOT_AHEAD extents (128 MiB) hot ahead of it;
+# when fewer are, the next HOT_AHEAD_BATCH (256 MiB) are made hot with ONE fdatasync.
+# A bitmap fdatasync can take 100+ ms while the filesystem's journal commits other
+# files' data, so a short lookahead stalls the writer; a crash resyncs at most the
+# window (DRBD's activity log holds gigabytes of hot extents by default).
+HOT_AHEAD = 32
+HOT_AHEAD_BATCH = 64
+NEVER_WRITTEN = -1  # a hot extent made hot ahead of any write: nothing to resync there
 
 
 class WriteAction(enum.Enum):
@@ -79,6 +91,15 @@ class GroupState:
             return True
         return False
 
+    def regroup(self, ready: dict[str, bool]) -> bool:
+        """Split unless every primary member (`ready` names them) can forward; rejoin
+        once all can. Returns whether the group is split now."""
+        if not all(ready.values()):
+            self.split = True
+        else:
+            self.maybe_join(ready)
+        return self.split
+
 
 @dataclass
 class MirrorState:
@@ -120,6 +141,16 @@ def decide_write(state: MirrorState, offset: int, length: int) -> WriteAction:
     if state.dirty and any(r in state.dirty for r in regions):
         return WriteAction.LOCAL_DIRTY
     return WriteAction.FORWARD
+
+
+def wants_link(state: MirrorState, *, has_peer: bool) -> bool:
+    """True when the volume keeps a link to its peer: a mirroring, unfenced primary."""
+    return state.role is Role.PRIMARY and state.mirroring and not state.fenced and has_peer
+
+
+def group_ready(state: MirrorState) -> bool:
+    """True when this member could forward if its group let it (what a group waits for)."""
+    return state.role is Role.PRIMARY and state.mirroring and state.link_up and not state.fenced
 
 
 def decide_flush(state: MirrorState) -> bool:
@@ -216,3 +247,64 @@ def dirty_bytes(regions: set[int], size_bytes: int, region_bytes: int = REGION_B
     if max(regions) >= last:  # rare: regions at or past the end are clipped
         total = sum(min(region_bytes, size_bytes - r * region_bytes) for r in regions if r <= last)
     return total
+
+
+# -- the activity log (hot extents) ------------------------------------------
+
+
+def busy_extents(writing: Mapping[int, int]) -> set[int]:
+    """The hot extents a user write is in flight to."""
+    return {r // HOT_EXTENT_REGIONS for r in writing}
+
+
+def hot_ahead(
+    hot: Mapping[int, int], pending: Container[int], extents: range, last_extent: Callable[[], int],
+    *, ahead: int = HOT_AHEAD, batch: int = HOT_AHEAD_BATCH,
+) -> list[int]:  # fmt: skip
+    """Extents just past a sequential writer's write (`extents`), to make hot before
+    it gets there; `pending` are being made hot already.
+
+    Only a writer that crossed from a written hot extent into the next one
+    counts as sequential: scattered writes make nothing hot ahead (after a
+    crash, every hot extent is resynced). `last_extent` (the volume's last
+    extent) is asked only when the usual answer (nothing) is not certain.
+    """
+    if hot.get(extents.start - 1, NEVER_WRITTEN) == NEVER_WRITTEN:
+        return []
+    next_extent = extents.stop
+    far = next_extent + ahead - 1
+    if far in hot or far in pending:
+        return []  # the usual case, decided without asking for the size
+    last = last_extent()
+    far = min(far, last)
+    if far < next_extent or far in hot or far in pending:
+        # The window's far end is hot, so is the rest (extents are made hot in
+        # runs; a write that still finds one cold makes it hot itself).
+        return []
+    return [
+        e for e in range(next_extent, min(next_extent + batch, last + 1))
+        if e not in hot and e not in pending
+    ]  # fmt: skip
+
+
+def cool_candidates(hot: Mapping[int, int], round_seq: int, busy: Container[int]) -> list[int]:
+    """Hot extents not written since the round that ended at write number `round_seq`
+    and with no write in flight: a peer FLUSH that begins now covers all their data."""
+    return [e for e, last in hot.items() if last <= round_seq and e not in busy]
+
+
+def cooled(hot: Mapping[int, int], candidates: Iterable[int], round_seq: int) -> list[int]:
+    """The candidates still not written (and still hot) once the peer's FLUSH is done:
+    their bits may be cleared."""
+    return [e for e in candidates if hot.get(e, round_seq + 1) <= round_seq]
+
+
+def unchanged(hot: Mapping[int, int], before: Mapping[int, int]) -> list[int]:
+    """Hot extents not written since the snapshot `before` (taken before a peer FLUSH)."""
+    return [e for e, seq in before.items() if hot.get(e) == seq]
+
+
+def releasable(hot: Container[int], extents: Iterable[int], busy: Container[int]) -> list[int]:
+    """After a link loss: the hot extents among `extents` with no write in flight.
+    What differs there is dirty already, so the rest of their bits can go."""
+    return [e for e in extents if e in hot and e not in busy]

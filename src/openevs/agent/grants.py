@@ -29,8 +29,8 @@ def validate_export_name(name: str) -> str:
     return name
 
 
-class ExportTable:
-    """name -> ExportGrant, saved to disk on every change."""
+class GrantTable:
+    """export name -> ExportGrant, saved to disk on every change."""
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / EXPORTS_FILE

@@ -1,8 +1,8 @@
 """`MirroredExport`: a volume's user export as the NBD server sees it.
 
 It wraps the volume's shared `FileExport`. Reads and extent queries go
-straight to the file. Writes ask the volume's `Replica` (if the volume is
-replicated) what to do: write locally only, write locally and on the peer
+straight to the file. Writes go to the volume's `Replica` if the volume is
+replicated (writes.py): write locally only, write locally and on the peer
 before the reply, wait for a copy, or refuse (EPERM on a secondary or a
 fenced primary). The role is looked up per request, so a role change takes
 effect on connections that are already open.
@@ -10,20 +10,17 @@ effect on connections that are already open.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Mapping
 
 from openevs.agent.mirror.link import PeerLink
+from openevs.agent.mirror.replica import Replica
 from openevs.agent.nbd.export import FileExport
 from openevs.domain.replication import Role
 
-if TYPE_CHECKING:
-    from openevs.agent.mirror.manager import ReplicationManager
-
 
 class MirroredExport:
-    def __init__(self, manager: ReplicationManager, volume_id: str, inner: FileExport) -> None:
-        self._manager = manager
+    def __init__(self, replicas: Mapping[str, Replica], volume_id: str, inner: FileExport) -> None:
+        self._replicas = replicas  # the manager's, kept current: looked up per request
         self._volume_id = volume_id
         self.inner = inner
 
@@ -33,7 +30,7 @@ class MirroredExport:
 
     @property
     def read_only(self) -> bool:
-        replica = self._manager.replicas.get(self._volume_id)
+        replica = self._replicas.get(self._volume_id)
         return self.inner.read_only or (replica is not None and replica.state.role is Role.SECONDARY)
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -44,7 +41,7 @@ class MirroredExport:
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
         inner = self.inner
-        replica = self._manager.replicas.get(self._volume_id)
+        replica = self._replicas.get(self._volume_id)
         if replica is None:
             await inner.write(offset, data, fua)
             return
@@ -63,7 +60,7 @@ class MirroredExport:
         self, offset: int, length: int, fua: bool, may_trim: bool, fast_only: bool = False
     ) -> None:
         inner = self.inner
-        replica = self._manager.replicas.get(self._volume_id)
+        replica = self._replicas.get(self._volume_id)
         if replica is None:
             await inner.write_zeroes(offset, length, fua, may_trim, fast_only)
             return
@@ -78,7 +75,7 @@ class MirroredExport:
 
     async def trim(self, offset: int, length: int) -> None:
         inner = self.inner
-        replica = self._manager.replicas.get(self._volume_id)
+        replica = self._replicas.get(self._volume_id)
         if replica is None:
             await inner.trim(offset, length)
             return
@@ -92,7 +89,7 @@ class MirroredExport:
         await replica.user_io(offset, length, local, forward, False)
 
     async def flush(self) -> None:
-        replica = self._manager.replicas.get(self._volume_id)
+        replica = self._replicas.get(self._volume_id)
         if replica is None:
             await self.inner.flush()
         else:

@@ -1,8 +1,8 @@
-"""The storage agent of one AZ: its pool, its export grants and its NBD server.
+"""The storage node of one AZ: its pool, its export grants, its replication and its NBD server.
 
-`Agent` is what the control API (control.py) drives and what the NBD server
-asks, through `resolve_export`, which volume an export name opens. One
-`FileExport` is opened per (volume, read_only) and shared by every NBD
+`StorageNode` is what the control API (control.py) drives and what the NBD
+server asks, through `resolve_export`, which volume an export name opens.
+One `FileExport` is opened per (volume, read_only) and shared by every NBD
 connection; it is closed when its volume is deleted. Mutations are
 serialised by one lock and their blocking file work runs in a thread, so
 the event loop keeps serving NBD traffic while a volume is fsynced.
@@ -11,52 +11,34 @@ the event loop keeps serving NBD traffic while a volume is fsynced.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import uuid
 from pathlib import Path
-from typing import Any
 
-from openevs.agent.exports import ExportTable, validate_export_name
+from openevs.agent.grants import GrantTable, validate_export_name
 from openevs.agent.mirror.link import SESSION_SEP
 from openevs.agent.mirror.manager import ReplicationManager
+from openevs.agent.nbd.export import Export, FileExport
+from openevs.agent.nbd.server import NbdServer
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
 
 log = logging.getLogger(__name__)
 
 
-def _load_nbd() -> tuple[Any, Any]:
-    """(NbdServer, FileExport), or (None, None) while agent/nbd/ is incomplete."""
-    try:
-        from openevs.agent.nbd.export import FileExport
-        from openevs.agent.nbd.server import NbdServer
-    except ImportError as exc:  # pragma: no cover
-        log.debug("NBD server unavailable: %s", exc)
-        return None, None
-    return NbdServer, FileExport
+class StorageNode:
+    """One AZ's pool plus the grant table; `start()` brings up the NBD server."""
 
-
-NbdServer, FileExport = _load_nbd()
-
-
-async def _maybe_await(value: object) -> None:
-    if inspect.isawaitable(value):
-        await value
-
-
-class Agent:
-    """One AZ's pool plus the export table; `start()` brings up the NBD server."""
-
-    def __init__(self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0):
+    def __init__(
+        self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0
+    ) -> None:
         self.az = az
         self.pool = FileVolumePool(Path(pool_dir))
-        self.exports = ExportTable(self.pool.root)
+        self.grants = GrantTable(self.pool.root)
         self.nbd_host = nbd_host
-        self._nbd_port_wanted = nbd_port
         self.boot_id = uuid.uuid4().hex
-        self.nbd: Any = None
-        self._open: dict[tuple[str, bool], Any] = {}  # (volume_id, read_only) -> FileExport
+        self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port)
+        self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
         self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count)
         # link export name -> the session names its primary's connections used
@@ -64,37 +46,29 @@ class Agent:
 
     @property
     def nbd_port(self) -> int:
-        return int(self.nbd.port) if self.nbd is not None else 0
+        return self.nbd.port
 
     async def start(self) -> None:
         await self.replication.start()
-        if NbdServer is None:
-            log.warning("agent %s: NBD server not available, serving the control API only", self.az)
-            return
-        self.nbd = NbdServer(self.resolve_export, self.nbd_host, self._nbd_port_wanted)
         await self.nbd.start()
         log.info("agent %s: NBD on %s:%d", self.az, self.nbd_host, self.nbd_port)
 
     async def close(self) -> None:
-        if self.nbd is not None:
-            await _maybe_await(self.nbd.close())
-            self.nbd = None
+        await self.nbd.close()
         await self.replication.close()
         for export in self._open.values():
-            await self._close_export(export)
+            export.close()
         self._open.clear()
 
     # -- NBD side ---------------------------------------------------------
 
-    async def resolve_export(self, name: str) -> Any:
+    async def resolve_export(self, name: str) -> Export | None:
         """The export an NBD client opens under `name`, or None if not granted.
 
         A secondary's link export (the primary writes through it) is the
         volume's writable file itself; user exports are wrapped so that the
         volume's replication role decides what a write does.
         """
-        if FileExport is None:
-            return None
         base, sep, _session = name.rpartition(SESSION_SEP)
         if sep and (link_volume := self.replication.link_export_volume(base)) is not None:
             names = self._link_sessions.setdefault(base, set())
@@ -109,13 +83,13 @@ class Agent:
         link_volume = self.replication.link_export_volume(name)
         if link_volume is not None:
             return self._file_export(link_volume, False)
-        grant = self.exports.get(name)
+        grant = self.grants.get(name)
         if grant is None:
             return None
         export = self._file_export(grant.volume_id, grant.read_only)
         return None if export is None else self.replication.wrap(grant.volume_id, export)
 
-    def _file_export(self, volume_id: str, read_only: bool) -> Any:
+    def _file_export(self, volume_id: str, read_only: bool) -> FileExport | None:
         key = (volume_id, read_only)
         export = self._open.get(key)
         if export is None:
@@ -127,34 +101,23 @@ class Agent:
         return export
 
     def _connection_count(self, name: str) -> int:
-        count = getattr(self.nbd, "connection_count", None)
-        if count is None:
-            return 0
-        return int(count(name)) + sum(int(count(n)) for n in self._link_sessions.get(name, ()))
+        count = self.nbd.connection_count
+        return count(name) + sum(count(n) for n in self._link_sessions.get(name, ()))
 
     async def _drop_export(self, name: str) -> None:
-        if self.nbd is not None:
-            await _maybe_await(self.nbd.drop_export(name))
-            for session_name in self._link_sessions.pop(name, set()):
-                await _maybe_await(self.nbd.drop_export(session_name))
+        self.nbd.drop_export(name)
+        for session_name in self._link_sessions.pop(name, set()):
+            self.nbd.drop_export(session_name)
 
     async def _wait_disconnected(self, names: list[str], timeout_s: float = 5.0) -> None:
         """Let dropped connections unwind before their export's descriptor is closed."""
-        count = getattr(self.nbd, "connection_count", None)
-        if count is None:
-            return
+        count = self.nbd.connection_count
         deadline = asyncio.get_running_loop().time() + timeout_s
         while any(count(n) for n in names):
             if asyncio.get_running_loop().time() > deadline:
                 log.warning("agent %s: connections to %s still open", self.az, names)
                 return
             await asyncio.sleep(0.01)
-
-    @staticmethod
-    async def _close_export(export: Any) -> None:
-        close = getattr(export, "close", None)
-        if close is not None:
-            await _maybe_await(close())
 
     # -- control side -----------------------------------------------------
 
@@ -190,15 +153,15 @@ class Agent:
         validate_volume_id(volume_id)
         async with self._lock:
             await self.replication.delete(volume_id)  # its link export is revoked too
-            names = self.exports.names_for(volume_id)
-            await asyncio.to_thread(self.exports.revoke, names)
+            names = self.grants.names_for(volume_id)
+            await asyncio.to_thread(self.grants.revoke, names)
             for name in names:
                 await self._drop_export(name)
             await self._wait_disconnected(names)
             for read_only in (False, True):
                 export = self._open.pop((volume_id, read_only), None)
                 if export is not None:
-                    await self._close_export(export)
+                    export.close()
             await asyncio.to_thread(self.pool.delete, volume_id)
 
     async def grant_export(self, name: str, volume_id: str, read_only: bool) -> ExportGrant:
@@ -206,7 +169,7 @@ class Agent:
         async with self._lock:
             await asyncio.to_thread(self.pool.info, volume_id)  # NotFound if absent
             grant = ExportGrant(volume_id=volume_id, read_only=bool(read_only))
-            replaced = await asyncio.to_thread(self.exports.grant, name, grant)
+            replaced = await asyncio.to_thread(self.grants.grant, name, grant)
             if replaced:  # a rw client must not keep writing through a now read-only grant
                 await self._drop_export(name)
             return grant
@@ -214,8 +177,8 @@ class Agent:
     async def revoke_export(self, name: str) -> None:
         validate_export_name(name)
         async with self._lock:
-            await asyncio.to_thread(self.exports.revoke, [name])
+            await asyncio.to_thread(self.grants.revoke, [name])
             await self._drop_export(name)
 
     def list_exports(self) -> list[tuple[str, ExportGrant]]:
-        return self.exports.items()
+        return self.grants.items()
