@@ -114,6 +114,7 @@ class AgentHealth(Model):
     az: str
     nbd_host: str
     nbd_port: int
+    witness_port: int = 0  # the witness this agent serves for other AZs' pairs (0: none)
     boot_id: str  # changes at every agent start
     capacity_bytes: int
     free_bytes: int
@@ -162,6 +163,32 @@ class Peer(Model):
     export: str = Field(min_length=1, max_length=NAME_MAX)
 
 
+class WitnessAddress(Model):
+    """Where a witness answers (witness/protocol.py over TCP)."""
+
+    host: str = Field(min_length=1, max_length=NAME_MAX)
+    port: StrictInt = Field(ge=1, le=65535)
+    name: str = Field(default="", max_length=NAME_MAX)  # for messages: "az3.dc3", "witness-1"
+
+    @property
+    def label(self) -> str:
+        where = f"{self.host}:{self.port}"
+        return f"{self.name} ({where})" if self.name else where
+
+
+class Arbiter(Model):
+    """The arbitration of a primary: which unit it belongs to and who arbitrates it.
+
+    Absent: static priority (two AZs only: the primary always goes on, DESIGN 3)."""
+
+    key: str = Field(pattern=r"^(pair|group):[A-Za-z0-9_-]+$", max_length=160)
+    epoch: StrictInt = Field(ge=0)  # the unit's epoch (the group's for a member of a group)
+    witness: WitnessAddress
+    # A write the peer lacks waits this long for the witness's grant, then fails with
+    # EIO; 0: it fails at once (DRBD's on-no-quorum io-error).
+    suspend_timeout_s: float = Field(default=60.0, ge=0)
+
+
 class ReplicationConfig(Model):
     """A volume's replication role, as the controller sets it and the agent persists it."""
 
@@ -172,6 +199,7 @@ class ReplicationConfig(Model):
     peer: Peer | None = None  # primary: where to forward
     link_export: str | None = Field(default=None, max_length=NAME_MAX)  # secondary: what the primary opens
     mirroring: StrictBool = True
+    arbiter: Arbiter | None = None  # primary: None is static priority
 
     @model_validator(mode="before")
     @classmethod
@@ -209,6 +237,20 @@ class SyncProgress(Model):
     total_bytes: int
 
 
+class ArbitrationState(Model):
+    """What a primary knows of its arbitration (only with a witness)."""
+
+    witness: str  # WitnessAddress.label
+    witness_reachable: bool
+    lease: bool  # it holds the witness's grant to acknowledge writes its peer lacks
+    lease_left_s: float = 0.0
+    outdated: bool = False  # the witness granted a higher epoch to the peer: this side lost
+    refusal: str | None = None  # the witness's last refusal, if any
+    suspended: bool = False  # writes wait for the witness or the peer
+    suspended_writes: int = 0
+    suspended_for_s: float = 0.0
+
+
 class ReplicationState(Model):
     """What an agent measures of one volume's replication (its bytes, its link)."""
 
@@ -229,6 +271,7 @@ class ReplicationState(Model):
     sync: SyncProgress | None = None
     resynced_bytes_total: int = 0
     io_error: bool = False
+    arbitration: ArbitrationState | None = None
 
     @classmethod
     def standalone(cls, volume_id: str) -> ReplicationState:

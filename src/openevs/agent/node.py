@@ -40,7 +40,7 @@ class StorageNode:
         self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port)
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
-        self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count)
+        self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count, side=az)
         # link export name -> the session names its primary's connections used
         self._link_sessions: dict[str, set[str]] = {}
 

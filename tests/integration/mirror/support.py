@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from openevs.agent.nbd.client import NbdClient
-from openevs.contract import Peer, ReplicationRequest, ReplicationState
+from openevs.contract import Arbiter, Peer, ReplicationRequest, ReplicationState
 from openevs.domain.replication import Role
 from tests.conftest import free_port
 from tests.integration.agent.support import AgentProcess
@@ -65,7 +65,7 @@ def checksum(path: Path) -> str:
 def pair(
     primary: PairedAgent, secondary: PairedAgent, volume: str, dr_volume: str, *,
     epoch: int = 1, link: str = "link-secret-1", group_id: str | None = None,
-    initial_sync: bool = True,
+    initial_sync: bool = True, arbiter: Arbiter | None = None,
 ) -> None:  # fmt: skip
     """Configure the DR volume as secondary first, then the production volume as primary."""
     secondary.client.set_replication(
@@ -76,7 +76,8 @@ def pair(
     primary.client.set_replication(
         volume,
         ReplicationRequest(role=Role.PRIMARY, epoch=epoch, pair_id=f"p-{volume}", group_id=group_id,
-                           peer=secondary.peer(link), mirroring=True, initial_sync=initial_sync),
+                           peer=secondary.peer(link), mirroring=True, initial_sync=initial_sync,
+                           arbiter=arbiter),
     )  # fmt: skip
 
 

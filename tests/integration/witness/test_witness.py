@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,39 +13,9 @@ from pathlib import Path
 import pytest
 
 from openevs.witness.client import AsyncWitnessClient, WitnessClient, WitnessFailed, WitnessUnreachable, units
-from tests.conftest import free_port
+from tests.support.witness import WitnessProcess
 
 A, B = "az1.dc1", "az2.dc2"
-
-
-class WitnessProcess:
-    def __init__(self, state: Path, lease_s: float = 2.0) -> None:
-        self.state, self.lease_s = state, lease_s
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "openevs.cli.main", "witness", "--listen", f"127.0.0.1:{self.port}",
-               "--state", str(self.state), "--lease-s", str(self.lease_s)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                WitnessClient("127.0.0.1", self.port, "probe", timeout_s=1).ping()
-                return
-            except WitnessUnreachable:
-                assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
-                assert time.monotonic() < deadline, "the witness did not start"
-                time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
-            self.proc = None
-
-    def client(self, side: str) -> WitnessClient:
-        return WitnessClient("127.0.0.1", self.port, side, timeout_s=2)
 
 
 @pytest.fixture

@@ -143,6 +143,41 @@ def decide_write(state: MirrorState, offset: int, length: int) -> WriteAction:
     return WriteAction.FORWARD
 
 
+class SoloAction(enum.Enum):
+    ACK = "ack"  # acknowledge: static priority, or the witness's grant is held
+    WAIT = "wait"  # suspend: wait for the grant (or the peer) to come back
+    FAIL = "fail"  # EIO: waited too long, or the witness gave the unit to the peer
+
+
+def decide_solo(
+    *, arbitrated: bool, lease: bool, outdated: bool, waited_s: float, timeout_s: float
+) -> SoloAction:
+    """May a write its peer did not get be acknowledged now (DESIGN 3, arbitration)?
+
+    Only with the witness's live grant, when there is a witness; without one
+    (static priority) always, as before. Without the grant the write waits
+    (suspend) for at most `timeout_s`, then fails; it fails at once when the
+    witness says the peer holds a higher epoch (this side lost for good).
+    """
+    if not arbitrated:
+        return SoloAction.ACK
+    if outdated:
+        return SoloAction.FAIL
+    if lease:
+        return SoloAction.ACK
+    if waited_s >= timeout_s:
+        return SoloAction.FAIL
+    return SoloAction.WAIT
+
+
+def needs_lease(state: MirrorState) -> bool:
+    """True while a primary may acknowledge writes its peer lacks (it must hold a grant):
+    mirroring off or interrupted, or regions that differ (writes there stay local)."""
+    if state.role is not Role.PRIMARY or state.fenced:
+        return False
+    return not state.in_sync_path or bool(state.dirty or state.copying)
+
+
 def wants_link(state: MirrorState, *, has_peer: bool) -> bool:
     """True when the volume keeps a link to its peer: a mirroring, unfenced primary."""
     return state.role is Role.PRIMARY and state.mirroring and not state.fenced and has_peer

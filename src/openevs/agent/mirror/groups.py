@@ -68,6 +68,10 @@ class Groups:
         if group is not None:
             self._regroup(group)
 
+    def members_or_none(self, group_id: str) -> list[str]:
+        group = self._groups.get(group_id)
+        return sorted(group.members) if group is not None else []
+
     def member_failed(self, replica: Replica, reason: str) -> None:
         """A member's link went down: the whole group stops forwarding, now."""
         gid = replica.config.group_id

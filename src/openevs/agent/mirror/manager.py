@@ -23,9 +23,11 @@ import os
 from collections.abc import Awaitable, Callable
 
 from openevs.agent.grants import validate_export_name
+from openevs.agent.mirror import engine
 from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
 from openevs.agent.mirror.groups import Groups
 from openevs.agent.mirror.plan import Action, plan_config_change
+from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.replica import Replica
 from openevs.agent.mirror.user_export import MirroredExport
 from openevs.agent.nbd.export import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FileExport, fallocate
@@ -52,21 +54,66 @@ class ReplicationManager:
         pool: FileVolumePool,
         drop_export: Callable[[str], Awaitable[None]],
         connection_count: Callable[[str], int],
+        side: str = "",
     ) -> None:
         self.pool = pool
         self._drop_export = drop_export
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
         self.groups = Groups(self.replicas)
+        self.quorum = Quorum(side, self._arbitration_changed)
+        self.quorum.still_needed = self._lease_needed
         self._lock = asyncio.Lock()
 
     def _new_replica(self, volume_id: str, config: ReplicationConfig) -> Replica:
         return Replica(
             volume_id, config, self.pool.path(volume_id), self.pool.root / f"{volume_id}{BITMAP_SUFFIX}",
             on_link_up=lambda r: self.groups.regroup(r.config.group_id),
-            on_link_lost=self.groups.member_failed,
+            on_link_lost=self._link_lost,
             link_connections=self._connection_count,
+            quorum=self.quorum,
         )  # fmt: skip
+
+    # -- arbitration (quorum.py, solo.py) ----------------------------------
+
+    def _link_lost(self, replica: Replica, reason: str) -> None:
+        """Synchronous, inside the failing link's on_down: split the group, ask the witness."""
+        self.groups.member_failed(replica, reason)
+        for member in self._unit_members(replica):
+            if (arbiter := member.arbiter) is not None:
+                self.quorum.want(arbiter)
+                break
+
+    def _unit_members(self, replica: Replica) -> list[Replica]:
+        gid = replica.config.group_id
+        if gid is None:
+            return [replica]
+        return [self.replicas[v] for v in self.groups.members_or_none(gid) if v in self.replicas]
+
+    def _replicas_of(self, key: str) -> list[Replica]:
+        return [r for r in self.replicas.values() if (a := r.arbiter) is not None and a.key == key]
+
+    def _arbitration_changed(self, key: str) -> None:
+        for replica in self._replicas_of(key):
+            replica.notify()
+
+    def _lease_needed(self, key: str) -> bool:
+        return any(
+            engine.needs_lease(r.state) or r.gate.waiting for r in self._replicas_of(key)
+        )  # fmt: skip
+
+    def _arbitrate(self, replica: Replica, old: ReplicationConfig | None) -> None:
+        """After a config change: watch the new unit, give back what this side no longer holds."""
+        new = replica.arbiter
+        previous = old.arbiter if old is not None and old.role is Role.PRIMARY else None
+        if previous is not None and (new is None or (new.key, new.epoch) != (previous.key, previous.epoch)):
+            shared = any(r is not replica and r.arbiter == previous for r in self.replicas.values())
+            if not shared:
+                self.quorum.release(previous)
+        if new is not None:
+            self.quorum.watch(new)
+            if engine.needs_lease(replica.state):
+                self.quorum.want(new)
 
     async def start(self) -> None:
         configs = await asyncio.to_thread(load_configs, self.pool.root)
@@ -90,6 +137,7 @@ class ReplicationManager:
         for replica in list(self.replicas.values()):
             await replica.close()
         self.replicas.clear()
+        await self.quorum.close()
 
     # -- lookups for the NBD side -----------------------------------------
 
@@ -213,6 +261,7 @@ class ReplicationManager:
                 await asyncio.to_thread(save_config, self.pool.root, replica.volume_id, new)
                 replica.config = new
                 replica.link_open = True
+                self._arbitrate(replica, old)
             case Action.START:
                 self.replicas[replica.volume_id] = replica
                 self.groups.join(replica)
@@ -253,6 +302,10 @@ class ReplicationManager:
             return
         self.groups.leave(replica, replica.config.group_id)
         link_export = replica.config.link_export
+        if (arbiter := replica.arbiter) is not None and not any(
+            r.arbiter == arbiter for r in self.replicas.values()
+        ):
+            self.quorum.release(arbiter)
         await replica.close()
         if link_export:
             await self._drop_export(link_export)
@@ -271,5 +324,8 @@ class ReplicationManager:
                 replica.update_link()
             for gid in {r.config.group_id for r in replicas if r.config.group_id}:
                 self.groups.regroup(gid)
+            for replica in replicas:
+                if not on and (arbiter := replica.arbiter) is not None:
+                    self.quorum.want(arbiter)  # paused: writes the peer lacks need the grant
             for replica in replicas:
                 await asyncio.to_thread(save_config, self.pool.root, replica.volume_id, replica.config)

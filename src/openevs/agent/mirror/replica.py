@@ -24,13 +24,15 @@ from collections.abc import Callable, Iterable
 from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import MirrorState
-from openevs.agent.mirror.link import PeerLink
+from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.replica_link import ReplicaLink
+from openevs.agent.mirror.solo import SoloGate
 from openevs.agent.mirror.sync import Sync
 from openevs.agent.mirror.tasks import Changes, TaskSet
 from openevs.agent.mirror.writes import ForwardOp, LocalOp, WritePath
 from openevs.agent.pool import data_extents
-from openevs.contract import ReplicationConfig, ReplicationState, SyncProgress
+from openevs.contract import Arbiter, ArbitrationState, ReplicationConfig, ReplicationState, SyncProgress
 from openevs.domain.replication import ReplicationStatus, Role
 
 __all__ = ["ForwardOp", "LocalOp", "Replica"]
@@ -43,6 +45,7 @@ class Replica:
         on_link_up: Callable[[Replica], None],
         on_link_lost: Callable[[Replica, str], None],
         link_connections: Callable[[str], int],
+        quorum: Quorum,
     ) -> None:  # fmt: skip
         self.volume_id = volume_id
         self.config = config
@@ -60,7 +63,9 @@ class Replica:
             on_up=lambda: on_link_up(self), on_lost=lambda reason: on_link_lost(self, reason),
         )  # fmt: skip
         self.sync = Sync(volume_id, st, self.activity, changes, self._current_link, self._rfd, self._size)
-        self.writes = WritePath(volume_id, st, self.activity, self.link, changes, tasks)
+        self._quorum = quorum
+        self.gate = SoloGate(volume_id, st, quorum, self._arbiter, changes, self._peer_flush)
+        self.writes = WritePath(volume_id, st, self.activity, self.link, changes, tasks, self.gate)
         # The export calls these per request: no extra frame in between.
         self.user_io = self.writes.user_io
         self.user_flush = self.writes.user_flush
@@ -93,6 +98,28 @@ class Replica:
 
     def _current_link(self) -> PeerLink | None:
         return self.link.current
+
+    def _arbiter(self) -> Arbiter | None:
+        """Who arbitrates this volume's writes alone (None: static priority)."""
+        return self.config.arbiter if self.state.role is Role.PRIMARY else None
+
+    @property
+    def arbiter(self) -> Arbiter | None:
+        return self._arbiter()
+
+    async def _peer_flush(self) -> bool:
+        link = self.link.current
+        if link is None:
+            return False
+        try:
+            await link.flush()
+        except LinkDown:
+            return False
+        return True
+
+    def notify(self) -> None:
+        """Wake whatever waits on this volume's state (after an outside change: the witness)."""
+        self._changes.notify()
 
     @property
     def io_error(self) -> bool:
@@ -183,4 +210,16 @@ class Replica:
             sync=progress,
             resynced_bytes_total=sync.resynced_bytes_total,
             io_error=self.io_error,
+            arbitration=self._arbitration(),
+        )
+
+    def _arbitration(self) -> ArbitrationState | None:
+        arbiter = self._arbiter()
+        if arbiter is None:
+            return None
+        gate = self.gate
+        return self._quorum.state(arbiter).replace(
+            suspended=gate.waiting > 0,
+            suspended_writes=gate.waiting,
+            suspended_for_s=round(gate.suspended_for_s, 3),
         )

@@ -68,9 +68,11 @@ class ReplicaLink:
         self._changes.notify()
 
     async def _retire(self, link: PeerLink) -> None:
-        await self._activity.retire(link)
-        await link.close()
-        self._changes.notify()
+        try:
+            await self._activity.retire(link)
+        finally:  # also when the replica closes meanwhile: the old link's reconnect loop ends
+            await link.close()
+            self._changes.notify()
 
     async def close(self) -> None:
         self.closed = True

@@ -14,7 +14,10 @@ Rules this module keeps:
   such a region) and waits while a region it touches is `copying`;
 - a forwarded write is acknowledged only once the peer answered; if it did
   not reach the peer, the link (and the group) went down synchronously
-  before this code resumes, and the regions are dirty before the reply.
+  before this code resumes, and the regions are dirty before the reply;
+- a write acknowledged without its peer (kept local, or a lost forward)
+  first passes the arbitration gate (solo.py): with a witness, only under
+  its grant.
 
 It is the hot path, so: no task per forwarded write (the peer's request is
 sent at once and its future awaited, `PeerLink.start_write`), the peer's copy
@@ -35,6 +38,7 @@ from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import MirrorState, WriteAction
 from openevs.agent.mirror.link import LinkDown, PeerLink
 from openevs.agent.mirror.replica_link import ReplicaLink
+from openevs.agent.mirror.solo import SoloGate
 from openevs.agent.mirror.tasks import Changes, TaskSet
 from openevs.agent.nbd.errors import NbdError, RemoteProtocolError
 from openevs.domain.replication import Role
@@ -49,9 +53,10 @@ ForwardOp = Callable[[PeerLink], Awaitable[object]]
 class WritePath:
     def __init__(
         self, volume_id: str, state: MirrorState, activity: ActivityLog, link: ReplicaLink,
-        changes: Changes, tasks: TaskSet,
+        changes: Changes, tasks: TaskSet, gate: SoloGate,
     ) -> None:  # fmt: skip
         self._volume_id = volume_id
+        self._gate = gate
         self._state = state
         self._activity = activity
         self._link = link
@@ -128,6 +133,7 @@ class WritePath:
         finally:
             self._end(regions)
             self._changes.notify()
+        await self._gate.allow(regions, fua)  # acknowledged alone: only as arbitration allows
 
     async def _forwarded(
         self, regions: range, local: LocalOp, forward: ForwardOp, fua: bool
@@ -136,6 +142,7 @@ class WritePath:
         link = self._link.current
         activity.forward_started(regions)
         self._begin(regions)
+        reached = False
         try:
             # The peer's copy is sent first and the local write runs meanwhile; the
             # `writing` guard keeps the sync away from these regions until both end.
@@ -145,7 +152,9 @@ class WritePath:
                 await self._local(local, fua)
             finally:
                 reached = await self._reached(sent)
-            if reached and link is self._link.current and link is not None and link.received(generation):
+            reached = reached and link is self._link.current and link is not None
+            reached = reached and link is not None and link.received(generation)
+            if reached:
                 activity.forward_reached(regions)
             else:
                 await activity.forward_lost(regions)
@@ -158,6 +167,8 @@ class WritePath:
             # write or the sync, over copying or dirty regions; a retiring link).
             if st.dirty or st.copying or not st.link_up or link is not self._link.current:
                 self._changes.notify()
+        if not reached:
+            await self._gate.allow(regions, fua)  # the peer lacks it: acknowledged alone, or not at all
 
     @staticmethod
     def _start_send(link: PeerLink | None, forward: ForwardOp) -> asyncio.Future[object] | None:
