@@ -23,7 +23,16 @@ from openevs.domain import replication as rep
 from openevs.domain.measurement import aggregate_group
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger
 from openevs.reconciler.driver import Kind, Step, StepFailed
-from openevs.reconciler.flips import commit_flip, demote, flips, members, plan_of, promote, to_flip
+from openevs.reconciler.flips import (
+    commit_flip,
+    demote,
+    flips,
+    group_epoch_after,
+    members,
+    plan_of,
+    promote,
+    to_flip,
+)
 from openevs.reconciler.roles import (
     configure_pair,
     dirty_of,
@@ -102,7 +111,7 @@ def failover(runtime: Runtime, group: ReplicationGroup) -> None:
                 exc,
             )
     for pair, flip in todo:
-        promote(runtime, pair, flip, mirroring=False)
+        promote(runtime, pair, flip, mirroring=False, unit_epoch=group_epoch_after(group))
     commit_flip(runtime, group, GT.FAILED_OVER)
 
 

@@ -20,13 +20,16 @@ from openevs.contract import (
     AgentClient,
     AgentRequestFailed,
     AgentUnavailable,
+    Arbiter,
     DirtyRanges,
     Peer,
     ReplicationRequest,
     ReplicationState,
+    WitnessAddress,
 )
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume
 from openevs.domain import replication as rep
+from openevs.domain.arbitration import arbiter_key, choose_witness
 from openevs.domain.replication import GROUP_TRANSITIONAL, PairStatus, Role
 from openevs.reconciler.driver import StepFailed
 from openevs.runtime import Runtime
@@ -64,10 +67,56 @@ def secondary_config(pair: ReplicationPair, initial: bool) -> ReplicationRequest
     )
 
 
+def witness_of(runtime: Runtime, primary_az: str, dr_az: str) -> WitnessAddress | None:
+    """The witness of a pair or group with disks in these AZs (domain/arbitration.py)."""
+    settings = runtime.settings
+    with runtime.db.session() as session:
+        agents = {
+            row.availability_zone: (row.nbd_host, row.witness_port)
+            for row in session.scalars(select(Agent))
+            if row.witness_port
+        }
+    choice = choose_witness(
+        settings.azs, primary_az, dr_az, standalone=settings.witness_host_port,
+        preferred_az=settings.witness_az, agent_witnesses=agents,
+    )  # fmt: skip
+    if choice is None:
+        return None
+    return WitnessAddress(host=choice.host, port=choice.port, name=choice.name)
+
+
+def unit_epoch_of(runtime: Runtime, pair: ReplicationPair) -> int:
+    """The epoch of the pair's arbitration unit: its group's, else its own."""
+    if pair.group_id is None:
+        return pair.epoch
+    with runtime.db.session() as session:
+        group = session.get(ReplicationGroup, pair.group_id)
+        return pair.epoch if group is None else group.epoch
+
+
+def arbiter_for(
+    runtime: Runtime, pair: ReplicationPair, primary_volume: str, dr_volume: str, epoch: int
+) -> Arbiter | None:
+    """The arbiter a primary config carries (None: static priority, two AZs)."""
+    primary_az, dr_az = az_of(runtime, primary_volume), az_of(runtime, dr_volume)
+    witness = witness_of(runtime, primary_az, dr_az)
+    if witness is None:
+        if len(runtime.settings.azs) > 2 or runtime.settings.witness:
+            log.warning("pair %s: no witness address known yet; static priority until one is", pair.id)
+        return None
+    return Arbiter(
+        key=arbiter_key(pair.id, pair.group_id), epoch=epoch, witness=witness,
+        suspend_timeout_s=runtime.settings.suspend_io_timeout_s,
+    )  # fmt: skip
+
+
 def primary_config(
     runtime: Runtime, pair: ReplicationPair, initial: bool, mirroring: bool = True
 ) -> ReplicationRequest:
     host, port = nbd_address(runtime, az_of(runtime, pair.dr_volume_id))
+    arbiter = arbiter_for(
+        runtime, pair, pair.production_volume_id, pair.dr_volume_id, unit_epoch_of(runtime, pair)
+    )
     return ReplicationRequest(
         role=Role.PRIMARY,
         epoch=pair.epoch,
@@ -76,6 +125,7 @@ def primary_config(
         peer=Peer(host=host, port=port, export=pair.link_export),
         mirroring=mirroring,
         initial_sync=initial,
+        arbiter=arbiter,
     )
 
 
