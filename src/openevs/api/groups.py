@@ -18,6 +18,7 @@ from openevs.domain import codes
 from openevs.domain.errors import InvalidInput
 from openevs.runtime import Runtime
 from openevs.services import group_actions, groups
+from openevs.services.arbitration import FORCE_ACTION
 
 router = APIRouter(prefix="/v2/{project_id}")
 BASE = "/os-vendor-replication-consistency-groups"
@@ -157,6 +158,8 @@ NULL_ACTIONS: dict[str, Callable[[Runtime, str, str], None]] = {
     "os-failover-replication-consistency-group": groups.failover_group,
     "os-reverse-replication-consistency-group": groups.reverse_group,
     "os-reprotect-replication-consistency-group": groups.reprotect_group,
+    # An openevs extension (docs/decisions.md "Arbitration"): failover overriding the witness.
+    FORCE_ACTION: groups.force_failover_group,
 }
 EXTEND = "os-extend-replication-volumes"
 

@@ -70,10 +70,15 @@ def group_epoch_after(group: ReplicationGroup) -> int:
 
 
 def promote(
-    runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool, unit_epoch: int
-) -> None:
-    """The DR disk becomes primary; its arbiter is at `unit_epoch` (the group's)."""
+    runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool, unit_epoch: int,
+    arbitrated: bool = True,
+) -> None:  # fmt: skip
+    """The DR disk becomes primary; its arbiter is at `unit_epoch` (the group's);
+    `arbitrated=False`: none (a forced failover that could not reach the witness)."""
     host, port = nbd_address(runtime, az_of(runtime, flip.old_primary))
+    arbiter = None
+    if arbitrated:
+        arbiter = arbiter_for(runtime, pair, flip.new_primary, flip.old_primary, unit_epoch)
     request = ReplicationRequest(
         role=Role.PRIMARY,
         epoch=flip.epoch,
@@ -81,7 +86,7 @@ def promote(
         group_id=pair.group_id,
         peer=Peer(host=host, port=port, export=flip.link_export),
         mirroring=mirroring,
-        arbiter=arbiter_for(runtime, pair, flip.new_primary, flip.old_primary, unit_epoch),
+        arbiter=arbiter,
     )
     set_role(runtime, flip.new_primary, request, primary=False)
 

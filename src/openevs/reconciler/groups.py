@@ -17,9 +17,18 @@ import logging
 
 from sqlalchemy import delete, select, update
 
-from openevs.contract import AgentUnavailable, FailoverPlan, MembershipPlan, ReprotectPlan, SwitchoverPlan
+from openevs.contract import (
+    AgentUnavailable,
+    FailoverPlan,
+    MembershipPlan,
+    PairFlip,
+    ReprotectPlan,
+    SwitchoverPlan,
+)
 from openevs.db.models import ReplicationGroup, ReplicationPair, utcnow
 from openevs.domain import replication as rep
+from openevs.domain.arbitration import arbiter_key
+from openevs.domain.errors import Conflict
 from openevs.domain.measurement import aggregate_group
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger
 from openevs.reconciler.driver import Kind, Step, StepFailed
@@ -34,6 +43,7 @@ from openevs.reconciler.flips import (
     to_flip,
 )
 from openevs.reconciler.roles import (
+    az_of,
     configure_pair,
     dirty_of,
     primary_config,
@@ -43,6 +53,7 @@ from openevs.reconciler.roles import (
 )
 from openevs.reconciler.switchover import reverse
 from openevs.runtime import Runtime
+from openevs.services import arbitration
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +121,31 @@ def failover(runtime: Runtime, group: ReplicationGroup) -> None:
                 pair.id,
                 exc,
             )
+    epoch = group_epoch_after(group)
+    arbitrated = _witness_grants(runtime, group, todo, epoch)
     for pair, flip in todo:
-        promote(runtime, pair, flip, mirroring=False, unit_epoch=group_epoch_after(group))
+        promote(runtime, pair, flip, mirroring=False, unit_epoch=epoch, arbitrated=arbitrated)
     commit_flip(runtime, group, GT.FAILED_OVER)
+
+
+def _witness_grants(
+    runtime: Runtime, group: ReplicationGroup, todo: list[tuple[ReplicationPair, PairFlip]], epoch: int
+) -> bool:
+    """The witness's grant of the group to the DR side, before anything is promoted
+    (services/arbitration.py); False: promote without an arbiter (static priority)."""
+    if not todo:
+        return True
+    plan = plan_of(group)
+    force = isinstance(plan, FailoverPlan) and plan.force
+    dr_az = az_of(runtime, todo[0][1].new_primary)
+    witness = arbitration.witness_of(runtime, group.priority_station, dr_az)
+    if witness is None:
+        return True  # static priority: promote_config carries no arbiter either
+    try:
+        key = arbiter_key(group.id, group.id)
+        return arbitration.secure_failover(witness, key, epoch, dr_az, force=force)
+    except Conflict as exc:
+        raise StepFailed(str(exc), rep.FD_INTERNAL) from exc
 
 
 def remove(runtime: Runtime, group: ReplicationGroup) -> None:

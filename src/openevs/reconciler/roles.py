@@ -25,15 +25,15 @@ from openevs.contract import (
     Peer,
     ReplicationRequest,
     ReplicationState,
-    WitnessAddress,
 )
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume
 from openevs.domain import replication as rep
-from openevs.domain.arbitration import arbiter_key, choose_witness
+from openevs.domain.arbitration import arbiter_key
 from openevs.domain.replication import GROUP_TRANSITIONAL, PairStatus, Role
 from openevs.reconciler.driver import StepFailed
 from openevs.runtime import Runtime
 from openevs.services.agent_errors import failure_detail
+from openevs.services.arbitration import witness_of
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +65,6 @@ def secondary_config(pair: ReplicationPair, initial: bool) -> ReplicationRequest
         link_export=pair.link_export,
         initial_sync=initial,
     )
-
-
-def witness_of(runtime: Runtime, primary_az: str, dr_az: str) -> WitnessAddress | None:
-    """The witness of a pair or group with disks in these AZs (domain/arbitration.py)."""
-    settings = runtime.settings
-    with runtime.db.session() as session:
-        agents = {
-            row.availability_zone: (row.nbd_host, row.witness_port)
-            for row in session.scalars(select(Agent))
-            if row.witness_port
-        }
-    choice = choose_witness(
-        settings.azs, primary_az, dr_az, standalone=settings.witness_host_port,
-        preferred_az=settings.witness_az, agent_witnesses=agents,
-    )  # fmt: skip
-    if choice is None:
-        return None
-    return WitnessAddress(host=choice.host, port=choice.port, name=choice.name)
 
 
 def unit_epoch_of(runtime: Runtime, pair: ReplicationPair) -> int:
