@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from openevs.cli.client_arbitration import arbitration_words
 from openevs.cli.client_common import (
     DEFAULT_TIMEOUT_S,
     TimeoutOption,
@@ -70,7 +71,7 @@ SHAPE = Shape(
     fields=(
         "id", "name", "description", "status", "priority_station", "replication_model",
         "replication_status", "progress", "replication_ids", "created_at", "updated_at",
-        "failure_detail", "fault_level",
+        "failure_detail", "fault_level", "arbitration",
     ),
 )
 FAILED_STATUSES = {"error", "error_deleting", "error_reversing", "error_failovering"}
@@ -169,6 +170,8 @@ def _run_action(group_id: str, operation: str, wait_: bool, timeout_s: float,
             say(f"{operation} of group {group_id} accepted")
             group = get_group(api, group_id)
     print_object(group, view)
+    if fmt is OutputFormat.table and (words := arbitration_words(group)):
+        say(words)
 
 
 @app.command("create")
@@ -233,6 +236,8 @@ def show(group_id: GroupId, fmt: FormatOption = OutputFormat.table, fields: Fiel
     with connect() as api:
         group = get_group(api, group_id)
     print_object(group, view)
+    if fmt is OutputFormat.table and (words := arbitration_words(group)):
+        say(words)
 
 
 @app.command("update")

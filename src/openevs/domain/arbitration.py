@@ -87,3 +87,22 @@ def auto_failover_due(
         return False, None
     started = now_s if since_s is None else since_s
     return now_s - started >= after_s, started
+
+
+VIEW_KEYS = ("witness", "witness_reachable", "suspended", "lease", "outdated")
+
+
+def arbitration_view(readings: Sequence[Mapping[str, object] | None]) -> dict[str, object] | None:
+    """The `arbitration` extension object of a pair (one reading) or a group (its
+    members'): None under static priority or before the primary reported; a group
+    is suspended, leased or outdated if any member is, reachable if all are."""
+    known = [r for r in readings if r]
+    if not known:
+        return None
+    return {
+        "witness": str(known[0].get("witness", "")),
+        "witness_reachable": all(bool(r.get("witness_reachable")) for r in known),
+        "suspended": any(bool(r.get("suspended")) for r in known),
+        "lease": any(bool(r.get("lease")) for r in known),
+        "outdated": any(bool(r.get("outdated")) for r in known),
+    }

@@ -206,18 +206,24 @@ def aggregate(runtime: Runtime) -> None:
     for p in pairs:
         by_group.setdefault(p.group_id or "", []).append(p)
     for group in groups:
-        measured = aggregate_group(by_group.get(group.id, []))
-        now = (group.replication_status, group.fault_level, group.progress)
-        if now == (measured.replication_status, measured.fault_level, measured.progress):
+        member_rows = by_group.get(group.id, [])
+        measured = aggregate_group(member_rows)
+        values: dict[str, str | None] = {
+            "replication_status": measured.replication_status,
+            "fault_level": measured.fault_level,
+            "progress": measured.progress,
+        }
+        # A suspended member (cut from its peer and the witness) shows in the group's
+        # failure_detail too; it is cleared once none is (only where a suspension set it).
+        if any((p.arbitration or {}).get("suspended") for p in member_rows):
+            values["failure_detail"] = rep.FD_LINK
+        elif group.failure_detail == rep.FD_LINK and group.status == GroupStatus.AVAILABLE:
+            values["failure_detail"] = None
+        if all(getattr(group, k) == v for k, v in values.items()):
             continue
         with runtime.db.session() as session:
             session.execute(
                 update(ReplicationGroup)
-                .where(ReplicationGroup.id == group.id)
-                .values(
-                    replication_status=measured.replication_status,
-                    fault_level=measured.fault_level,
-                    progress=measured.progress,
-                    updated_at=utcnow(),
-                )
+                .where(ReplicationGroup.id == group.id, ReplicationGroup.status == group.status)
+                .values(updated_at=utcnow(), **values)
             )

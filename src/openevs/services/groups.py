@@ -23,7 +23,7 @@ from openevs.contract import FailoverPlan, MembershipPlan, PairFlip, ReprotectPl
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import codes
 from openevs.domain import replication as rep
-from openevs.domain.arbitration import arbiter_key
+from openevs.domain.arbitration import arbiter_key, arbitration_view
 from openevs.domain.errors import ChangedConcurrently, Conflict, InvalidInput, InvalidState, NotFound
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger, PairStatus, ReplicationStatus
 from openevs.domain.volumes import check_text
@@ -50,6 +50,7 @@ class NewGroup:
 class GroupDetail:
     group: ReplicationGroup
     replication_ids: list[str]
+    arbitration: dict[str, Any] | None = None  # domain/arbitration.py's view of the members
 
 
 def get_group(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
@@ -71,8 +72,14 @@ def members(session: Session, group_id: str) -> list[ReplicationPair]:
     )
 
 
+def members_view(session: Session, group_id: str) -> tuple[list[str], dict[str, Any] | None]:
+    """The members' ids and the group's arbitration view."""
+    pairs = members(session, group_id)
+    return [p.id for p in pairs], arbitration_view([p.arbitration for p in pairs])
+
+
 def detail(session: Session, group: ReplicationGroup) -> GroupDetail:
-    return GroupDetail(group, [p.id for p in members(session, group.id)])
+    return GroupDetail(group, *members_view(session, group.id))
 
 
 def transition(session: Session, group: ReplicationGroup, trigger: GroupTrigger, **values: Any) -> None:
