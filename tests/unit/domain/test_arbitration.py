@@ -8,6 +8,7 @@ from openevs.domain.arbitration import (
     AutoFailoverReading,
     WitnessChoice,
     arbiter_key,
+    arbitration_view,
     auto_failover_due,
     choose_witness,
     witness_az,
@@ -79,3 +80,21 @@ def test_auto_failover_after_the_delay() -> None:
     assert auto_failover_due(GONE, 10.0, now_s=14.0, after_s=5.0) == (False, 10.0)
     assert auto_failover_due(GONE, 10.0, now_s=15.0, after_s=5.0) == (True, 10.0)
     assert auto_failover_due(GONE, None, now_s=3.0, after_s=0.0) == (True, 3.0)
+
+
+def reading(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {"witness": "az3 (h:1)", "witness_reachable": True, "lease": False,
+                               "outdated": False, "suspended": False}  # fmt: skip
+    return {**base, **fields}
+
+
+def test_the_view_of_a_static_priority_unit_is_null() -> None:
+    assert arbitration_view([]) is None
+    assert arbitration_view([None, None]) is None
+
+
+def test_a_group_is_as_suspended_as_any_member_and_reachable_if_all_are() -> None:
+    view = arbitration_view([reading(), reading(suspended=True, witness_reachable=False), None])
+    assert view == {"witness": "az3 (h:1)", "witness_reachable": False, "suspended": True, "lease": False,
+                    "outdated": False}  # fmt: skip
+    assert arbitration_view([reading(lease=True)]) == reading(lease=True)
