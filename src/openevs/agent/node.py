@@ -22,6 +22,7 @@ from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
+from openevs.security.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class StorageNode:
 
     # -- NBD side ---------------------------------------------------------
 
-    async def resolve_export(self, name: str) -> Export | None:
+    async def resolve_export(self, name: str, peer: Identity | None = None) -> Export | None:
         """The export an NBD client opens under `name`, or None if not granted.
 
         A secondary's link export (the primary writes through it) is the

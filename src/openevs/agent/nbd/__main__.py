@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from openevs.security.identity import Identity
+
 from .export import Export, FileExport
 from .server import NbdServer
 
@@ -26,7 +28,7 @@ PROG = "python -m openevs.agent.nbd"
 async def serve(file: Path, host: str, port: int, name: str, read_only: bool) -> None:
     export = FileExport(file, read_only=read_only)
 
-    async def resolve(requested: str) -> Export | None:
+    async def resolve(requested: str, _peer: Identity | None) -> Export | None:
         return export if requested == name else None
 
     server = NbdServer(resolve, host, port)
