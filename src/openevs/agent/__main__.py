@@ -23,6 +23,21 @@ def agent(
     nbd: Annotated[
         str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port).")
     ] = "127.0.0.1:10809",
+    pki: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory with ca.pem and this agent's agent-<AZ>.pem/.key (`openevs admin pki`):"
+            " NBD and the replication link then use TLS.",
+            envvar="OPENEVS_AGENT_PKI",
+        ),
+    ] = None,
+    nbd_tls: Annotated[
+        str | None,
+        typer.Option(
+            help="NBD TLS policy: off, optional or required (default with --pki: required,"
+            " optional when --nbd is a loopback address; without --pki: off)."
+        ),
+    ] = None,
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
@@ -31,13 +46,25 @@ def agent(
     """
     # Imported here: every server-side `openevs` command loads this module,
     # and only this one needs the agent's NBD and control-API code.
+    from openevs.agent.nbd.handshake import TlsPolicy
+    from openevs.agent.nbd_tls import agent_tls
     from openevs.agent.runner import parse_hostport, run_agent
+    from openevs.security import SecurityError
 
     try:
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port)
+    try:
+        policy = TlsPolicy(nbd_tls) if nbd_tls is not None else None
+    except ValueError:
+        raise typer.BadParameter("must be off, optional or required", param_hint="'--nbd-tls'") from None
+    try:
+        tls = agent_tls(az, pki, nbd_host, policy)
+    except SecurityError as exc:
+        print(f"openevs agent: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    run_agent(az, pool, listen, nbd_host, nbd_port, tls)
 
 
 def main(argv: list[str] | None = None) -> None:

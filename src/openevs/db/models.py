@@ -126,6 +126,8 @@ class Agent(Base):
     url: Mapped[str] = mapped_column(String(255), default="")
     nbd_host: Mapped[str] = mapped_column(String(255), default="")
     nbd_port: Mapped[int] = mapped_column(Integer, default=0)
+    # the NBD port's TLS policy: off, optional, required
+    nbd_tls: Mapped[str] = mapped_column(String(16), default="off", server_default="off")
     healthy: Mapped[bool] = mapped_column(Boolean, default=False)
     checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

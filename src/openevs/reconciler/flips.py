@@ -63,13 +63,14 @@ def to_flip(
 
 
 def promote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool) -> None:
-    host, port = nbd_address(runtime, az_of(runtime, flip.old_primary))
+    peer_az = az_of(runtime, flip.old_primary)
+    host, port = nbd_address(runtime, peer_az)
     request = ReplicationRequest(
         role=Role.PRIMARY,
         epoch=flip.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        peer=Peer(host=host, port=port, export=flip.link_export),
+        peer=Peer(host=host, port=port, export=flip.link_export, az=peer_az),
         mirroring=mirroring,
     )
     set_role(runtime, flip.new_primary, request, primary=False)

@@ -67,13 +67,14 @@ def secondary_config(pair: ReplicationPair, initial: bool) -> ReplicationRequest
 def primary_config(
     runtime: Runtime, pair: ReplicationPair, initial: bool, mirroring: bool = True
 ) -> ReplicationRequest:
-    host, port = nbd_address(runtime, az_of(runtime, pair.dr_volume_id))
+    peer_az = az_of(runtime, pair.dr_volume_id)
+    host, port = nbd_address(runtime, peer_az)
     return ReplicationRequest(
         role=Role.PRIMARY,
         epoch=pair.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        peer=Peer(host=host, port=port, export=pair.link_export),
+        peer=Peer(host=host, port=port, export=pair.link_export, az=peer_az),
         mirroring=mirroring,
         initial_sync=initial,
     )
