@@ -97,7 +97,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_fio(
-    port: int, pid: int, rw: str, bs: str, depth: int, size: str, runtime_s: int
+    port: int, pid: int, rw: str, bs: str, depth: int, size: str, runtime_s: int,
+    *, uri: str | None = None, env: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """(MiB/s for 1 MiB jobs or IOPS for 4 KiB jobs, server CPU µs per request)."""
     cpu_before = cpu_seconds(pid)
@@ -106,7 +107,7 @@ def run_fio(
             "fio",
             "--name=bench",
             "--ioengine=nbd",
-            f"--uri=nbd://127.0.0.1:{port}/",
+            f"--uri={uri or f'nbd://127.0.0.1:{port}/'}",
             f"--rw={rw}",
             f"--bs={bs}",
             f"--iodepth={depth}",
@@ -119,6 +120,7 @@ def run_fio(
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
     cpu = cpu_seconds(pid) - cpu_before
     job = json.loads(out[out.index("{") :])["jobs"][0]

@@ -114,6 +114,7 @@ class AgentHealth(Model):
     az: str
     nbd_host: str
     nbd_port: int
+    nbd_tls: Literal["off", "optional", "required"] = "off"  # the NBD port's TLS policy
     witness_port: int = 0  # the witness this agent serves for other AZs' pairs (0: none)
     boot_id: str  # changes at every agent start
     capacity_bytes: int
@@ -161,6 +162,7 @@ class Peer(Model):
     host: str = Field(min_length=1, max_length=NAME_MAX)
     port: StrictInt = Field(ge=1, le=65535)
     export: str = Field(min_length=1, max_length=NAME_MAX)
+    az: str = Field(default="", max_length=NAME_MAX)  # over TLS the peer must hold agent:<az>
 
 
 class WitnessAddress(Model):

@@ -16,8 +16,9 @@ from tests.support.waiting import wait_for
 class StandaloneAgent:
     """`openevs agent` for one AZ as a process the test can kill and restart."""
 
-    def __init__(self, root: Path, az: str) -> None:
+    def __init__(self, root: Path, az: str, extra_args: tuple[str, ...] = ()) -> None:
         self.root, self.az = root, az
+        self.extra_args = extra_args
         self.pool = root / f"pool-{az}"
         self.control_port, self.nbd_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,6 +45,7 @@ class StandaloneAgent:
                 f"127.0.0.1:{self.control_port}",
                 "--nbd",
                 f"127.0.0.1:{self.nbd_port}",
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

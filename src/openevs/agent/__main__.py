@@ -33,6 +33,21 @@ def agent(
     witness_lease_s: Annotated[
         float, typer.Option(help="How long a witness grant lets a primary write alone.", min=1)
     ] = 6.0,
+    pki: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory with ca.pem and this agent's agent-<AZ>.pem/.key (`openevs admin pki`):"
+            " NBD and the replication link then use TLS.",
+            envvar="OPENEVS_AGENT_PKI",
+        ),
+    ] = None,
+    nbd_tls: Annotated[
+        str | None,
+        typer.Option(
+            help="NBD TLS policy: off, optional or required (default with --pki: required,"
+            " optional when --nbd is a loopback address; without --pki: off)."
+        ),
+    ] = None,
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
@@ -41,7 +56,10 @@ def agent(
     """
     # Imported here: every server-side `openevs` command loads this module,
     # and only this one needs the agent's NBD and control-API code.
+    from openevs.agent.nbd.handshake import TlsPolicy
+    from openevs.agent.nbd_tls import agent_tls
     from openevs.agent.runner import WitnessOptions, parse_hostport, run_agent
+    from openevs.security import SecurityError
 
     try:
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
@@ -55,7 +73,16 @@ def agent(
             raise typer.BadParameter(str(exc), param_hint="'--witness-listen'") from exc
         state = witness_state or pool.parent / f"witness-{az}"
         witness = WitnessOptions(host, port, state, witness_lease_s)
-    run_agent(az, pool, listen, nbd_host, nbd_port, witness)
+    try:
+        policy = TlsPolicy(nbd_tls) if nbd_tls is not None else None
+    except ValueError:
+        raise typer.BadParameter("must be off, optional or required", param_hint="'--nbd-tls'") from None
+    try:
+        tls = agent_tls(az, pki, nbd_host, policy)
+    except SecurityError as exc:
+        print(f"openevs agent: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    run_agent(az, pool, listen, nbd_host, nbd_port, witness, tls)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,9 +19,11 @@ from openevs.agent.grants import GrantTable, validate_export_name
 from openevs.agent.mirror.link import SESSION_SEP
 from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.nbd.export import Export, FileExport
-from openevs.agent.nbd.server import NbdServer
+from openevs.agent.nbd.server import NbdServer, TlsPolicy
+from openevs.agent.nbd_tls import AgentTls
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
+from openevs.security.identity import CertRole, Identity
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +32,27 @@ class StorageNode:
     """One AZ's pool plus the grant table; `start()` brings up the NBD server."""
 
     def __init__(
-        self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0
-    ) -> None:
+        self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
+        tls: AgentTls | None = None,
+    ) -> None:  # fmt: skip
         self.az = az
+        self.tls = tls
         self.pool = FileVolumePool(Path(pool_dir))
         self.grants = GrantTable(self.pool.root)
         self.nbd_host = nbd_host
         self.boot_id = uuid.uuid4().hex
-        self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port)
+        serve_tls = tls is not None and tls.policy is not TlsPolicy.OFF
+        self.nbd = NbdServer(
+            self.resolve_export, nbd_host, nbd_port,
+            tls=tls.server_context() if serve_tls and tls else None,
+            tls_policy=tls.policy if serve_tls and tls else None,
+        )  # fmt: skip
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
-        self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count, side=az)
+        self.replication = ReplicationManager(
+            self.pool, self._drop_export, self._connection_count, side=az,
+            link_tls=tls.link_context() if tls is not None else None,
+        )  # fmt: skip
         # link export name -> the session names its primary's connections used
         self._link_sessions: dict[str, set[str]] = {}
         self.witness_port = 0  # the witness this agent also serves (runner.py), 0: none
@@ -63,13 +75,18 @@ class StorageNode:
 
     # -- NBD side ---------------------------------------------------------
 
-    async def resolve_export(self, name: str) -> Export | None:
+    async def resolve_export(self, name: str, peer: Identity | None = None) -> Export | None:
         """The export an NBD client opens under `name`, or None if not granted.
 
         A secondary's link export (the primary writes through it) is the
         volume's writable file itself; user exports are wrapped so that the
-        volume's replication role decides what a write does.
+        volume's replication role decides what a write does. With TLS, a link
+        export opens only for a client holding an agent certificate.
         """
+        if not self._may_open_link(name, peer):
+            log.warning("agent %s: link export %s refused to a client without an agent certificate",
+                        self.az, name[:8])  # fmt: skip
+            return None
         base, sep, _session = name.rpartition(SESSION_SEP)
         if sep and (link_volume := self.replication.link_export_volume(base)) is not None:
             names = self._link_sessions.setdefault(base, set())
@@ -89,6 +106,13 @@ class StorageNode:
             return None
         export = self._file_export(grant.volume_id, grant.read_only)
         return None if export is None else self.replication.wrap(grant.volume_id, export)
+
+    def _may_open_link(self, name: str, peer: Identity | None) -> bool:
+        if self.tls is None:
+            return True
+        base, sep, _session = name.rpartition(SESSION_SEP)
+        link = self.replication.link_export_volume(base if sep else name) is not None
+        return not link or (peer is not None and peer.role is CertRole.AGENT)
 
     def _file_export(self, volume_id: str, read_only: bool) -> FileExport | None:
         key = (volume_id, read_only)
@@ -130,6 +154,7 @@ class StorageNode:
             nbd_host=self.nbd_host,
             nbd_port=self.nbd_port,
             witness_port=self.witness_port,
+            nbd_tls=self.nbd.tls_policy.value,
             boot_id=self.boot_id,
             capacity_bytes=capacity,
             free_bytes=free,

@@ -21,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from openevs.agent.control import create_control_app
+from openevs.agent.nbd_tls import AgentTls
 from openevs.agent.node import StorageNode
 from openevs.witness.arbiter import DEFAULT_LEASE_S
 from openevs.witness.server import WitnessServer
@@ -90,6 +91,7 @@ async def serve_agent(
     *,
     stop: asyncio.Event | None = None,
     witness: WitnessOptions | None = None,
+    tls: AgentTls | None = None,
 ) -> None:
     """Serve until `stop` is set or SIGTERM/SIGINT arrives (with `witness`: also a
     witness for the pairs of other AZs, on its own port and state directory)."""
@@ -97,7 +99,7 @@ async def serve_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = StorageNode(az, pool_dir, nbd_host, nbd_port)
+    agent = StorageNode(az, pool_dir, nbd_host, nbd_port, tls=tls)
     sock: socket.socket | None = None
     inode: int | None = None
     witness_server: WitnessServer | None = None
@@ -155,10 +157,10 @@ def _remove_unix_socket(sock: socket.socket, listen: str, inode: int | None) -> 
 
 def run_agent(
     az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
-    witness: WitnessOptions | None = None,
+    witness: WitnessOptions | None = None, tls: AgentTls | None = None,
 ) -> None:  # fmt: skip
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness))
+    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness, tls=tls))

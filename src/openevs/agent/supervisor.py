@@ -133,6 +133,13 @@ class _Child:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def _pki_args(settings: Settings, az: str) -> list[str]:
+    """`--pki` when the deployment PKI holds this agent's certificate (agent/nbd_tls.py):
+    its NBD port then offers TLS (optional on loopback) and its link is mutual TLS."""
+    pki_dir = settings.pki_dir().resolve()
+    return ["--pki", str(pki_dir)] if (pki_dir / f"agent-{az}.pem").is_file() else []
+
+
 class AgentSupervisor:
     """Starts, watches and stops the embedded agents; hands out their clients."""
 
@@ -165,6 +172,7 @@ class AgentSupervisor:
                     "--nbd",
                     f"{settings.nbd_host}:{port}",
                     *self._witness_args(index, az),
+                    *_pki_args(settings, az),
                 ],
                 pool_dir=pool,
                 pid_file=agent_dir / f"{az}.pid",

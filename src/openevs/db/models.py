@@ -128,6 +128,8 @@ class Agent(Base):
     nbd_port: Mapped[int] = mapped_column(Integer, default=0)
     # The witness this AZ's agent serves for other AZs' pairs, on nbd_host (0: none).
     witness_port: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the NBD port's TLS policy: off, optional, required
+    nbd_tls: Mapped[str] = mapped_column(String(16), default="off", server_default="off")
     healthy: Mapped[bool] = mapped_column(Boolean, default=False)
     checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

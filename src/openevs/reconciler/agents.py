@@ -33,6 +33,7 @@ class AgentWatcher:
                 row.nbd_host = health.nbd_host
                 row.nbd_port = health.nbd_port
                 row.witness_port = health.witness_port
+                row.nbd_tls = health.nbd_tls
                 row.capacity_bytes = health.capacity_bytes
 
     def check(self) -> dict[str, bool]:

@@ -75,7 +75,8 @@ def promote(
 ) -> None:  # fmt: skip
     """The DR disk becomes primary; its arbiter is at `unit_epoch` (the group's);
     `arbitrated=False`: none (a forced failover that could not reach the witness)."""
-    host, port = nbd_address(runtime, az_of(runtime, flip.old_primary))
+    peer_az = az_of(runtime, flip.old_primary)
+    host, port = nbd_address(runtime, peer_az)
     arbiter = None
     if arbitrated:
         arbiter = arbiter_for(runtime, pair, flip.new_primary, flip.old_primary, unit_epoch)
@@ -84,7 +85,7 @@ def promote(
         epoch=flip.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        peer=Peer(host=host, port=port, export=flip.link_export),
+        peer=Peer(host=host, port=port, export=flip.link_export, az=peer_az),
         mirroring=mirroring,
         arbiter=arbiter,
     )

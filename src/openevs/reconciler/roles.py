@@ -95,7 +95,8 @@ def arbiter_for(
 def primary_config(
     runtime: Runtime, pair: ReplicationPair, initial: bool, mirroring: bool = True
 ) -> ReplicationRequest:
-    host, port = nbd_address(runtime, az_of(runtime, pair.dr_volume_id))
+    peer_az = az_of(runtime, pair.dr_volume_id)
+    host, port = nbd_address(runtime, peer_az)
     arbiter = arbiter_for(
         runtime, pair, pair.production_volume_id, pair.dr_volume_id, unit_epoch_of(runtime, pair)
     )
@@ -104,7 +105,7 @@ def primary_config(
         epoch=pair.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        peer=Peer(host=host, port=port, export=pair.link_export),
+        peer=Peer(host=host, port=port, export=pair.link_export, az=peer_az),
         mirroring=mirroring,
         initial_sync=initial,
         arbiter=arbiter,

@@ -4,6 +4,14 @@ and the AZ availability the controller last observed.
 An export name is an unguessable per-attachment secret: whoever holds it can
 reach the disk, so it is only handed to the attachment's owner and revoked
 when the attachment goes.
+
+When the agent's NBD port requires TLS (it reports its policy in its
+health), the connection info has the TLS form: `uri` is `nbds://...`,
+`tls` is true and `ca_certificate` holds the PEM bundle that issued the
+agent's certificate (what the client verifies the server with: libnbd's
+`tls-certificates=DIR` and qemu's `tls-creds-x509 dir=DIR` want it as
+`DIR/ca-cert.pem`). A port with TLS optional keeps the plain form and says
+`tls_available`.
 """
 
 from __future__ import annotations
@@ -67,19 +75,36 @@ def initialize_connection(
         # The name is committed before the agent knows it: a grant the agent holds
         # always has its row, and an agent restart re-grants it from the row.
         uow.after_commit(lambda: _grant(runtime, az, export_name, volume_id, read_only))
-    host, port = agent_row.nbd_host, agent_row.nbd_port
-    return {
-        "driver_volume_type": "nbd",
-        "data": {
-            "host": host,
-            "port": port,
-            "export_name": export_name,
-            "uri": f"nbd://{host}:{port}/{export_name}",
-            "read_only": read_only,
-            "volume_id": volume_id,
-            "attachment_id": att.id,
-        },
+    host, port, tls_policy = agent_row.nbd_host, agent_row.nbd_port, agent_row.nbd_tls
+    data: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "export_name": export_name,
+        "uri": f"nbd://{host}:{port}/{export_name}",
+        "read_only": read_only,
+        "volume_id": volume_id,
+        "attachment_id": att.id,
     }
+    if tls_policy == "required":
+        data |= {"uri": f"nbds://{host}:{port}/{export_name}", "tls": True}
+        ca = _ca_bundle(runtime)
+        if ca is not None:
+            data["ca_certificate"] = ca
+    elif tls_policy == "optional":
+        data["tls_available"] = True
+    return {"driver_volume_type": "nbd", "data": data}
+
+
+def _ca_bundle(runtime: Runtime) -> str | None:
+    """The deployment CA bundle users verify agents with, if this controller has it."""
+    settings = runtime.settings
+    for path in (settings.pki_dir() / "ca.pem", settings.tls_ca):
+        if path is not None and path.is_file():
+            try:
+                return path.read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+    return None
 
 
 def _grant(runtime: Runtime, az: str, export_name: str, volume_id: str, read_only: bool) -> None:

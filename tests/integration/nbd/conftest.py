@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -14,19 +15,22 @@ from typing import Any, TypeVar
 import pytest
 
 from openevs.agent.nbd.export import Export, FileExport
-from openevs.agent.nbd.server import NbdServer
+from openevs.agent.nbd.server import NbdServer, TlsPolicy
+from openevs.security.identity import Identity
 
 T = TypeVar("T")
 
 
 class ServerThread:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, tls_policy: TlsPolicy | None = None) -> None:
         self.exports: dict[str, Export] = {}
+        self.peers: list[Identity | None] = []  # who asked, lookup by lookup
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server = NbdServer(self._resolve, "127.0.0.1", 0)
+        self.server = NbdServer(self._resolve, "127.0.0.1", 0, tls=tls, tls_policy=tls_policy)
 
-    async def _resolve(self, name: str) -> Export | None:
+    async def _resolve(self, name: str, peer: Identity | None) -> Export | None:
+        self.peers.append(peer)
         return self.exports.get(name)
 
     def start(self) -> None:
@@ -80,5 +84,3 @@ def disk(tmp_path: Path, nbd_server: ServerThread) -> tuple[str, Path]:
     name = "att-" + os.urandom(8).hex()
     nbd_server.exports[name] = FileExport(path)
     return name, path
-
-

@@ -7,6 +7,11 @@ aborted and `on_down` is called synchronously, before the failing request's
 caller sees the error, so the caller's decision (mark dirty, split the
 group) happens in the same event-loop step. While `want_up`, a reconnect
 loop retries with a short backoff and calls `on_up` when the link is back.
+
+With `tls` (the agent's mutual-TLS client context, agent/nbd_tls.py) every
+connection does NBD_OPT_STARTTLS and goes on only if the peer's
+certificate is `agent:<peer.az>` (any agent when the peer's AZ is not
+known); a refused peer is a failed connection like any other.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import contextlib
 import itertools
 import logging
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 
 from openevs.agent.nbd.client import NbdClient
 from openevs.contract import Peer
+from openevs.security.identity import CertRole
+from openevs.security.tls import require_peer
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +61,10 @@ class PeerLink:
         min_size_bytes: Callable[[], int] = lambda: 0,
         connections: int = CONNECTIONS,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.label = label
+        self._tls = tls
         self.peer = peer
         self._on_up = on_up
         self._on_down = on_down
@@ -142,9 +152,11 @@ class PeerLink:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 for _ in range(self._count):
-                    client = await _LinkClient.connect(self.peer.host, self.peer.port, name)
+                    client = await _LinkClient.connect(self.peer.host, self.peer.port, name, tls=self._tls)
                     assert isinstance(client, _LinkClient)
                     clients.append(client)
+                    if client.ssl_object is not None:
+                        require_peer(client.ssl_object, CertRole.AGENT, self.peer.az or None)
                     if client.read_only:
                         raise ConnectionError("the peer's link export is read-only")
         except BaseException:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 
 from openevs.agent.grants import validate_export_name
@@ -55,8 +56,10 @@ class ReplicationManager:
         drop_export: Callable[[str], Awaitable[None]],
         connection_count: Callable[[str], int],
         side: str = "",
+        link_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.pool = pool
+        self._link_tls = link_tls  # mutual TLS to the peers' link exports (agent/nbd_tls.py)
         self._drop_export = drop_export
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
@@ -72,6 +75,7 @@ class ReplicationManager:
             on_link_lost=self._link_lost,
             link_connections=self._connection_count,
             quorum=self.quorum,
+            link_tls=self._link_tls,
         )  # fmt: skip
 
     # -- arbitration (quorum.py, solo.py) ----------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable, Iterable
 
 from openevs.agent.mirror import engine
@@ -46,6 +47,7 @@ class Replica:
         on_link_lost: Callable[[Replica, str], None],
         link_connections: Callable[[str], int],
         quorum: Quorum,
+        link_tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self.volume_id = volume_id
         self.config = config
@@ -61,6 +63,7 @@ class Replica:
         self.link = ReplicaLink(
             volume_id, st, self.activity, changes, tasks, self._size,
             on_up=lambda: on_link_up(self), on_lost=lambda reason: on_link_lost(self, reason),
+            tls=link_tls,
         )  # fmt: skip
         self.sync = Sync(volume_id, st, self.activity, changes, self._current_link, self._rfd, self._size)
         self._quorum = quorum

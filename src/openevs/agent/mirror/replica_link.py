@@ -19,6 +19,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 from openevs.agent.mirror import engine
@@ -34,7 +35,9 @@ class ReplicaLink:
         self, volume_id: str, state: MirrorState, activity: ActivityLog, changes: Changes,
         tasks: TaskSet, size_bytes: Callable[[], int], *,
         on_up: Callable[[], None], on_lost: Callable[[str], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
+        self._tls = tls
         self._volume_id = volume_id
         self._state = state
         self._activity = activity
@@ -63,6 +66,7 @@ class ReplicaLink:
             self.current = PeerLink(
                 f"{self._volume_id}->{peer.host}:{peer.port}", peer,
                 on_up=self._on_up, on_down=self._on_down, min_size_bytes=self._size_bytes,
+                tls=self._tls,
             )  # fmt: skip
             self.current.start()
         self._changes.notify()

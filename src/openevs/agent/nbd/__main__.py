@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from openevs.security.identity import Identity
+from openevs.security.tls import public_server_context
 
 from .export import Export, FileExport
 from .server import NbdServer
@@ -23,15 +27,17 @@ from .server import NbdServer
 PROG = "python -m openevs.agent.nbd"
 
 
-async def serve(file: Path, host: str, port: int, name: str, read_only: bool) -> None:
+async def serve(
+    file: Path, host: str, port: int, name: str, read_only: bool, tls: ssl.SSLContext | None = None
+) -> None:
     export = FileExport(file, read_only=read_only)
 
-    async def resolve(requested: str) -> Export | None:
+    async def resolve(requested: str, _peer: Identity | None) -> Export | None:
         return export if requested == name else None
 
-    server = NbdServer(resolve, host, port)
+    server = NbdServer(resolve, host, port, tls=tls)
     await server.start()
-    print(f"serving {file} on nbd://{host}:{server.port}/{name}", flush=True)
+    print(f"serving {file} on nbd{'s' if tls else ''}://{host}:{server.port}/{name}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -48,6 +54,10 @@ def serve_file(
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse writes, trims and zeroes.")] = False,
     name: Annotated[str, typer.Option(help='Export name clients must ask for (default "").')] = "",
     use_uvloop: Annotated[bool, typer.Option("--uvloop", help="Use uvloop if installed.")] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Serve TLS only (STARTTLS required) with this certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The key of --tls-cert (PEM).")] = None,
 ) -> None:
     """Serve one file over NBD until SIGINT or SIGTERM (a development tool).
 
@@ -62,7 +72,10 @@ def serve_file(
             print("uvloop is not installed; using the default event loop", file=sys.stderr)
         else:
             uvloop.install()
-    asyncio.run(serve(file, host, port, name, read_only))
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    context = public_server_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    asyncio.run(serve(file, host, port, name, read_only, context))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tls_stream import TlsStream
 
 Buffer = bytes | bytearray | memoryview
 
@@ -115,8 +119,11 @@ class SendQueue:
         """Give `view` (from the pool) back once everything queued so far is sent."""
         self._release.append((self._queued_total, view))
 
-    def flush(self, sock: socket.socket) -> None:
-        """Send as much as the socket takes now; raises OSError on a broken connection."""
+    def flush(self, sock: socket.socket | TlsStream) -> None:
+        """Send as much as the socket takes now; raises OSError on a broken connection.
+
+        Never queue a `FileRegion` for a `TlsStream`: sendfile would bypass
+        the encryption."""
         items = self._items
         while items:
             head = items[0]

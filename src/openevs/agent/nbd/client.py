@@ -9,6 +9,11 @@ into its result) and requests leave through a `SendQueue` with one
 socket does not take at once waits for `add_writer` (the kernel's send
 buffer is the backpressure; it is made large enough for a 4 MiB write).
 
+TLS: `connect(..., tls=context)` asks NBD_OPT_STARTTLS before anything
+else and goes on only over TLS (tls_stream.py); a server that refuses
+raises `NbdOptionRefused`, and one whose certificate the context rejects
+raises `ssl.SSLError`. `ssl_object` is then there for `require_peer`.
+
 Pipelined: any number of tasks may call it at once; replies are matched to
 requests by cookie, in whatever order the server sends them. Error replies
 raise `NbdError(errno)`; a dropped connection fails every pending and later
@@ -21,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 
 from . import constants as c
 from .buffers import BufferPool, SendQueue
-from .client_events import NEED_DATA, ExportEntered, OptionRefused, RequestDone, RequestFailed
+from .client_events import NEED_DATA, ExportEntered, OptionRefused, RequestDone, RequestFailed, TlsAccepted
 from .client_protocol import ClientConnection
 from .constants import Command
 from .errors import NbdConnectionClosed, NbdError, NbdOptionRefused, RemoteProtocolError
+from .tls_stream import TlsStream
 
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -39,6 +46,8 @@ class NbdClient:
 
     def __init__(self, sock: socket.socket, core: ClientConnection) -> None:
         self._sock: socket.socket | None = sock
+        self._io: socket.socket | TlsStream = sock
+        self._tls: TlsStream | None = None
         self._fd = sock.fileno()
         self._core = core
         self._loop = asyncio.get_running_loop()
@@ -58,12 +67,31 @@ class NbdClient:
     def read_only(self) -> bool:
         return bool(self.flags & c.FLAG_READ_ONLY)
 
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS session (None without TLS), for `security.tls.require_peer`."""
+        return self._tls.ssl_object if self._tls is not None else None
+
     @classmethod
-    async def connect(cls, host: str, port: int, export_name: str, *, structured: bool = True) -> NbdClient:
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        export_name: str,
+        *,
+        structured: bool = True,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> NbdClient:
+        """Open a connection and enter transmission on `export_name`.
+
+        With `tls`, the session is upgraded by NBD_OPT_STARTTLS first;
+        `server_hostname` (default: `host`) is what the server's certificate
+        must name when the context checks host names."""
         sock = await _open_socket(host, port)
         try:
-            client = cls(sock, ClientConnection(export_name, structured=structured))
-            await client._handshake()
+            client = cls(sock, ClientConnection(export_name, structured=structured, tls=tls is not None))
+            await client._handshake(tls, server_hostname or host)
         except BaseException:
             sock.close()
             raise
@@ -78,19 +106,30 @@ class NbdClient:
 
     # -- handshake --------------------------------------------------------
 
-    async def _handshake(self) -> None:
+    async def _handshake(self, tls: ssl.SSLContext | None, server_hostname: str) -> None:
         core, sock, loop = self._core, self._sock, self._loop
         assert sock is not None
         while True:
             event = core.next_event()
             if event is NEED_DATA:
                 data = core.data_to_send()
-                if data:
-                    await loop.sock_sendall(sock, data)
-                n = await loop.sock_recv_into(sock, core.get_buffer())
+                if self._tls is not None:
+                    if data:
+                        await self._tls.sendall_async(data)
+                    n = await self._tls.recv_into_async(core.get_buffer())
+                else:
+                    if data:
+                        await loop.sock_sendall(sock, data)
+                    n = await loop.sock_recv_into(sock, core.get_buffer())
                 if n == 0:
                     raise NbdConnectionClosed(f"server closed during {core.waiting_for}")
                 core.buffer_updated(n)
+            elif isinstance(event, TlsAccepted):
+                assert tls is not None
+                hostname = server_hostname if tls.check_hostname else None
+                self._tls = await TlsStream.start(sock, tls, server_side=False, server_hostname=hostname)
+                self._io = self._tls
+                core.tls_started()
             elif isinstance(event, OptionRefused):
                 raise NbdOptionRefused(event.option, event.reply, event.message)
             elif isinstance(event, ExportEntered):
@@ -107,6 +146,8 @@ class NbdClient:
         self._loop.add_reader(self._fd, self._on_readable)
         self._reading = True
         self._deliver_or_drop()  # the server may have sent more than the handshake
+        if self._tls is not None and self._tls.has_buffered:
+            self._loop.call_soon(self._on_readable)  # held by TLS, where the fd does not show it
 
     # -- requests ---------------------------------------------------------
 
@@ -206,33 +247,36 @@ class NbdClient:
 
     def _push(self) -> None:
         """Send what the socket takes; wait for writability while anything is left."""
-        out, sock = self._out, self._sock
-        if sock is None:
+        out, tls = self._out, self._tls
+        if self._sock is None:
             return
         try:
-            out.flush(sock)
+            out.flush(self._io)
+            if tls is not None:
+                tls.flush()
         except OSError as exc:
             self._fail_all(exc)
             return
-        if out and not self._sending:
+        waiting = bool(out) or (tls is not None and tls.wants_write)
+        if waiting and not self._sending:
             self._loop.add_writer(self._fd, self._push)
             self._sending = True
-        elif not out:
+        elif not waiting:
             if self._sending:
                 self._loop.remove_writer(self._fd)
                 self._sending = False
             self._wake_sent()
 
     def _on_readable(self) -> None:
-        core, sock = self._core, self._sock
-        if sock is None:
+        core, io = self._core, self._io
+        if self._sock is None:
             return
         try:
             while True:
                 buf = core.get_buffer()
                 size = len(buf)
                 try:
-                    n = sock.recv_into(buf)
+                    n = io.recv_into(buf)
                 except (BlockingIOError, InterruptedError):
                     return
                 finally:
@@ -323,9 +367,11 @@ class NbdClient:
             self._closed = NbdConnectionClosed("closed by the client")
             self._out.append(self._core.disconnect())
             self._push()
-            if self._out:
+            if self._out or (self._tls is not None and self._tls.wants_write):
                 self._sent = self._loop.create_future()
                 await self._sent
+            if self._tls is not None:
+                self._tls.close_notify()
         self._detach_socket()
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "OptionRefused",
     "RequestDone",
     "RequestFailed",
+    "TlsAccepted",
 ]
 
 
@@ -43,6 +44,12 @@ class OptionRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsAccepted:
+    """The server ACKed NBD_OPT_STARTTLS: run the TLS handshake on the connection now,
+    then call `tls_started()`; every later byte goes through TLS."""
+
+
+@dataclass(frozen=True, slots=True)
 class RequestDone:
     """The request with `cookie` succeeded.
 
@@ -63,4 +70,4 @@ class RequestFailed:
     message: str
 
 
-ClientEvent = ExportEntered | OptionRefused | RequestDone | RequestFailed
+ClientEvent = ExportEntered | OptionRefused | TlsAccepted | RequestDone | RequestFailed

@@ -4,7 +4,11 @@ Part of `client_protocol.ClientConnection`; the same rules apply (no I/O,
 bounded buffers, terminal error state after a server's violation).
 
 The client speaks fixed newstyle only and asks one option at a time, each
-once its predecessor's final reply has arrived: STRUCTURED_REPLY (when
+once its predecessor's final reply has arrived: STARTTLS first when TLS is
+wanted (its ACK is the `TlsAccepted` event; the I/O layer runs the TLS
+handshake and calls `tls_started()`; a refusal ends the session, and a
+server that sends anything behind the ACK in clear text is a protocol
+violation), then STRUCTURED_REPLY (when
 wanted; a refusal only means simple replies), SET_META_CONTEXT
 `base:allocation` (once structured replies are on), then GO asking for
 INFO_BLOCK_SIZE. A refused SET_META_CONTEXT or GO ends the session with
@@ -18,7 +22,7 @@ import struct
 from typing import Final, NoReturn
 
 from . import constants as c
-from .client_events import NEED_DATA, ClientEvent, ExportEntered, NeedData, OptionRefused
+from .client_events import NEED_DATA, ClientEvent, ExportEntered, NeedData, OptionRefused, TlsAccepted
 from .constants import Info, Option, Reply
 from .errors import LocalProtocolError, RemoteProtocolError
 
@@ -32,6 +36,8 @@ _BLOCK_SIZE_INFO: Final = struct.Struct(">III")  # minimum, preferred, maximum
 
 class ClientState(enum.Enum):
     GREETING = "greeting"  # waiting for the server's greeting
+    STARTTLS = "starttls"  # waiting for the answer to STARTTLS
+    TLS_HANDSHAKE = "tls_handshake"  # the I/O layer runs the TLS handshake
     STRUCTURED_REPLY = "structured_reply"  # waiting for the answer to that option
     META_CONTEXT = "meta_context"
     GO = "go"
@@ -41,6 +47,8 @@ class ClientState(enum.Enum):
 
 
 class Trigger(enum.Enum):
+    ASK_STARTTLS = "ask_starttls"
+    TLS_ACCEPTED = "tls_accepted"
     ASK_STRUCTURED_REPLY = "ask_structured_reply"
     ASK_META_CONTEXT = "ask_meta_context"
     ASK_GO = "ask_go"
@@ -52,6 +60,11 @@ class Trigger(enum.Enum):
 TRANSITIONS: Final[dict[tuple[ClientState, Trigger], ClientState]] = {
     (ClientState.GREETING, Trigger.ASK_STRUCTURED_REPLY): ClientState.STRUCTURED_REPLY,
     (ClientState.GREETING, Trigger.ASK_GO): ClientState.GO,
+    (ClientState.GREETING, Trigger.ASK_STARTTLS): ClientState.STARTTLS,
+    (ClientState.STARTTLS, Trigger.TLS_ACCEPTED): ClientState.TLS_HANDSHAKE,
+    (ClientState.STARTTLS, Trigger.REFUSED): ClientState.CLOSED,
+    (ClientState.TLS_HANDSHAKE, Trigger.ASK_STRUCTURED_REPLY): ClientState.STRUCTURED_REPLY,
+    (ClientState.TLS_HANDSHAKE, Trigger.ASK_GO): ClientState.GO,
     (ClientState.STRUCTURED_REPLY, Trigger.ASK_META_CONTEXT): ClientState.META_CONTEXT,
     (ClientState.STRUCTURED_REPLY, Trigger.ASK_GO): ClientState.GO,
     (ClientState.META_CONTEXT, Trigger.ASK_GO): ClientState.GO,
@@ -63,6 +76,7 @@ TRANSITIONS: Final[dict[tuple[ClientState, Trigger], ClientState]] = {
 
 # The option whose replies each handshake state waits for.
 _ASKED: Final = {
+    ClientState.STARTTLS: Option.STARTTLS,
     ClientState.STRUCTURED_REPLY: Option.STRUCTURED_REPLY,
     ClientState.META_CONTEXT: Option.SET_META_CONTEXT,
     ClientState.GO: Option.GO,
@@ -81,6 +95,7 @@ class ClientNegotiation:
     _end: int
     _name: bytes
     _want_structured: bool
+    _want_tls: bool
     max_option_bytes: int
     size_bytes: int
     flags: int
@@ -156,6 +171,19 @@ class ClientNegotiation:
             self._fail("server does not support fixed newstyle")
         cflags = c.FLAG_C_FIXED_NEWSTYLE | (c.FLAG_C_NO_ZEROES if hflags & c.FLAG_NO_ZEROES else 0)
         self._out += c.CLIENT_FLAGS.pack(cflags)
+        if self._want_tls:
+            self._ask(Trigger.ASK_STARTTLS, Option.STARTTLS, b"")
+        else:
+            self._first_options()
+
+    def tls_started(self) -> None:
+        """The I/O layer finished the TLS handshake that `TlsAccepted` asked for."""
+        self._check_usable()
+        if self._state is not ClientState.TLS_HANDSHAKE:
+            raise LocalProtocolError(f"no TLS handshake is due in state {self._state.value}")
+        self._first_options()
+
+    def _first_options(self) -> None:
         if self._want_structured:
             self._ask(Trigger.ASK_STRUCTURED_REPLY, Option.STRUCTURED_REPLY, b"")
         else:
@@ -170,6 +198,11 @@ class ClientNegotiation:
 
     def _option_reply(self, option: Option, reply: int, payload: bytes) -> ClientEvent | None:
         """Handle one reply to `option`; an event when the session's course is set."""
+        if option is Option.STARTTLS and reply == Reply.ACK:
+            if self._end != self._start:
+                self._fail("clear-text data behind the STARTTLS acknowledgement")
+            self._transition(Trigger.TLS_ACCEPTED)
+            return TlsAccepted()
         if option is Option.STRUCTURED_REPLY:
             if reply == Reply.ACK or reply & _ERROR_BIT:
                 self.structured = reply == Reply.ACK

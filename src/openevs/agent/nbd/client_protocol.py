@@ -84,12 +84,15 @@ class ClientConnection(ClientNegotiation):
         export_name: str,
         *,
         structured: bool = True,
+        tls: bool = False,
         max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     ) -> None:
-        """`structured`: ask for structured replies (and base:allocation)."""
+        """`structured`: ask for structured replies (and base:allocation); `tls`: ask
+        for STARTTLS first and go on only once TLS is up."""
         self._name = export_name.encode()
         self._want_structured = structured
+        self._want_tls = tls
         self.max_option_bytes = max_option_bytes
         self.max_chunk_bytes = max_chunk_bytes
         self.max_extents = max_chunk_bytes // 8

@@ -9,6 +9,10 @@ reads need no task), write-like requests of exports that allow it
 replies queued during one wake-up leave in a single `sendmsg` (large reads
 straight from the file with sendfile).
 
+After NBD_OPT_STARTTLS every byte goes through a `TlsStream` on the same
+socket (tls_stream.py): the same callbacks, but reads also drain what the
+stream holds in memory, and file data is sent from memory (no sendfile).
+
 Rules: replies never interleave (one send queue, whole messages only);
 in-flight requests, their payload bytes and queued output are bounded, and
 reading stops while any bound is hit (backpressure); export names are
@@ -22,19 +26,25 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sized
 from functools import partial
 from typing import Protocol
+
+from openevs.security import PeerRejected
+from openevs.security.identity import Identity
+from openevs.security.tls import peer_identity
 
 from . import constants as c
 from .buffers import POOL_MIN_BYTES, BufferPool, FileRegion, SendQueue
 from .constants import Command, Errno
 from .eager import start_eagerly
 from .errors import ProtocolError
-from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request
+from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request, StartTls
 from .export import Export
-from .protocol import ServerConnection
+from .protocol import ServerConnection, TlsPolicy
 from .replies import merge_extents
+from .tls_stream import TlsStream
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +73,12 @@ class Owner(Protocol):
     max_in_flight_bytes: int
     max_output_bytes: int
     handshake_timeout_s: float
+    tls_context: ssl.SSLContext | None
+    tls_policy: TlsPolicy
 
-    async def resolve(self, name: str) -> Export | None:
-        """The export called `name`, or None (also when it is not for this client)."""
+    async def resolve(self, name: str, peer: Identity | None) -> Export | None:
+        """The export called `name` for a client holding certificate `peer`, or None
+        (also when it is not for this client)."""
 
     def register(self, conn: Connection, name: str) -> None:
         """`conn` entered transmission on export `name`."""
@@ -82,7 +95,11 @@ class Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
-        self.proto = ServerConnection(payload_allocator=server.pool.get)
+        policy = server.tls_policy if server.tls_context is not None else TlsPolicy.OFF
+        self.proto = ServerConnection(payload_allocator=server.pool.get, tls_policy=policy)
+        self.io: socket.socket | TlsStream = sock  # what replies are sent through
+        self.tls: TlsStream | None = None
+        self.peer: Identity | None = None  # from a verified client certificate
         self.name: str | None = None
         self.export: Export | None = None
         self._out = SendQueue(server.pool)
@@ -117,6 +134,8 @@ class Connection:
         except Exception:
             log.exception("nbd connection to export %s failed", self._label())
         finally:
+            if self.tls is not None:
+                self.tls.close_notify()
             self.abort()
             self.sock.close()
             self.server.forget(self)
@@ -127,18 +146,24 @@ class Connection:
             event = proto.next_event()
             if event is NEED_DATA:
                 await self._send_handshake()
-                n = await self.loop.sock_recv_into(self.sock, proto.get_buffer())
+                if self.tls is not None:
+                    n = await self.tls.recv_into_async(proto.get_buffer())
+                else:
+                    n = await self.loop.sock_recv_into(self.sock, proto.get_buffer())
                 if n == 0:
                     return False
                 proto.buffer_updated(n)
+            elif isinstance(event, StartTls):
+                await self._start_tls()
             elif isinstance(event, ExportLookup):
-                export = await self.server.resolve(event.name)
+                export = await self.server.resolve(event.name, self.peer)
                 if export is None:
                     proto.export_not_found()
                 else:
                     self.export = export
                     fileno = getattr(export, "fileno", None)
-                    self._sendfile_fd = fileno() if callable(fileno) else None
+                    # sendfile would bypass TLS
+                    self._sendfile_fd = fileno() if callable(fileno) and self.tls is None else None
                     readinto = getattr(export, "readinto", None)
                     self._readinto = readinto if callable(readinto) else None
                     self._eager = getattr(export, "eager_writes", False) is True
@@ -154,8 +179,21 @@ class Connection:
 
     async def _send_handshake(self) -> None:
         data = self.proto.data_to_send()
-        if data:
+        if data and self.tls is not None:
+            await self.tls.sendall_async(data)
+        elif data:
             await self.loop.sock_sendall(self.sock, data)
+
+    async def _start_tls(self) -> None:
+        await self._send_handshake()  # the ACK, in clear text
+        assert self.server.tls_context is not None
+        self.tls = await TlsStream.start(self.sock, self.server.tls_context, server_side=True)
+        self.io = self.tls
+        try:
+            self.peer = peer_identity(self.tls.ssl_object)
+        except PeerRejected:
+            self.peer = None  # no certificate (a user), or one that names no role of ours
+        self.proto.tls_started()
 
     # -- transmission: input --------------------------------------------
 
@@ -166,7 +204,7 @@ class Connection:
                 buf = proto.get_buffer()
                 size = len(buf)
                 try:
-                    n = self.sock.recv_into(buf)
+                    n = self.io.recv_into(buf)
                 except (BlockingIOError, InterruptedError):
                     break
                 del buf
@@ -181,7 +219,7 @@ class Connection:
         except ProtocolError as exc:
             log.info("nbd connection to export %s broke the protocol: %s", self._label(), exc)
             with contextlib.suppress(OSError):
-                self._out.flush(self.sock)  # best effort: answers to the valid requests
+                self._out.flush(self.io)  # best effort: answers to the valid requests
             self.abort()
         except OSError as exc:
             log.info("nbd connection to export %s dropped: %s", self._label(), exc)
@@ -334,7 +372,7 @@ class Connection:
             return
         try:
             self._flush()
-            if self._closing and not self._in_flight and not self._out:
+            if self._closing and not self._in_flight and not self._out and not self._tls_waiting():
                 self.abort()
         except OSError as exc:
             log.info("nbd connection to export %s dropped: %s", self._label(), exc)
@@ -343,12 +381,15 @@ class Connection:
     # -- transmission: output and flow control ---------------------------
 
     def _flush(self) -> None:
-        out = self._out
-        out.flush(self.sock)
-        if out and not self._writing:
+        out, tls = self._out, self.tls
+        out.flush(self.io)
+        if tls is not None:
+            tls.flush()
+        waiting = bool(out) or (tls is not None and tls.wants_write)
+        if waiting and not self._writing:
             self.loop.add_writer(self.fd, self._on_writable)
             self._writing = True
-        elif not out and self._writing:
+        elif not waiting and self._writing:
             self.loop.remove_writer(self.fd)
             self._writing = False
         self._update_reading()
@@ -360,8 +401,11 @@ class Connection:
             log.info("nbd connection to export %s dropped: %s", self._label(), exc)
             self.abort()
             return
-        if self._closing and not self._out and not self._in_flight:
+        if self._closing and not self._out and not self._in_flight and not self._tls_waiting():
             self.abort()
+
+    def _tls_waiting(self) -> bool:
+        return self.tls is not None and self.tls.wants_write
 
     def _update_reading(self) -> None:
         server = self.server
@@ -382,6 +426,9 @@ class Connection:
 
     def _on_resumed(self) -> None:
         if self._closed or not self._reading:
+            return
+        if self.tls is not None and self.tls.has_buffered:
+            self._on_readable()  # bytes wait in the TLS buffers: the fd will not say so
             return
         try:
             self._process()

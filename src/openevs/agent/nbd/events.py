@@ -52,6 +52,13 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTls:
+    """The client asked for NBD_OPT_STARTTLS and its ACK is queued: send it, run the
+    TLS handshake over the same connection, then call `tls_started()` (or close).
+    Every later byte in both directions goes through TLS."""
+
+
+@dataclass(frozen=True, slots=True)
 class Disconnect:
     """The client ended the session softly (NBD_OPT_ABORT or NBD_CMD_DISC), or an
     EXPORT_NAME could not be satisfied; the I/O layer closes after pending work."""
@@ -75,4 +82,4 @@ class NeedData:
 
 NEED_DATA = NeedData()
 
-Event = ExportLookup | ExportChosen | Request | Disconnect
+Event = ExportLookup | ExportChosen | Request | StartTls | Disconnect

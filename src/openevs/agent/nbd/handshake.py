@@ -3,8 +3,20 @@ export lookups. Part of `protocol.ServerConnection`; the same rules apply (no
 I/O, bounded buffers, terminal error state after a peer's violation).
 
 Export names are per-attachment secrets: NBD_OPT_LIST lists nothing, and an
-unknown name gets NBD_REP_ERR_UNKNOWN. STARTTLS, EXTENDED_HEADERS and any
-other option get NBD_REP_ERR_UNSUP and negotiation goes on.
+unknown name gets NBD_REP_ERR_UNKNOWN. EXTENDED_HEADERS and any other
+option it does not know get NBD_REP_ERR_UNSUP and negotiation goes on.
+
+TLS (`tls_policy`, the spec's modes): OFF is NOTLS (STARTTLS gets
+ERR_UNSUP); OPTIONAL is SELECTIVETLS with no TLS-only export (the client
+may upgrade, nothing forces it); REQUIRED is FORCEDTLS: before TLS every
+option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD and EXPORT_NAME
+(which cannot be refused) ends the session. STARTTLS is ACKed once, as a
+`StartTls` event for the I/O layer, which runs the TLS handshake and calls
+`tls_started()`; a second one gets ERR_INVALID. Bytes already buffered
+behind a STARTTLS arrived in clear text where only TLS may follow (an
+injection attempt): the connection fails. What was negotiated before TLS
+(structured replies, the meta context) is forgotten once TLS is up, so a
+man in the middle cannot have set it.
 """
 
 from __future__ import annotations
@@ -16,17 +28,24 @@ from typing import Final, NoReturn
 from . import constants as c
 from .constants import Info, Option, Reply
 from .errors import LocalProtocolError, RemoteProtocolError
-from .events import NEED_DATA, Disconnect, Event, ExportChosen, ExportLookup, NeedData
+from .events import NEED_DATA, Disconnect, Event, ExportChosen, ExportLookup, NeedData, StartTls
 from .replies import ReplyBuilder
 
 META_CONTEXT_ID: Final = 1
 _OPTION_HEADER_SIZE: Final = c.OPTION_HEADER.size
 
 
+class TlsPolicy(enum.StrEnum):
+    OFF = "off"  # NOTLS
+    OPTIONAL = "optional"  # SELECTIVETLS, no export TLS-only
+    REQUIRED = "required"  # FORCEDTLS
+
+
 class State(enum.Enum):
     CLIENT_FLAGS = "client_flags"
     OPTIONS = "options"
     LOOKUP = "lookup"
+    TLS_HANDSHAKE = "tls_handshake"  # STARTTLS acknowledged; the I/O layer runs the TLS handshake
     TRANSMISSION = "transmission"
     CLOSED = "closed"
     ERROR = "error"
@@ -37,6 +56,8 @@ class Trigger(enum.Enum):
     LOOKUP_STARTED = "lookup_started"
     LOOKUP_ANSWERED = "lookup_answered"
     EXPORT_ENTERED = "export_entered"
+    TLS_ACCEPTED = "tls_accepted"
+    TLS_STARTED = "tls_started"
     CLOSE = "close"
 
 
@@ -46,6 +67,9 @@ TRANSITIONS: Final[dict[tuple[State, Trigger], State]] = {
     (State.LOOKUP, Trigger.LOOKUP_ANSWERED): State.OPTIONS,
     (State.LOOKUP, Trigger.EXPORT_ENTERED): State.TRANSMISSION,
     (State.LOOKUP, Trigger.CLOSE): State.CLOSED,
+    (State.OPTIONS, Trigger.TLS_ACCEPTED): State.TLS_HANDSHAKE,
+    (State.TLS_HANDSHAKE, Trigger.TLS_STARTED): State.OPTIONS,
+    (State.TLS_HANDSHAKE, Trigger.CLOSE): State.CLOSED,
     (State.OPTIONS, Trigger.CLOSE): State.CLOSED,
     (State.TRANSMISSION, Trigger.CLOSE): State.CLOSED,
 }
@@ -73,6 +97,8 @@ class Negotiation(ReplyBuilder):
     flags: int
     read_only: bool
     block_status: bool
+    tls_policy: TlsPolicy
+    tls_active: bool
 
     @property
     def state(self) -> State:
@@ -133,6 +159,14 @@ class Negotiation(ReplyBuilder):
         self._out += data
 
     def _handle_option(self, option: int, data: bytes) -> Event | None:
+        if option == Option.STARTTLS:
+            return self._starttls(data)
+        if self.tls_policy is TlsPolicy.REQUIRED and not self.tls_active and option != Option.ABORT:
+            if option == Option.EXPORT_NAME:  # cannot carry an error: the session must end
+                self._transition(Trigger.CLOSE)
+                return Disconnect("EXPORT_NAME before STARTTLS on a TLS-only server")
+            self._option_reply(option, Reply.ERR_TLS_REQD, b"TLS required: send NBD_OPT_STARTTLS first")
+            return None
         if option == Option.EXPORT_NAME:
             try:
                 name = data.decode()
@@ -165,6 +199,29 @@ class Negotiation(ReplyBuilder):
             return None
         self._option_reply(option, Reply.ERR_UNSUP, b"option not supported")
         return None
+
+    def _starttls(self, data: bytes) -> Event | None:
+        if self.tls_policy is TlsPolicy.OFF:
+            self._option_reply(Option.STARTTLS, Reply.ERR_UNSUP, b"TLS is not offered here")
+        elif self.tls_active:
+            self._option_reply(Option.STARTTLS, Reply.ERR_INVALID, b"TLS is already on")
+        elif data:
+            self._option_reply(Option.STARTTLS, Reply.ERR_INVALID, b"unexpected data")
+        elif self._end != self._start:
+            self._fail("clear-text data behind NBD_OPT_STARTTLS")
+        else:
+            self._option_reply(Option.STARTTLS, Reply.ACK)
+            self._transition(Trigger.TLS_ACCEPTED)
+            return StartTls()
+        return None
+
+    def tls_started(self) -> None:
+        """The I/O layer finished the TLS handshake that the `StartTls` event asked for."""
+        self._check_usable()
+        self._transition(Trigger.TLS_STARTED)
+        self.tls_active = True
+        self.structured = False  # negotiated in clear text: forgotten
+        self._meta_export = None
 
     def _start_lookup(self, option: Option, name: str, infos: tuple[int, ...]) -> ExportLookup:
         self._lookup = (option, name, infos)

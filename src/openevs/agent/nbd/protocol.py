@@ -30,9 +30,9 @@ from . import constants as c
 from .constants import Command, Errno
 from .errors import LocalProtocolError
 from .events import NEED_DATA, Disconnect, Event, NeedData, Request
-from .handshake import Negotiation, State, Trigger
+from .handshake import Negotiation, State, TlsPolicy, Trigger
 
-__all__ = ["NEED_DATA", "ServerConnection", "State"]
+__all__ = ["NEED_DATA", "ServerConnection", "State", "TlsPolicy"]
 
 DEFAULT_MAX_OPTION_BYTES: Final = 64 * 1024
 DEFAULT_MAX_OPTIONS: Final = 256
@@ -67,6 +67,7 @@ class ServerConnection(Negotiation):
         max_option_bytes: int = DEFAULT_MAX_OPTION_BYTES,
         max_options: int = DEFAULT_MAX_OPTIONS,
         payload_allocator: Callable[[int], bytearray | memoryview] = bytearray,
+        tls_policy: TlsPolicy = TlsPolicy.OFF,
     ) -> None:
         """`payload_allocator(n)` gives a writable buffer of exactly n bytes for a
         write payload that does not fit in the receive buffer (a pool, say)."""
@@ -101,6 +102,8 @@ class ServerConnection(Negotiation):
         self.flags = 0
         self.read_only = False
         self.block_status = False
+        self.tls_policy = tls_policy
+        self.tls_active = False
 
     @property
     def awaiting_payload(self) -> bool:

@@ -5,6 +5,12 @@ Per-connection work (handshake, transmission, flow control) is in
 Export names are per-attachment secrets: they are never listed, and
 `drop_export(name)` closes every connection that uses one (revocation,
 deletion).
+
+TLS: with an `ssl.SSLContext` the server offers NBD_OPT_STARTTLS, under
+`tls_policy` (default REQUIRED: no option but STARTTLS and ABORT is
+answered in clear text, handshake.py). The resolver is told who the client
+is: the identity of the certificate the TLS handshake verified, or None
+(no TLS, or a client without a certificate).
 """
 
 from __future__ import annotations
@@ -13,17 +19,21 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+
+from openevs.security.identity import Identity
 
 from .buffers import BufferPool
 from .connection import Connection, wire_errno
 from .export import Export
+from .handshake import TlsPolicy
 
-__all__ = ["NbdServer", "Resolver", "wire_errno"]
+__all__ = ["NbdServer", "Resolver", "TlsPolicy", "wire_errno"]
 
 log = logging.getLogger(__name__)
 
-Resolver = Callable[[str], Awaitable[Export | None]]
+Resolver = Callable[[str, Identity | None], Awaitable[Export | None]]
 
 
 class NbdServer:
@@ -39,8 +49,14 @@ class NbdServer:
         max_in_flight_bytes: int = 256 * 1024 * 1024,
         max_output_bytes: int = 64 * 1024 * 1024,
         handshake_timeout_s: float = 30.0,
+        tls: ssl.SSLContext | None = None,
+        tls_policy: TlsPolicy | None = None,
     ) -> None:
+        if tls is None and tls_policy not in (None, TlsPolicy.OFF):
+            raise ValueError(f"TLS policy {tls_policy} needs an SSL context")
         self._resolver = resolver
+        self.tls_context = tls
+        self.tls_policy = tls_policy or (TlsPolicy.REQUIRED if tls is not None else TlsPolicy.OFF)
         self.host = host
         self.port = port
         self.max_in_flight = max_in_flight
@@ -120,10 +136,10 @@ class NbdServer:
 
     # -- what its connections call (connection.Owner) ---------------------
 
-    async def resolve(self, name: str) -> Export | None:
+    async def resolve(self, name: str, peer: Identity | None) -> Export | None:
         while True:
             epoch = self._drop_epoch
-            export = await self._resolver(name)
+            export = await self._resolver(name, peer)
             if epoch == self._drop_epoch:
                 return export  # no revocation raced with the lookup
 
