@@ -23,21 +23,41 @@ def agent(
     nbd: Annotated[
         str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port).")
     ] = "127.0.0.1:10809",
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="This agent's certificate (`openevs admin pki issue --agent AZ`).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (mode 0600).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="The deployment's CA bundle (ca.pem).")] = None,
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
     It serves the volume files under --pool over NBD and answers the
-    controller on its control API; SIGTERM or SIGINT stops it cleanly.
+    controller on its control API, over mutual TLS with the files given by
+    --tls-cert/--tls-key/--tls-ca (or OPENEVS_AGENT_TLS_CERT/_KEY/_CA);
+    without them it listens on loopback or a unix socket only. SIGTERM or
+    SIGINT stops it cleanly.
     """
     # Imported here: every server-side `openevs` command loads this module,
     # and only this one needs the agent's NBD and control-API code.
-    from openevs.agent.runner import parse_hostport, run_agent
+    from openevs.agent.runner import check_listen_security, parse_hostport, run_agent
+    from openevs.config import ConfigError, load_settings
+    from openevs.security import SecurityError
+    from openevs.security.tls import server_context
 
     try:
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port)
+    given: dict[str, object] = {"agent_tls_cert": tls_cert, "agent_tls_key": tls_key, "agent_tls_ca": tls_ca}
+    try:
+        tls = load_settings(None, **{k: v for k, v in given.items() if v is not None}).agent_tls_files()
+        check_listen_security(listen, tls)
+        if tls is not None:
+            server_context(tls)  # unusable files: refuse now, with the reason
+    except (ConfigError, SecurityError, ValueError) as exc:
+        typer.echo(f"{PROG}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    run_agent(az, pool, listen, nbd_host, nbd_port, tls)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,11 +2,15 @@
 
 One clean I/O boundary: transport failures become `AgentUnavailable`, error
 answers become `AgentRequestFailed(message, status, reason)`. The URL is
-`unix:/path.sock` (embedded agent) or `http://host:port` (standalone).
+`unix:/path.sock` (embedded agent), `https://host:port` (standalone, mutual
+TLS: the client presents the controller's certificate, checks the agent's
+against the CA and the host name, and then that it names the agent of
+this AZ) or `http://127.0.0.1:port` (a standalone agent on loopback).
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -30,6 +34,10 @@ from openevs.contract import (
     VolumeInfo,
     VolumeList,
 )
+from openevs.security import PeerRejected
+from openevs.security.identity import CertRole
+from openevs.security.pki import TlsFiles
+from openevs.security.tls import client_context, require_peer
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,17 +49,28 @@ def _quoted(name: str) -> str:
 class HttpAgentClient:
     """Sync, thread-safe client of one agent; every call is idempotent."""
 
-    def __init__(self, az: str, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, az: str, url: str, timeout_s: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.az = az
         self.url = url
+        self._tls = url.startswith("https://")
         if url.startswith("unix:"):
             transport = httpx.HTTPTransport(uds=url[len("unix:") :])
             base_url = "http://agent"
-        elif url.startswith(("http://", "https://")):
+        elif url.startswith("http://"):
             transport = httpx.HTTPTransport()
             base_url = url.rstrip("/")
+        elif self._tls:
+            if tls is None:
+                raise ValueError(
+                    f"agent url {url} is https but the controller has no certificate: issue one with "
+                    "`openevs admin pki issue --controller` or set OPENEVS_CONTROL_TLS_CERT/_KEY/_CA"
+                )
+            transport = httpx.HTTPTransport(verify=client_context(tls, check_hostname=True))
+            base_url = url.rstrip("/")
         else:
-            raise ValueError(f"agent url must be unix:/path.sock or http://host:port, got {url!r}")
+            raise ValueError(
+                f"agent url must be unix:/path.sock, https://host:port or http://host:port, got {url!r}"
+            )
         self._http = httpx.Client(transport=transport, base_url=base_url, timeout=timeout_s)
 
     def __repr__(self) -> str:
@@ -65,6 +84,8 @@ class HttpAgentClient:
             raise AgentUnavailable(
                 f"agent of {self.az} at {self.url} unreachable: {exc or type(exc).__name__}"
             ) from exc
+        if self._tls:
+            self._check_agent(response)
         if response.status_code >= 400:
             try:
                 error = ErrorBody.model_validate_json(response.content).error
@@ -75,6 +96,17 @@ class HttpAgentClient:
                 f"agent of {self.az}: {method} {path}: {message}", reason=reason, status=response.status_code
             )
         return response
+
+    def _check_agent(self, response: httpx.Response) -> None:
+        """The server must be the agent of this AZ, not merely some server of the deployment."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        try:
+            if not isinstance(sock, ssl.SSLSocket):
+                raise PeerRejected("no TLS connection to check")
+            require_peer(sock, CertRole.AGENT, self.az)
+        except PeerRejected as exc:
+            raise AgentUnavailable(f"agent of {self.az} at {self.url}: {exc}") from exc
 
     def _call(self, answer: type[M], method: str, path: str, body: BaseModel | None = None) -> M:
         response = self._send(method, path, body)

@@ -1,7 +1,12 @@
 """Run one storage agent as a process: the control API (uvicorn) and the NBD server.
 
 The control socket is bound only after the pool is open and the NBD server
-listens, so a `/health` answer means the agent is fully up. SIGTERM and
+listens, so a `/health` answer means the agent is fully up. On TCP the
+control API is mutual TLS (control_tls.py) whenever the agent has TLS
+files, and it must have them unless it listens on loopback only; a unix
+socket (the embedded agents of `openevs serve`) is protected by its 0600
+mode instead. Certificate, key and CA files are re-read when they change
+(security/reloading.py), so a rotation needs no restart. SIGTERM and
 SIGINT stop it cleanly: stop accepting, close NBD connections and exports,
 remove the unix socket. The pid is written nowhere (the supervisor does).
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -17,11 +23,16 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from openevs.agent.control import create_control_app
+from openevs.agent.control_tls import PeerCheckedH11Protocol
 from openevs.agent.node import StorageNode
+from openevs.security import PkiError
+from openevs.security.pki import TlsFiles
+from openevs.security.reloading import ReloadingServerContext
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +71,37 @@ def bind_listen(listen: str) -> socket.socket:
     return sock
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen_security(listen: str, tls: TlsFiles | None) -> None:
+    """Refuse a control API that anyone on the network could reach without a credential."""
+    if tls is not None or listen.startswith("unix:"):
+        return
+    host, _port = parse_hostport(listen, "listen")
+    if not is_loopback(host):
+        raise PkiError(
+            f"the control API on {listen} would answer anyone who reaches it: give the agent its "
+            "certificate (--tls-cert, --tls-key, --tls-ca or OPENEVS_AGENT_TLS_*), or listen on loopback"
+        )
+
+
+def _tls_options(tls: TlsFiles | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    reloading = ReloadingServerContext(tls)
+    return {
+        "http": PeerCheckedH11Protocol,
+        "ssl_context_factory": lambda _config, _default: reloading.context,
+    }
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its signal handling: `serve_agent` owns SIGTERM/SIGINT.
 
@@ -79,9 +121,12 @@ async def serve_agent(
     nbd_host: str = "127.0.0.1",
     nbd_port: int = 0,
     *,
+    tls: TlsFiles | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until `stop` is set or SIGTERM/SIGINT arrives."""
+    check_listen_security(listen, tls)
+    tls_options = _tls_options(tls)  # unusable files stop the agent before it opens anything
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,12 +144,14 @@ async def serve_agent(
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            **tls_options,
         )
         server = _Server(config)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         log.info(
-            "agent %s: control API on %s, pool %s, boot %s", az, listen, pool_dir, agent.boot_id
-        )
+            "agent %s: control API on %s%s, pool %s, boot %s",
+            az, listen, " (mutual TLS)" if tls else "", pool_dir, agent.boot_id,
+        )  # fmt: skip
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
@@ -136,10 +183,15 @@ def _remove_unix_socket(sock: socket.socket, listen: str, inode: int | None) -> 
 
 
 def run_agent(
-    az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0
+    az: str,
+    pool_dir: Path,
+    listen: str,
+    nbd_host: str = "127.0.0.1",
+    nbd_port: int = 0,
+    tls: TlsFiles | None = None,
 ) -> None:
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port))
+    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, tls=tls))
