@@ -25,7 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from openevs.security import PeerRejected
 from openevs.security.identity import CertRole, Identity
-from openevs.security.tls import peer_identity
+from openevs.security.tls import require_peer_role
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,7 @@ def check_control_caller(ssl_object: ssl.SSLObject | None) -> Identity:
     """The caller's identity if it may use the control API; PeerRejected otherwise."""
     if ssl_object is None:
         raise PeerRejected("not a TLS connection")
-    identity = peer_identity(ssl_object)
-    if identity.role not in CONTROL_CALLERS:
-        raise PeerRejected(f"the controller's certificate is required here; the peer presented {identity}")
-    return identity
+    return require_peer_role(ssl_object, CONTROL_CALLERS)
 
 
 class PeerCheckedH11Protocol(H11Protocol):

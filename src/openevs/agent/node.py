@@ -22,6 +22,7 @@ from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
+from openevs.security.pki import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,13 @@ class StorageNode:
     """One AZ's pool plus the grant table; `start()` brings up the NBD server."""
 
     def __init__(
-        self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0
+        self,
+        az: str,
+        pool_dir: Path,
+        nbd_host: str = "127.0.0.1",
+        nbd_port: int = 0,
+        *,
+        tls: TlsFiles | None = None,  # this agent's certificate: for its calls to witnesses
     ) -> None:
         self.az = az
         self.pool = FileVolumePool(Path(pool_dir))
@@ -40,7 +47,9 @@ class StorageNode:
         self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port)
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
-        self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count, side=az)
+        self.replication = ReplicationManager(
+            self.pool, self._drop_export, self._connection_count, side=az, tls=tls
+        )
         # link export name -> the session names its primary's connections used
         self._link_sessions: dict[str, set[str]] = {}
 

@@ -87,8 +87,8 @@ def check_listen_security(listen: str, tls: TlsFiles | None) -> None:
     host, _port = parse_hostport(listen, "listen")
     if not is_loopback(host):
         raise PkiError(
-            f"the control API on {listen} would answer anyone who reaches it: give the agent its "
-            "certificate (--tls-cert, --tls-key, --tls-ca or OPENEVS_AGENT_TLS_*), or listen on loopback"
+            f"{listen} would answer anyone who reaches it: give this component its certificate "
+            "(--tls-cert, --tls-key and --tls-ca), or listen on loopback"
         )
 
 
@@ -131,7 +131,7 @@ async def serve_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = StorageNode(az, pool_dir, nbd_host, nbd_port)
+    agent = StorageNode(az, pool_dir, nbd_host, nbd_port, tls=tls)
     sock: socket.socket | None = None
     inode: int | None = None
     try:

@@ -40,6 +40,7 @@ from openevs.agent.pool import (
 )
 from openevs.contract import ErrorReason, ReplicationConfig, ReplicationRequest, ReplicationState
 from openevs.domain.replication import Role
+from openevs.security.pki import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,14 @@ class ReplicationManager:
         drop_export: Callable[[str], Awaitable[None]],
         connection_count: Callable[[str], int],
         side: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
         self.pool = pool
         self._drop_export = drop_export
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
         self.groups = Groups(self.replicas)
-        self.quorum = Quorum(side, self._arbitration_changed)
+        self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
         self._lock = asyncio.Lock()
 
