@@ -3,13 +3,15 @@
 Topology (every name carries a per-run prefix `oevs-<hex6>`, every address is
 a link-local 169.254.N.x of our own, N chosen at random among unused /24s):
 
-    root ns  o<h>h 169.254.N.9/30 ── 169.254.N.10 o<h>rh ┐
-    ns -a    o<h>a 169.254.N.2/30 ── 169.254.N.1  o<h>ra ├ ns -r (forwarding on)
-    ns -b    o<h>b 169.254.N.6/30 ── 169.254.N.5  o<h>rb ┘
+    root ns  o<h>h 169.254.N.9/30  ── 169.254.N.10 o<h>rh ┐
+    ns -a    o<h>a 169.254.N.2/30  ── 169.254.N.1  o<h>ra ├ ns -r (forwarding on)
+    ns -b    o<h>b 169.254.N.6/30  ── 169.254.N.5  o<h>rb ┤
+    ns -x    o<h>x 169.254.N.14/30 ── 169.254.N.13 o<h>rx ┘  an outsider: reach, no credential
 
 The router namespace forwards, so the root namespace's own sysctls stay
 untouched; the root namespace only gets one route to 169.254.N.0/29. The
-controller and the test (root ns) reach both agents; `cut()` black-holes
+controller and the test (root ns) reach both agents, and so does the outsider
+namespace -x (the hostile tests run their intruder there); `cut()` black-holes
 traffic between the two AZs only (policy rules in the router), `restore()`
 removes the rules. Traffic only ever goes to addresses of these namespaces.
 `close()` deletes the namespaces (which deletes every veth); it is safe to
@@ -78,6 +80,10 @@ class NetLab:
         return self.addr(6)
 
     @property
+    def host_x(self) -> str:
+        return self.addr(14)
+
+    @property
     def subnets(self) -> tuple[str, str]:
         return f"{self.addr(0)}/30", f"{self.addr(4)}/30"
 
@@ -98,7 +104,7 @@ class NetLab:
 
     def _build(self) -> None:
         t = self.tag
-        for side in ("a", "b", "r"):
+        for side in ("a", "b", "x", "r"):
             _ip("netns", "add", self.ns(side))
             self.created.append(self.ns(side))
             _ip("link", "set", "lo", "up", ns=self.ns(side))
@@ -110,6 +116,7 @@ class NetLab:
             (f"o{t}a", self.ns("a"), f"o{t}ra", 2, 1),
             (f"o{t}b", self.ns("b"), f"o{t}rb", 6, 5),
             (f"o{t}h", None, f"o{t}rh", 9, 10),
+            (f"o{t}x", self.ns("x"), f"o{t}rx", 14, 13),
         )
         for outer, outer_ns, inner, outer_host, inner_host in links:
             _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
@@ -122,7 +129,8 @@ class NetLab:
             _ip("link", "set", inner, "up", ns=r)
         _ip("route", "add", "default", "via", self.addr(1), ns=self.ns("a"))
         _ip("route", "add", "default", "via", self.addr(5), ns=self.ns("b"))
-        _ip("route", "add", f"{self.addr(0)}/29", "via", self.addr(10))
+        _ip("route", "add", "default", "via", self.addr(13), ns=self.ns("x"))
+        _ip("route", "add", f"{self.addr(0)}/28", "via", self.addr(10))
 
     def exec_prefix(self, side: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(side)]
