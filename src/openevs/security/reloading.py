@@ -28,10 +28,11 @@ from openevs.security.tls import server_context
 
 log = logging.getLogger(__name__)
 
-_Stamp = tuple[tuple[int, int, int], ...]
+Stamp = tuple[tuple[int, int, int], ...]
 
 
-def _stamp(files: TlsFiles) -> _Stamp:
+def files_stamp(files: TlsFiles) -> Stamp:
+    """What changes when any of the files is replaced or rewritten."""
     stamps = []
     for path in (files.ca, files.cert, files.key):
         try:
@@ -53,16 +54,16 @@ class ReloadingServerContext:
     ) -> None:
         self.files = files
         self._build = build
-        self._stamp = _stamp(files)
+        self._stamp = files_stamp(files)
         self._current = build(files)  # PkiError here: the component refuses to start
-        self._failed_stamp: _Stamp | None = None
+        self._failed_stamp: Stamp | None = None
         self.reloads = 0
         self.context = build(files)
         self.context.sni_callback = self._on_hello
 
     def current(self) -> ssl.SSLContext:
         """The context of the files as they are now (the previous one if they do not work)."""
-        stamp = _stamp(self.files)
+        stamp = files_stamp(self.files)
         if stamp != self._stamp and stamp != self._failed_stamp:
             try:
                 fresh = self._build(self.files)

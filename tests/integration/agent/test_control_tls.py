@@ -130,7 +130,8 @@ def test_a_reachable_plaintext_control_api_is_refused(tmp_path: Path) -> None:
 
 def test_rotation_under_a_running_agent(tls_agent: AgentProcess, pki_dir: Path, tmp_path: Path) -> None:
     """docs/security.md, "Rotating the CA without downtime", step by step, with the agent
-    re-reading its files on the next connection; the controller gets an answer at every step."""
+    re-reading its files on the next connection, and the controller's one long-lived
+    client re-reading its own; the controller gets an answer at every step."""
     pid = tls_agent.proc.pid if tls_agent.proc else None
     old_controller = tmp_path / "old-controller"
     old_controller.mkdir()
@@ -145,12 +146,12 @@ def test_rotation_under_a_running_agent(tls_agent: AgentProcess, pki_dir: Path, 
 
     pki.rotate_ca(pki_dir)  # 1-2: every component's ca.pem is now new + old
     shutil.copy2(pki_dir / "ca.pem", old_files.ca)  # the thief trusts both: refusals come from the agent
-    controller_call(pki.files_for(pki_dir, "controller"))
+    assert tls_agent.client.health().az == AZ
     issue(pki_dir, AGENT, force=True)  # 3: reissue every certificate
     issue(pki_dir, CONTROLLER, force=True)
-    controller_call(pki.files_for(pki_dir, "controller"))
+    assert tls_agent.client.health().az == AZ
     controller_call(old_files)  # not yet dropped: the old CA is still trusted
     pki.drop_old_cas(pki_dir, force=True)  # 4-5
-    controller_call(pki.files_for(pki_dir, "controller"))
+    assert tls_agent.client.health().az == AZ
     assert refused(tls_agent.url, client_context(old_files, check_hostname=False))
     assert tls_agent.proc is not None and tls_agent.proc.pid == pid and tls_agent.proc.poll() is None
