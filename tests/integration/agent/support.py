@@ -41,7 +41,7 @@ class AgentProcess:
         self.sock = sock or root / "agent.sock"
         self.log = root / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.tls = tls
+        self.tls, self.controller_tls = tls, controller_tls
         if tls is None:
             self.listen, self.url = f"unix:{self.sock}", f"unix:{self.sock}"
         else:
