@@ -27,6 +27,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from openevs.security.pki import TlsFiles, files_for
+
 DEFAULT_AZS = ("az1.dc1", "az2.dc2", "az3.dc3")
 DEFAULT_VOLUME_TYPES = ("SATA", "SAS", "SSD", "GPSSD", "ESSD")
 ENV_PREFIX = "OPENEVS_"
@@ -104,6 +106,16 @@ class Settings(BaseSettings):
     # operator's decision), once the conditions held for auto_failover_after_s.
     auto_failover: bool = False
     auto_failover_after_s: float = Field(default=30.0, ge=0)
+    # Mutual TLS of the control connections (docs/security.md). agent_tls_*: a standalone
+    # agent's own certificate, key and CA bundle (`openevs agent`); control_tls_*: the
+    # controller's certificate toward agents and witnesses (default: controller.pem,
+    # controller.key and ca.pem of <data_dir>/pki when they exist).
+    agent_tls_cert: Path | None = None
+    agent_tls_key: Path | None = None
+    agent_tls_ca: Path | None = None
+    control_tls_cert: Path | None = None
+    control_tls_key: Path | None = None
+    control_tls_ca: Path | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -144,7 +156,10 @@ class Settings(BaseSettings):
             result[key.strip()] = value.strip()
         return result
 
-    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @field_validator(
+        "tls_cert", "tls_key", "tls_ca", "agent_tls_cert", "agent_tls_key", "agent_tls_ca",
+        "control_tls_cert", "control_tls_key", "control_tls_ca", mode="before",
+    )  # fmt: skip
     @classmethod
     def _optional_path(cls, raw: Any) -> Any:
         return None if isinstance(raw, str) and not raw.strip() else raw
@@ -153,6 +168,11 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("OPENEVS_TLS_CERT and OPENEVS_TLS_KEY go together: set both or neither")
+        for prefix in ("agent_tls", "control_tls"):
+            trio = [getattr(self, f"{prefix}_{part}") for part in ("cert", "key", "ca")]
+            if any(v is None for v in trio) and any(v is not None for v in trio):
+                name = f"{ENV_PREFIX}{prefix.upper()}"
+                raise ValueError(f"{name}_CERT, {name}_KEY and {name}_CA go together: set all three or none")
         return self
 
     @field_validator("witness")
@@ -215,6 +235,21 @@ class Settings(BaseSettings):
 
     def agent_dir(self) -> Path:
         return self.data_dir / "agents"
+
+    def agent_tls_files(self) -> TlsFiles | None:
+        """A standalone agent's own TLS files, or None (loopback or unix socket only)."""
+        if self.agent_tls_cert is None or self.agent_tls_key is None or self.agent_tls_ca is None:
+            return None
+        return TlsFiles(ca=self.agent_tls_ca, cert=self.agent_tls_cert, key=self.agent_tls_key)
+
+    def control_tls_files(self) -> TlsFiles | None:
+        """The controller's client certificate for agents and witnesses, or None if it has none."""
+        if self.control_tls_cert is not None and self.control_tls_key is not None and self.control_tls_ca:
+            return TlsFiles(ca=self.control_tls_ca, cert=self.control_tls_cert, key=self.control_tls_key)
+        default = files_for(self.pki_dir(), "controller")
+        if default.cert.is_file() and default.key.is_file() and default.ca.is_file():
+            return default
+        return None
 
     def pki_dir(self) -> Path:
         """Where `openevs admin pki` keeps the deployment CA and certificates by default."""

@@ -3,9 +3,11 @@
 `FaultStack` runs `openevs serve` (API + reconciler; its embedded agent of
 the third AZ is unused) with `OPENEVS_AGENT_URLS` naming two standalone
 agents, each in its own network namespace (netlab.py) so the link between
-the AZs can be cut for real. Without namespaces (not root, `ip netns add`
-refused) it says so and falls back to loopback, where a link cut is SIGSTOP
-of the DR agent (its peer and the controller then see silence).
+the AZs can be cut for real. The deployment is the secure multi-host one of
+README.md: a CA in `<root>/pki`, every agent's control API on mutual TLS
+with its own certificate, the controller calling them with its own.
+Without namespaces (not root, `ip netns add` refused) it says so and falls
+back to loopback, where a link cut is SIGSTOP of the DR agent (its peer and the controller then see silence).
 
 Agents can be SIGKILLed and restarted on the same pool, address and ports;
 the controller too. `close()` stops every process and removes the
@@ -29,6 +31,9 @@ from typing import Any
 
 from openevs.agent.client import HttpAgentClient
 from openevs.contract import ReplicationState
+from openevs.security import pki
+from openevs.security.identity import CertRole, Identity
+from openevs.security.pki import TlsFiles
 from tests.conftest import free_port
 from tests.e2e.conftest import ServeProcess, Session
 from tests.faults.netlab import NetLab, NetnsUnavailable
@@ -59,8 +64,10 @@ def record(scenario: str, **figures: Any) -> None:
 class FaultAgent:
     """`openevs agent` of one AZ, maybe inside a namespace; killable and restartable."""
 
-    def __init__(self, root: Path, az: str, host: str, exec_prefix: list[str]) -> None:
+    def __init__(self, root: Path, az: str, host: str, exec_prefix: list[str], pki_dir: Path) -> None:
         self.root, self.az, self.host, self.exec_prefix = root, az, host, exec_prefix
+        self.tls = pki.issue(pki_dir, Identity(CertRole.AGENT, az), ip_addresses=[host], force=True).files
+        self.controller_tls = pki.files_for(pki_dir, "controller")
         self.pool = root / f"pool-{az}"
         in_ns = bool(exec_prefix)
         self.control_port = CONTROL_PORT if in_ns else free_port()
@@ -70,10 +77,10 @@ class FaultAgent:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.control_port}"
+        return f"https://{self.host}:{self.control_port}"
 
-    def client(self, timeout_s: float = 5) -> HttpAgentClient:
-        return HttpAgentClient(self.az, self.url, timeout_s=timeout_s)
+    def client(self, timeout_s: float = 5, tls: TlsFiles | None = None) -> HttpAgentClient:
+        return HttpAgentClient(self.az, self.url, timeout_s=timeout_s, tls=tls or self.controller_tls)
 
     def start(self) -> None:
         self.runs += 1
@@ -82,6 +89,7 @@ class FaultAgent:
             *self.exec_prefix, sys.executable, "-m", "openevs.cli.main", "agent", "--az", self.az,
             "--pool", str(self.pool), "--listen", f"{self.host}:{self.control_port}",
             "--nbd", f"{self.host}:{self.nbd_port}",
+            "--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca),
         ]  # fmt: skip
         # `ip netns exec` execs the command: the pid is the agent's own.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -141,18 +149,25 @@ class FaultStack:
             self.fallback_reason = "network namespaces disabled; falling back to loopback"
         if self.fallback_reason:
             print(f"\n[fault-harness] {self.fallback_reason}: a link cut is SIGSTOP of the DR agent")
+        self.pki_dir = root / "pki"
+        pki.init_ca(self.pki_dir)
+        pki.issue(self.pki_dir, Identity(CertRole.CONTROLLER))
         if self.net is not None:
             self.agents = {
-                AZ_A: FaultAgent(root, AZ_A, self.net.host_a, self.net.exec_prefix("a")),
-                AZ_B: FaultAgent(root, AZ_B, self.net.host_b, self.net.exec_prefix("b")),
+                AZ_A: FaultAgent(root, AZ_A, self.net.host_a, self.net.exec_prefix("a"), self.pki_dir),
+                AZ_B: FaultAgent(root, AZ_B, self.net.host_b, self.net.exec_prefix("b"), self.pki_dir),
             }
         else:
-            self.agents = {az: FaultAgent(root, az, "127.0.0.1", []) for az in (AZ_A, AZ_B)}
+            self.agents = {az: FaultAgent(root, az, "127.0.0.1", [], self.pki_dir) for az in (AZ_A, AZ_B)}
+        controller = pki.files_for(self.pki_dir, "controller")
         self.serve = ServeProcess(
             root / "serve",
             extra_env={
                 "OPENEVS_AGENT_URLS": ",".join(f"{az}={a.url}" for az, a in self.agents.items()),
                 "OPENEVS_AGENT_TIMEOUT_S": "60",
+                "OPENEVS_CONTROL_TLS_CERT": str(controller.cert),
+                "OPENEVS_CONTROL_TLS_KEY": str(controller.key),
+                "OPENEVS_CONTROL_TLS_CA": str(controller.ca),
             },
         )
         self._session: Session | None = None

@@ -7,11 +7,13 @@ a link-local 169.254.N.x of our own, N chosen at random among unused /24s):
     root ns  o<h>h 169.254.N.9/30  ── 169.254.N.10 o<h>rh ┐
     ns -a    o<h>a 169.254.N.2/30  ── 169.254.N.1  o<h>ra ├ ns -r (forwarding on)
     ns -b    o<h>b 169.254.N.6/30  ── 169.254.N.5  o<h>rb │
-    ns -w    o<h>w 169.254.N.14/30 ── 169.254.N.13 o<h>rw ┘ (only with `witness=True`)
+    ns -w    o<h>w 169.254.N.14/30 ── 169.254.N.13 o<h>rw ┤ (only with `witness=True`)
+    ns -x    o<h>x 169.254.N.18/30 ── 169.254.N.17 o<h>rx ┘ an outsider: reach, no credential
 
 The router namespace forwards, so the root namespace's own sysctls stay
-untouched; the root namespace only gets one route to 169.254.N.0/28. The
-controller and the test live in the root namespace, side "h". Faults are
+untouched; the root namespace only gets one route to 169.254.N.0/27. The
+controller and the test live in the root namespace, side "h"; the hostile
+tests run their intruder in the outsider namespace -x. Faults are
 black-hole policy rules in the router between two sides' subnets:
 `cut(x, y)` silences x <-> y (both directions), `isolate(x)` cuts x from
 every other side (the controller included), `heal()` removes every rule;
@@ -57,8 +59,8 @@ def _used_link_local_octets() -> set[int]:
     return used
 
 
-# side -> (outer host number, router host number) inside 169.254.N.0/28
-_HOSTS = {"a": (2, 1), "b": (6, 5), "h": (9, 10), "w": (14, 13)}
+# side -> (outer host number, router host number) inside 169.254.N.0/27
+_HOSTS = {"a": (2, 1), "b": (6, 5), "h": (9, 10), "w": (14, 13), "x": (18, 17)}
 SIDES = tuple(_HOSTS)
 
 
@@ -79,7 +81,7 @@ class NetLab:
 
     @property
     def sides(self) -> tuple[str, ...]:
-        return SIDES if self.witness else ("a", "b", "h")
+        return SIDES if self.witness else ("a", "b", "h", "x")
 
     def ns(self, side: str) -> str:
         return f"{self.prefix}-{side}"
@@ -104,6 +106,10 @@ class NetLab:
 
     def subnet(self, side: str) -> str:
         return f"{self.addr(_HOSTS[side][0] // 4 * 4)}/30"
+
+    @property
+    def host_x(self) -> str:
+        return self.host("x")
 
     @property
     def subnets(self) -> tuple[str, str]:
@@ -149,7 +155,7 @@ class NetLab:
             _ip("link", "set", inner, "up", ns=r)
             if outer_ns:
                 _ip("route", "add", "default", "via", self.addr(inner_host), ns=outer_ns)
-        _ip("route", "add", f"{self.addr(0)}/28", "via", self.addr(_HOSTS["h"][1]))
+        _ip("route", "add", f"{self.addr(0)}/27", "via", self.addr(_HOSTS["h"][1]))
 
     def exec_prefix(self, side: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(side)]

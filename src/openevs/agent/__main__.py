@@ -48,17 +48,26 @@ def agent(
             " optional when --nbd is a loopback address; without --pki: off)."
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="This agent's certificate (`openevs admin pki issue --agent AZ`).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (mode 0600).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="The deployment's CA bundle (ca.pem).")] = None,
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
     It serves the volume files under --pool over NBD and answers the
-    controller on its control API; SIGTERM or SIGINT stops it cleanly.
+    controller on its control API, over mutual TLS with the files given by
+    --tls-cert/--tls-key/--tls-ca (or OPENEVS_AGENT_TLS_CERT/_KEY/_CA);
+    without them it listens on loopback or a unix socket only. SIGTERM or
+    SIGINT stops it cleanly.
     """
     # Imported here: every server-side `openevs` command loads this module,
     # and only this one needs the agent's NBD and control-API code.
     from openevs.agent.nbd.handshake import TlsPolicy
     from openevs.agent.nbd_tls import agent_tls
-    from openevs.agent.runner import WitnessOptions, parse_hostport, run_agent
+    from openevs.agent.runner import WitnessOptions, check_listen_security, parse_hostport, run_agent
+    from openevs.config import ConfigError, load_settings
     from openevs.security import SecurityError
 
     try:
@@ -77,10 +86,13 @@ def agent(
         policy = TlsPolicy(nbd_tls) if nbd_tls is not None else None
     except ValueError:
         raise typer.BadParameter("must be off, optional or required", param_hint="'--nbd-tls'") from None
+    given: dict[str, object] = {"agent_tls_cert": tls_cert, "agent_tls_key": tls_key, "agent_tls_ca": tls_ca}
     try:
-        tls = agent_tls(az, pki, nbd_host, policy)
-    except SecurityError as exc:
-        print(f"openevs agent: {exc}", file=sys.stderr)
+        files = load_settings(None, **{k: v for k, v in given.items() if v is not None}).agent_tls_files()
+        tls = agent_tls(az, pki, nbd_host, policy, files=files)
+        check_listen_security(listen, tls.files if tls is not None else None)
+    except (ConfigError, SecurityError, ValueError) as exc:
+        typer.echo(f"{PROG}: {exc}", err=True)
         raise typer.Exit(2) from None
     run_agent(az, pool, listen, nbd_host, nbd_port, witness, tls)
 

@@ -2,11 +2,18 @@
 
 One clean I/O boundary: transport failures become `AgentUnavailable`, error
 answers become `AgentRequestFailed(message, status, reason)`. The URL is
-`unix:/path.sock` (embedded agent) or `http://host:port` (standalone).
+`unix:/path.sock` (embedded agent), `https://host:port` (standalone, mutual
+TLS: the client presents the controller's certificate, checks the agent's
+against the CA and the host name, and then that it names the agent of
+this AZ) or `http://127.0.0.1:port` (a standalone agent on loopback).
+When the controller's certificate, key or CA files change, the next call
+opens its connections with the new ones (a rotation needs no restart).
 """
 
 from __future__ import annotations
 
+import ssl
+import threading
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -30,6 +37,11 @@ from openevs.contract import (
     VolumeInfo,
     VolumeList,
 )
+from openevs.security import PeerRejected, PkiError
+from openevs.security.identity import CertRole
+from openevs.security.pki import TlsFiles
+from openevs.security.reloading import files_stamp
+from openevs.security.tls import client_context, require_peer
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,18 +53,48 @@ def _quoted(name: str) -> str:
 class HttpAgentClient:
     """Sync, thread-safe client of one agent; every call is idempotent."""
 
-    def __init__(self, az: str, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, az: str, url: str, timeout_s: float = 10.0, tls: TlsFiles | None = None) -> None:
         self.az = az
         self.url = url
-        if url.startswith("unix:"):
-            transport = httpx.HTTPTransport(uds=url[len("unix:") :])
+        self.timeout_s = timeout_s
+        self._tls = tls if url.startswith("https://") else None
+        self._lock = threading.Lock()
+        if url.startswith("https://") and tls is None:
+            raise ValueError(
+                f"agent url {url} is https but the controller has no certificate: issue one with "
+                "`openevs admin pki issue --controller` or set OPENEVS_CONTROL_TLS_CERT/_KEY/_CA"
+            )
+        if not url.startswith(("unix:", "http://", "https://")):
+            raise ValueError(
+                f"agent url must be unix:/path.sock, https://host:port or http://host:port, got {url!r}"
+            )
+        self._stamp = files_stamp(self._tls) if self._tls is not None else None
+        self._http = self._open()
+
+    def _open(self) -> httpx.Client:
+        if self.url.startswith("unix:"):
+            transport = httpx.HTTPTransport(uds=self.url[len("unix:") :])
             base_url = "http://agent"
-        elif url.startswith(("http://", "https://")):
-            transport = httpx.HTTPTransport()
-            base_url = url.rstrip("/")
         else:
-            raise ValueError(f"agent url must be unix:/path.sock or http://host:port, got {url!r}")
-        self._http = httpx.Client(transport=transport, base_url=base_url, timeout=timeout_s)
+            verify = client_context(self._tls, check_hostname=True) if self._tls else True
+            transport = httpx.HTTPTransport(verify=verify)
+            base_url = self.url.rstrip("/")
+        return httpx.Client(transport=transport, base_url=base_url, timeout=self.timeout_s)
+
+    def _client(self) -> httpx.Client:
+        """The HTTP client, reopened with the files as they are now if they changed."""
+        if self._tls is None:
+            return self._http
+        stamp = files_stamp(self._tls)
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    try:
+                        fresh = self._open()
+                    except PkiError:
+                        return self._http  # half-copied files: keep what works, try again next call
+                    self._http, self._stamp = fresh, stamp  # the old one is left to calls in flight
+        return self._http
 
     def __repr__(self) -> str:
         return f"HttpAgentClient(az={self.az!r}, url={self.url!r})"
@@ -60,11 +102,13 @@ class HttpAgentClient:
     def _send(self, method: str, path: str, body: BaseModel | None = None) -> httpx.Response:
         json = None if body is None else body.model_dump(mode="json")
         try:
-            response = self._http.request(method, path, json=json)
+            response = self._client().request(method, path, json=json)
         except httpx.TransportError as exc:
             raise AgentUnavailable(
                 f"agent of {self.az} at {self.url} unreachable: {exc or type(exc).__name__}"
             ) from exc
+        if self._tls is not None:
+            self._check_agent(response)
         if response.status_code >= 400:
             try:
                 error = ErrorBody.model_validate_json(response.content).error
@@ -75,6 +119,17 @@ class HttpAgentClient:
                 f"agent of {self.az}: {method} {path}: {message}", reason=reason, status=response.status_code
             )
         return response
+
+    def _check_agent(self, response: httpx.Response) -> None:
+        """The server must be the agent of this AZ, not merely some server of the deployment."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        try:
+            if not isinstance(sock, ssl.SSLSocket):
+                raise PeerRejected("no TLS connection to check")
+            require_peer(sock, CertRole.AGENT, self.az)
+        except PeerRejected as exc:
+            raise AgentUnavailable(f"agent of {self.az} at {self.url}: {exc}") from exc
 
     def _call(self, answer: type[M], method: str, path: str, body: BaseModel | None = None) -> M:
         response = self._send(method, path, body)

@@ -60,18 +60,21 @@ def default_policy(nbd_host: str) -> TlsPolicy:
 
 
 def agent_tls(
-    az: str, pki_dir: Path | None, nbd_host: str, policy: TlsPolicy | None = None
-) -> AgentTls | None:
-    """The agent's TLS from `<pki_dir>/ca.pem` and `agent-<az>.pem/.key`, or None without a PKI.
+    az: str, pki_dir: Path | None, nbd_host: str, policy: TlsPolicy | None = None,
+    *, files: TlsFiles | None = None,
+) -> AgentTls | None:  # fmt: skip
+    """The agent's TLS from `files` (`--tls-cert/--tls-key/--tls-ca`), else from
+    `<pki_dir>/ca.pem` and `agent-<az>.pem/.key`; None without either.
 
     Raises PkiError when a file is missing, unusable, or names another
     component (the contexts are built here once, so a bad file stops the
     agent at start, not at its first connection)."""
-    if pki_dir is None:
-        if policy not in (None, TlsPolicy.OFF):
-            raise PkiError(f"NBD TLS {policy} needs the agent's certificates: pass --pki DIR")
-        return None
-    files = pki.files_for(pki_dir, Identity(CertRole.AGENT, az).default_name)
+    if files is None:
+        if pki_dir is None:
+            if policy not in (None, TlsPolicy.OFF):
+                raise PkiError(f"NBD TLS {policy} needs the agent's certificates: pass --pki DIR")
+            return None
+        files = pki.files_for(pki_dir, Identity(CertRole.AGENT, az).default_name)
     certs = pki.read_bundle(files.cert)
     try:
         holder = Identity.of(certs[0]) if certs else None

@@ -52,6 +52,7 @@ class StorageNode:
         self.replication = ReplicationManager(
             self.pool, self._drop_export, self._connection_count, side=az,
             link_tls=tls.link_context() if tls is not None else None,
+            tls=tls.files if tls is not None else None,
         )  # fmt: skip
         # link export name -> the session names its primary's connections used
         self._link_sessions: dict[str, set[str]] = {}

@@ -1,7 +1,12 @@
 """Run one storage agent as a process: the control API (uvicorn) and the NBD server.
 
 The control socket is bound only after the pool is open and the NBD server
-listens, so a `/health` answer means the agent is fully up. SIGTERM and
+listens, so a `/health` answer means the agent is fully up. On TCP the
+control API is mutual TLS (control_tls.py) whenever the agent has TLS
+files, and it must have them unless it listens on loopback only; a unix
+socket (the embedded agents of `openevs serve`) is protected by its 0600
+mode instead. Certificate, key and CA files are re-read when they change
+(security/reloading.py), so a rotation needs no restart. SIGTERM and
 SIGINT stop it cleanly: stop accepting, close NBD connections and exports,
 remove the unix socket. The pid is written nowhere (the supervisor does).
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -17,12 +23,17 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from openevs.agent.control import create_control_app
-from openevs.agent.nbd_tls import AgentTls
+from openevs.agent.control_tls import PeerCheckedH11Protocol
+from openevs.agent.nbd_tls import AgentTls, is_loopback
 from openevs.agent.node import StorageNode
+from openevs.security import PkiError
+from openevs.security.pki import TlsFiles
+from openevs.security.reloading import ReloadingServerContext
 from openevs.witness.arbiter import DEFAULT_LEASE_S
 from openevs.witness.server import WitnessServer
 
@@ -70,6 +81,28 @@ class WitnessOptions:
         self.host, self.port, self.state_dir, self.lease_s = host, port, Path(state_dir), lease_s
 
 
+def check_listen_security(listen: str, tls: TlsFiles | None) -> None:
+    """Refuse a control API that anyone on the network could reach without a credential."""
+    if tls is not None or listen.startswith("unix:"):
+        return
+    host, _port = parse_hostport(listen, "listen")
+    if not is_loopback(host):
+        raise PkiError(
+            f"{listen} would answer anyone who reaches it: give this component its certificate "
+            "(--tls-cert, --tls-key and --tls-ca), or listen on loopback"
+        )
+
+
+def _tls_options(tls: TlsFiles | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    reloading = ReloadingServerContext(tls)
+    return {
+        "http": PeerCheckedH11Protocol,
+        "ssl_context_factory": lambda _config, _default: reloading.context,
+    }
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its signal handling: `serve_agent` owns SIGTERM/SIGINT.
 
@@ -94,7 +127,15 @@ async def serve_agent(
     tls: AgentTls | None = None,
 ) -> None:
     """Serve until `stop` is set or SIGTERM/SIGINT arrives (with `witness`: also a
-    witness for the pairs of other AZs, on its own port and state directory)."""
+    witness for the pairs of other AZs, on its own port and state directory).
+
+    `tls`: the agent's certificate, for its NBD port and link, its witness and
+    its calls to witnesses, and its control API when that is on TCP (on a unix
+    socket, mode 0600 is the credential)."""
+    files = tls.files if tls is not None else None
+    check_listen_security(listen, files)
+    # unusable files stop the agent before it opens anything
+    tls_options = _tls_options(None if listen.startswith("unix:") else files)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,7 +146,9 @@ async def serve_agent(
     witness_server: WitnessServer | None = None
     try:
         if witness is not None:
-            witness_server = WitnessServer(witness.state_dir, witness.host, witness.port, witness.lease_s)
+            witness_server = WitnessServer(
+                witness.state_dir, witness.host, witness.port, witness.lease_s, tls=files
+            )
             await witness_server.start()
             agent.witness_port = witness_server.port
         await agent.start()
@@ -117,12 +160,14 @@ async def serve_agent(
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            **tls_options,
         )
         server = _Server(config)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         log.info(
-            "agent %s: control API on %s, pool %s, boot %s", az, listen, pool_dir, agent.boot_id
-        )
+            "agent %s: control API on %s%s, pool %s, boot %s",
+            az, listen, " (mutual TLS)" if tls_options else "", pool_dir, agent.boot_id,
+        )  # fmt: skip
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True

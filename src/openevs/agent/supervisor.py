@@ -151,7 +151,7 @@ class AgentSupervisor:
         for index, az in enumerate(settings.azs):
             if az in settings.agent_urls:
                 self._clients[az] = HttpAgentClient(
-                    az, settings.agent_urls[az], timeout_s=client_timeout_s
+                    az, settings.agent_urls[az], timeout_s=client_timeout_s, tls=settings.control_tls_files()
                 )
                 continue
             port = settings.nbd_port_base + index if settings.nbd_port_base else 0

@@ -21,7 +21,7 @@ from openevs.db.session import Database, upgrade
 from openevs.runtime import Runtime
 from openevs.security import SecurityError
 from openevs.security.pki import CA_CERT, bundle_that_issued
-from openevs.security.tls import public_server_context
+from openevs.security.tls import client_context, public_server_context
 from openevs.services import identity
 from openevs.witness.__main__ import witness
 
@@ -35,6 +35,36 @@ def settings_or_exit() -> Settings:
     except ConfigError as exc:
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+def controller_settings_or_exit() -> Settings:
+    """Settings of a process that calls the agents (serve, api, worker)."""
+    settings = settings_or_exit()
+    _check_control_tls(settings)
+    return settings
+
+
+def _check_control_tls(settings: Settings) -> None:
+    """https agent URLs need the controller's certificate, and it must be usable: exit 2 if not."""
+    https = sorted(az for az, url in settings.agent_urls.items() if url.startswith("https://"))
+    if not https:
+        return
+    files = settings.control_tls_files()
+    problem = ""
+    if files is None:
+        problem = (
+            f"the agents of {', '.join(https)} are https, but the controller has no certificate: "
+            f"`openevs admin pki issue --controller` (into {settings.pki_dir()}) "
+            "or OPENEVS_CONTROL_TLS_CERT/_KEY/_CA"
+        )
+    else:
+        try:
+            client_context(files)
+        except SecurityError as exc:
+            problem = f"the controller's certificate: {exc.message}"
+    if problem:
+        err.print(f"[red]configuration error:[/red] {problem}")
+        raise typer.Exit(2)
 
 
 def _logging() -> None:
@@ -166,7 +196,7 @@ def _agent_clients(settings: Settings, supervisor: object | None) -> dict[str, o
     clients: dict[str, object] = {}
     for az in settings.azs:
         if az in settings.agent_urls:
-            clients[az] = HttpAgentClient(az, settings.agent_urls[az])
+            clients[az] = HttpAgentClient(az, settings.agent_urls[az], tls=settings.control_tls_files())
         elif supervisor is not None:
             clients[az] = supervisor.client_for(az)  # type: ignore[attr-defined]
         else:
@@ -183,7 +213,7 @@ def serve() -> None:
     from openevs.reconciler.loop import Reconciler
 
     _logging()
-    settings = settings_or_exit()
+    settings = controller_settings_or_exit()
     tls = api_tls_context(settings)
     db, created = prepare(settings)
     supervisor = AgentSupervisor(settings)
@@ -208,7 +238,7 @@ def serve() -> None:
 def api() -> None:
     """Run the HTTP(S) API only (with `openevs worker` elsewhere, on PostgreSQL)."""
     _logging()
-    settings = settings_or_exit()
+    settings = controller_settings_or_exit()
     tls = api_tls_context(settings)
     db, created = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
@@ -224,7 +254,7 @@ def worker() -> None:
     from openevs.reconciler.loop import Reconciler
 
     _logging()
-    settings = settings_or_exit()
+    settings = controller_settings_or_exit()
     db, _ = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
     reconciler = Reconciler(runtime)

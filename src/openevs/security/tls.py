@@ -26,6 +26,7 @@ only from a certificate the handshake verified.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,15 @@ def peer_identity(peer: PeerCert) -> Identity:
         raise PeerRejected("the peer presented no verified certificate")
     names = _names_of(peer["subject"])
     return Identity.from_names(names.get("organizationalUnitName", []), names.get("commonName", []))
+
+
+def require_peer_role(peer: PeerCert, roles: Collection[CertRole]) -> Identity:
+    """The peer's identity if its role is one of `roles`; PeerRejected otherwise."""
+    identity = peer_identity(peer)
+    if identity.role not in roles:
+        wanted = " or ".join(sorted(roles))
+        raise PeerRejected(f"a {wanted} certificate is required here; the peer presented {identity}")
+    return identity
 
 
 def require_peer(peer: PeerCert, role: CertRole, az: str | None = None) -> Identity:

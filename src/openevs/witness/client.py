@@ -4,6 +4,12 @@ for the controller. Both are thin I/O around protocol.py.
 Transport failures and timeouts become `WitnessUnreachable`; a witness
 that breaks the protocol is `RemoteProtocolError` (and the connection is
 dropped); a `Failure` answer becomes `WitnessFailed`.
+
+With TLS files both clients speak mutual TLS: they present their own
+certificate (an agent's, or the controller's), check the witness's against
+the CA and the host name, and then that it names a witness (or an agent,
+for a witness embedded in one). The context is built per connection, so a
+reissued certificate or a new CA bundle is used from the next connection on.
 """
 
 from __future__ import annotations
@@ -12,9 +18,14 @@ import asyncio
 import contextlib
 import itertools
 import socket
+import ssl
 from collections.abc import Iterable
 
 from openevs.domain.errors import OpenEvsError
+from openevs.security import SecurityError
+from openevs.security.identity import CertRole
+from openevs.security.pki import TlsFiles
+from openevs.security.tls import PeerCert, client_context, require_peer_role
 from openevs.witness import protocol as p
 
 CONNECT_TIMEOUT_S = 2.0
@@ -30,6 +41,18 @@ class WitnessFailed(OpenEvsError):
     """The witness answered that it could not do it."""
 
 
+WITNESS_ROLES = frozenset({CertRole.WITNESS, CertRole.AGENT})
+
+
+def _check_witness(peer: PeerCert | None, where: str) -> None:
+    try:
+        if peer is None:
+            raise SecurityError("not a TLS connection")
+        require_peer_role(peer, WITNESS_ROLES)
+    except SecurityError as exc:
+        raise WitnessUnreachable(f"witness {where}: {exc.message}") from exc
+
+
 def units(pairs: Iterable[tuple[str, int]]) -> list[p.Unit]:
     return [p.Unit(key=key, epoch=epoch) for key, epoch in pairs]
 
@@ -41,12 +64,30 @@ def _check(reply: p.Message, kind: type[p.Reply], request_id: int) -> None:
         raise p.RemoteProtocolError(f"expected {kind.__name__} {request_id}, got {reply!r}")
 
 
+def _context(tls: TlsFiles | None, host: str, port: int) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    try:
+        return client_context(tls, check_hostname=True)
+    except SecurityError as exc:
+        raise WitnessUnreachable(f"witness {host}:{port}: cannot use our TLS files: {exc.message}") from exc
+
+
 class AsyncWitnessClient:
     """One connection to a witness, one request at a time (callers batch units)."""
 
-    def __init__(self, host: str, port: int, side: str, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        side: str,
+        *,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.host, self.port, self.side = host, port, side
         self.timeout_s = timeout_s
+        self.tls = tls
         self.lease_s = 0.0
         self._conn: p.Connection | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -59,8 +100,13 @@ class AsyncWitnessClient:
         return self._conn is not None and self._conn.state is p.State.READY
 
     async def _connect(self) -> None:
+        ctx = _context(self.tls, self.host, self.port)
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, ssl=ctx, server_hostname=self.host if ctx else None
+            )
+        if ctx is not None:
+            _check_witness(self._writer.get_extra_info("ssl_object"), f"{self.host}:{self.port}")
         self._conn = p.Connection(p.Role.CLIENT)
         self._writer.write(self._conn.send(p.Hello(side=self.side)))
         welcome = await self._receive()
@@ -87,9 +133,9 @@ class AsyncWitnessClient:
                     self._writer.write(self._conn.send(message))
                     await self._writer.drain()
                     reply = await self._receive()
-            except (OSError, TimeoutError, p.RemoteProtocolError) as exc:
+            except (OSError, TimeoutError, p.RemoteProtocolError, WitnessUnreachable) as exc:
                 self._drop()
-                if isinstance(exc, p.RemoteProtocolError):
+                if isinstance(exc, p.RemoteProtocolError | WitnessUnreachable):
                     raise
                 raise WitnessUnreachable(
                     f"witness {self.host}:{self.port} unreachable: {exc or type(exc).__name__}"
@@ -129,9 +175,18 @@ class AsyncWitnessClient:
 class WitnessClient:
     """Blocking client: one connection per call (the controller asks rarely)."""
 
-    def __init__(self, host: str, port: int, side: str, *, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        side: str,
+        *,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.host, self.port, self.side = host, port, side
         self.timeout_s = timeout_s
+        self.tls = tls
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -139,8 +194,12 @@ class WitnessClient:
 
     def _exchange(self, message: p.Request, kind: type[p.Reply]) -> p.Message:
         conn = p.Connection(p.Role.CLIENT)
+        ctx = _context(self.tls, self.host, self.port)
         try:
-            with socket.create_connection((self.host, self.port), timeout=self.timeout_s) as sock:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout_s) as plain:
+                sock = plain if ctx is None else ctx.wrap_socket(plain, server_hostname=self.host)
+                if isinstance(sock, ssl.SSLSocket):
+                    _check_witness(sock, f"{self.host}:{self.port}")
                 sock.settimeout(self.timeout_s)
                 sock.sendall(conn.send(p.Hello(side=self.side)))
                 welcome = self._receive(conn, sock)

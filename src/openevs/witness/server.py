@@ -6,6 +6,11 @@ a record is answered only after the record is on disk, so two racing
 requests for the same unit see each other's outcome. The witness holds no
 volume data; it runs standalone (`openevs witness`) or inside the agent of
 a third AZ.
+
+With TLS files the port is mutual TLS: a peer is answered only if its
+certificate is an agent's or the controller's, and an agent speaks only for
+its own AZ (the `side` of its Hello). Anyone else has the connection closed
+before a frame is read. Files are re-read when they change (reloading.py).
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import logging
 import time
 from pathlib import Path
 
+from openevs.security import PeerRejected
+from openevs.security.identity import CertRole, Identity
+from openevs.security.pki import TlsFiles
+from openevs.security.reloading import ReloadingServerContext
+from openevs.security.tls import require_peer_role
 from openevs.witness import protocol as p
 from openevs.witness.arbiter import DEFAULT_LEASE_S, Arbiter, Decision
 from openevs.witness.store import RecordStore, StoreError
@@ -23,12 +33,19 @@ from openevs.witness.store import RecordStore, StoreError
 log = logging.getLogger(__name__)
 
 READ_BYTES = 64 * 1024
+WITNESS_CALLERS = frozenset({CertRole.AGENT, CertRole.CONTROLLER})
 
 
 class WitnessServer:
     def __init__(
-        self, state_dir: Path, host: str = "127.0.0.1", port: int = 0, lease_s: float = DEFAULT_LEASE_S
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lease_s: float = DEFAULT_LEASE_S,
+        tls: TlsFiles | None = None,
     ) -> None:
+        self._tls = None if tls is None else ReloadingServerContext(tls)  # unusable files: PkiError now
         self.store = RecordStore(state_dir)
         self.arbiter = Arbiter.restarted(self.store.load(), time.monotonic(), lease_s)
         self.host = host
@@ -44,10 +61,12 @@ class WitnessServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self._port_wanted)
+        ssl = None if self._tls is None else self._tls.context
+        self._server = await asyncio.start_server(self._serve, self.host, self._port_wanted, ssl=ssl)
         log.info(
-            "witness on %s:%d, %d records, lease %.1f s",
-            self.host, self.port, len(self.arbiter.records), self.arbiter.lease_s,
+            "witness on %s:%d%s, %d records, lease %.1f s",
+            self.host, self.port, " (mutual TLS)" if ssl else "",
+            len(self.arbiter.records), self.arbiter.lease_s,
         )  # fmt: skip
 
     async def close(self) -> None:
@@ -68,10 +87,18 @@ class WitnessServer:
         conn = p.Connection(p.Role.SERVER)
         peer = writer.get_extra_info("peername")
         try:
+            identity = self._caller(writer)
+        except PeerRejected as exc:
+            log.warning("witness: refused %s: %s", peer, exc)
+            self._connections.discard(task)
+            writer.transport.abort()
+            return
+        try:
             while True:
                 data = await reader.read(READ_BYTES)
                 conn.receive_data(data)
                 while not isinstance(event := conn.next_event(), p.NeedData):
+                    _check_side(identity, event)
                     reply = await self._answer(conn, event)
                     writer.write(conn.send(reply))
                 if conn.state is p.State.CLOSED:
@@ -86,6 +113,15 @@ class WitnessServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _caller(self, writer: asyncio.StreamWriter) -> Identity | None:
+        """Who the peer is (None without TLS); PeerRejected if it may not talk to a witness."""
+        if self._tls is None:
+            return None
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is None:
+            raise PeerRejected("not a TLS connection")
+        return require_peer_role(ssl_object, WITNESS_CALLERS)
 
     async def _answer(self, conn: p.Connection, message: p.Message) -> p.Message:
         now = time.monotonic()
@@ -143,6 +179,13 @@ class WitnessServer:
                 )  # fmt: skip
         sides = [p.SideView(side=s, seen_ago_s=self.arbiter.seen_ago_s(s, now)) for s in message.sides]
         return p.StatusReply(id=message.id, records=records, sides=sides)
+
+
+def _check_side(identity: Identity | None, message: p.Message) -> None:
+    """An agent asks for its own AZ only; the controller may speak for any side."""
+    agent = identity is not None and identity.role is CertRole.AGENT
+    if agent and isinstance(message, p.Hello) and identity is not None and message.side != identity.az:
+        raise p.RemoteProtocolError(f"{identity} may not speak for side {message.side[:64]!r}")
 
 
 def _grant(decision: Decision) -> p.Grant:

@@ -41,6 +41,7 @@ from openevs.agent.pool import (
 )
 from openevs.contract import ErrorReason, ReplicationConfig, ReplicationRequest, ReplicationState
 from openevs.domain.replication import Role
+from openevs.security.pki import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class ReplicationManager:
         connection_count: Callable[[str], int],
         side: str = "",
         link_tls: ssl.SSLContext | None = None,
+        tls: TlsFiles | None = None,  # this agent's certificate: for its calls to witnesses
     ) -> None:
         self.pool = pool
         self._link_tls = link_tls  # mutual TLS to the peers' link exports (agent/nbd_tls.py)
@@ -64,7 +66,7 @@ class ReplicationManager:
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
         self.groups = Groups(self.replicas)
-        self.quorum = Quorum(side, self._arbitration_changed)
+        self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
         self._lock = asyncio.Lock()
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from openevs.contract import Arbiter, ArbitrationState, WitnessAddress
+from openevs.security.pki import TlsFiles
 from openevs.witness.arbiter import Refusal, holder_expiry
 from openevs.witness.client import AsyncWitnessClient, WitnessFailed, WitnessUnreachable, units
 from openevs.witness.protocol import RemoteProtocolError
@@ -56,9 +57,17 @@ class _Unit:
 
 
 class _WitnessSession:
-    def __init__(self, address: WitnessAddress, side: str, on_change: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        address: WitnessAddress,
+        side: str,
+        on_change: Callable[[str], None],
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.address = address
-        self.client = AsyncWitnessClient(address.host, address.port, side, timeout_s=REQUEST_TIMEOUT_S)
+        self.client = AsyncWitnessClient(
+            address.host, address.port, side, timeout_s=REQUEST_TIMEOUT_S, tls=tls
+        )
         self.units: dict[str, _Unit] = {}
         self.reachable = False
         self.still_needed: Callable[[str], bool] = lambda _key: True
@@ -149,8 +158,9 @@ class _WitnessSession:
 class Quorum:
     """Every witness this agent's primaries are arbitrated by."""
 
-    def __init__(self, side: str, on_change: Callable[[str], None]) -> None:
+    def __init__(self, side: str, on_change: Callable[[str], None], tls: TlsFiles | None = None) -> None:
         self.side = side
+        self.tls = tls
         self._on_change = on_change
         self._sessions: dict[tuple[str, int], _WitnessSession] = {}
         self.still_needed: Callable[[str], bool] = lambda _key: True
@@ -159,7 +169,7 @@ class Quorum:
         where = (address.host, address.port)
         session = self._sessions.get(where)
         if session is None:
-            session = _WitnessSession(address, self.side, self._on_change)
+            session = _WitnessSession(address, self.side, self._on_change, self.tls)
             session.still_needed = self.still_needed
             self._sessions[where] = session
             session.start()
