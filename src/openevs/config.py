@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # Monitoring (docs/monitoring.md): the controller's /metrics listener (HOST:PORT, port 0:
+    # any free one; "" turns it off), and the volumes whose NBD traffic the agents count on
+    # their own (ids, comma-separated, or "all"; default none: one series per operation).
+    metrics_listen: str = "127.0.0.1:9776"
+    metrics_volumes: str = ""
 
     @classmethod
     def settings_customise_sources(

@@ -23,11 +23,16 @@ def agent(
     nbd: Annotated[
         str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port).")
     ] = "127.0.0.1:10809",
+    metrics_volumes: Annotated[
+        str,
+        typer.Option(help='Volumes whose NBD traffic /metrics shows apart: ids, comma-separated, or "all".'),
+    ] = "",
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
     It serves the volume files under --pool over NBD and answers the
-    controller on its control API; SIGTERM or SIGINT stops it cleanly.
+    controller on its control API (and Prometheus on its /metrics);
+    SIGTERM or SIGINT stops it cleanly.
     """
     # Imported here: every server-side `openevs` command loads this module,
     # and only this one needs the agent's NBD and control-API code.
@@ -37,7 +42,7 @@ def agent(
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port)
+    run_agent(az, pool, listen, nbd_host, nbd_port, metrics_volumes)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,14 +30,17 @@ class StorageNode:
     """One AZ's pool plus the grant table; `start()` brings up the NBD server."""
 
     def __init__(
-        self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0
-    ) -> None:
+        self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
+        metrics_volumes: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
         self.az = az
+        # Volumes whose NBD traffic gets series of their own ("all": every one).
+        self.metrics_volumes = metrics_volumes
         self.pool = FileVolumePool(Path(pool_dir))
         self.grants = GrantTable(self.pool.root)
         self.nbd_host = nbd_host
         self.boot_id = uuid.uuid4().hex
-        self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port)
+        self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port, counted_volume=self._counted_volume)
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
         self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count, side=az)
@@ -88,6 +91,18 @@ class StorageNode:
             return None
         export = self._file_export(grant.volume_id, grant.read_only)
         return None if export is None else self.replication.wrap(grant.volume_id, export)
+
+    def _counted_volume(self, name: str) -> str | None:
+        """The volume export `name` opens, if its traffic is counted on its own."""
+        if not self.metrics_volumes:
+            return None
+        base, sep, _session = name.rpartition(SESSION_SEP)
+        volume = self.replication.link_export_volume(base if sep else name)
+        if volume is None and (grant := self.grants.get(name)) is not None:
+            volume = grant.volume_id
+        if volume is None or not ("all" in self.metrics_volumes or volume in self.metrics_volumes):
+            return None
+        return volume
 
     def _file_export(self, volume_id: str, read_only: bool) -> FileExport | None:
         key = (volume_id, read_only)

@@ -164,6 +164,8 @@ class AgentSupervisor:
                     f"unix:{sock.resolve()}",
                     "--nbd",
                     f"{settings.nbd_host}:{port}",
+                    "--metrics-volumes",
+                    settings.metrics_volumes,
                 ],
                 pool_dir=pool,
                 pid_file=agent_dir / f"{az}.pid",

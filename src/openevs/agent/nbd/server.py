@@ -18,12 +18,15 @@ from collections.abc import Awaitable, Callable
 from .buffers import BufferPool
 from .connection import Connection, wire_errno
 from .export import Export
+from .stats import NbdStats
 
 __all__ = ["NbdServer", "Resolver", "wire_errno"]
 
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], Awaitable[Export | None]]
+# export name -> the volume whose own counters it also bumps (None: only the server's)
+VolumeOf = Callable[[str], str | None]
 
 
 class NbdServer:
@@ -39,8 +42,12 @@ class NbdServer:
         max_in_flight_bytes: int = 256 * 1024 * 1024,
         max_output_bytes: int = 64 * 1024 * 1024,
         handshake_timeout_s: float = 30.0,
+        counted_volume: VolumeOf = lambda _name: None,
     ) -> None:
         self._resolver = resolver
+        self._counted_volume = counted_volume
+        self.stats = NbdStats()
+        self.volume_stats: dict[str, NbdStats] = {}  # opted-in volumes only
         self.host = host
         self.port = port
         self.max_in_flight = max_in_flight
@@ -126,6 +133,12 @@ class NbdServer:
             export = await self._resolver(name)
             if epoch == self._drop_epoch:
                 return export  # no revocation raced with the lookup
+
+    def stats_for(self, name: str) -> list[NbdStats]:
+        volume_id = self._counted_volume(name)
+        if volume_id is None:
+            return [self.stats]
+        return [self.stats, self.volume_stats.setdefault(volume_id, NbdStats())]
 
     def register(self, conn: Connection, name: str) -> None:
         self._by_name.setdefault(name, set()).add(conn)
