@@ -1,0 +1,57 @@
+"""Reading a Prometheus exposition the way Prometheus does (prometheus_client's parser)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """Every sample of one scrape: (name, labels) -> value, and the family names."""
+
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+    families: set[str]
+
+    def value(self, name: str, /, **labels: str) -> float:
+        """The one sample of `name` whose labels include `labels`."""
+        found = self.all(name, **labels)
+        assert len(found) == 1, f"{name}{labels}: {len(found)} samples: {found}"
+        return next(iter(found.values()))
+
+    def all(self, name: str, /, **labels: str) -> dict[frozenset[tuple[str, str]], float]:
+        want = set(labels.items())
+        return {lb: v for (n, lb), v in self.samples.items() if n == name and want <= lb}
+
+    def sum(self, name: str, /, **labels: str) -> float:
+        return sum(self.all(name, **labels).values())
+
+    def names(self) -> set[str]:
+        """Every sample name (with _total, _bucket, _count ... suffixes)."""
+        return {n for n, _ in self.samples}
+
+
+def parse(text: str) -> Exposition:
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    families = set()
+    for family in text_string_to_metric_families(text):
+        families.add(family.name)
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return Exposition(samples, families)
+
+
+def scrape(url: str) -> Exposition:
+    r = httpx.get(url, timeout=15)
+    assert r.status_code == 200, f"GET {url}: {r.status_code} {r.text[:500]}"
+    assert r.headers["content-type"].startswith("text/plain"), r.headers
+    return parse(r.text)
+
+
+def endpoints(data_dir: Path) -> dict[str, object]:
+    """What serve wrote to <data_dir>/endpoints.json."""
+    return dict(json.loads((data_dir / "endpoints.json").read_text()))
