@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -55,3 +58,14 @@ def scrape(url: str) -> Exposition:
 def endpoints(data_dir: Path) -> dict[str, object]:
     """What serve wrote to <data_dir>/endpoints.json."""
     return dict(json.loads((data_dir / "endpoints.json").read_text()))
+
+
+def need_binary(binary: str, package: str = "prometheus") -> str:
+    """The path of a monitoring tool. scripts/setup installs it when run as root, so
+    there it must be present; elsewhere its absence skips the test."""
+    path = shutil.which(binary)
+    if path is not None:
+        return path
+    if os.geteuid() == 0:
+        pytest.fail(f"{binary} is missing although scripts/setup installs Debian's {package} as root")
+    pytest.skip(f"{binary} is not installed (Debian package {package}; scripts/setup installs it as root)")

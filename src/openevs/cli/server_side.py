@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -136,12 +137,32 @@ def metrics_endpoints(settings: Settings, base_url: str | None) -> dict[str, Any
     return {"controller": None if base_url is None else f"{base_url}/metrics", "agents": agents}
 
 
-def _write_endpoints(settings: Settings, metrics: dict[str, Any]) -> None:
-    """<data_dir>/endpoints.json: the API and every /metrics URL, for scripts and Prometheus."""
-    path = settings.data_dir / "endpoints.json"
+def prometheus_targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The /metrics URLs as Prometheus file_sd target groups (labels: component, az)."""
+    groups = []
+    urls = [(metrics["controller"], {"component": "controller"})] if metrics["controller"] else []
+    urls += [(url, {"component": "agent", "az": az}) for az, url in metrics["agents"].items()]
+    for url, labels in urls:
+        parts = urlsplit(url)
+        if parts.path != "/metrics":
+            labels["__metrics_path__"] = parts.path
+        if parts.scheme != "http":
+            labels["__scheme__"] = parts.scheme
+        groups.append({"targets": [parts.netloc], "labels": labels})
+    return groups
+
+
+def _write_json(path: Path, value: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"api": settings.endpoint, "metrics": metrics}, indent=2) + "\n")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def _write_endpoints(settings: Settings, metrics: dict[str, Any]) -> None:
+    """<data_dir>/endpoints.json (the API and every /metrics URL) and
+    <data_dir>/prometheus-targets.json (the same as file_sd targets for Prometheus)."""
+    _write_json(settings.data_dir / "endpoints.json", {"api": settings.endpoint, "metrics": metrics})
+    _write_json(settings.data_dir / "prometheus-targets.json", prometheus_targets(metrics))
 
 
 def _announce(settings: Settings, created: str | None, metrics_url: str | None = None) -> None:
