@@ -21,7 +21,7 @@ from tests.e2e.agents import StandaloneAgent
 from tests.e2e.conftest import ServeProcess, Session
 from tests.e2e.test_replication import MIB, nbd_address, write_blocks
 from tests.support.api import get_json, make_disk, wait_json
-from tests.support.metrics import Exposition, endpoints, scrape
+from tests.support.metrics import Exposition, deployed_exprs, endpoints, metric_names, scrape
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -124,6 +124,10 @@ def test_metrics_of_controller_and_agents_follow_a_real_pair(
     d = scrape(agents[DR_AZ])
     assert d.value("openevs_nbd_requests_total", op="write") >= 20
     assert d.value("openevs_replica_link_up", volume_id=dr, role="secondary") == 1
+    # Every series the dashboard and the alert rules read is in what we expose.
+    exposed = m.names() | a.names() | d.names()
+    missing = {n for expr in deployed_exprs() for n in metric_names(expr)} - exposed
+    assert not missing, f"deploy/ reads series nothing exposes: {sorted(missing)}"
 
     # Cut the link: the DR agent dies; production keeps writing.
     agent.kill()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -34,8 +36,10 @@ class Exposition:
         return sum(self.all(name, **labels).values())
 
     def names(self) -> set[str]:
-        """Every sample name (with _total, _bucket, _count ... suffixes)."""
-        return {n for n, _ in self.samples}
+        """Every name a query may use: the samples' (with _total, _bucket, ... suffixes), and
+        those of families that have no sample in this scrape."""
+        suffixes = ("", "_total", "_bucket", "_count", "_sum")
+        return {n for n, _ in self.samples} | {f + s for f in self.families for s in suffixes}
 
 
 def parse(text: str) -> Exposition:
@@ -69,3 +73,21 @@ def need_binary(binary: str, package: str = "prometheus") -> str:
     if os.geteuid() == 0:
         pytest.fail(f"{binary} is missing although scripts/setup installs Debian's {package} as root")
     pytest.skip(f"{binary} is not installed (Debian package {package}; scripts/setup installs it as root)")
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+_NAME = re.compile(r"\b(openevs_[a-zA-Z0-9_]+)")
+
+
+def deployed_exprs() -> list[str]:
+    """Every PromQL expression of the dashboard and of the alert rules."""
+    dashboard = json.loads((DEPLOY / "grafana" / "openevs.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "openevs.rules.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    return exprs
+
+
+def metric_names(expr: str) -> set[str]:
+    """The openevs_* series an expression reads (as exposed: with _total, _bucket, ...)."""
+    return set(_NAME.findall(expr))
