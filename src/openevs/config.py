@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     control_tls_cert: Path | None = None
     control_tls_key: Path | None = None
     control_tls_ca: Path | None = None
+    # Monitoring (docs/monitoring.md): the controller's /metrics listener (HOST:PORT, port 0:
+    # any free one; "" turns it off), and the volumes whose NBD traffic the agents count on
+    # their own (ids, comma-separated, or "all"; default none: one series per operation).
+    metrics_listen: str = "127.0.0.1:9776"
+    metrics_volumes: str = ""
 
     @classmethod
     def settings_customise_sources(

@@ -272,6 +272,12 @@ class ReplicationState(Model):
     dirty_bytes: int = 0
     sync: SyncProgress | None = None
     resynced_bytes_total: int = 0
+    # The sync's copy rate and time left (bytes left over how fast they shrink; None:
+    # they do not shrink), and the seconds since the peer last held every
+    # acknowledged write (0 when nothing is left to copy; agent/mirror/meter.py).
+    resync_rate_bytes_per_s: float = 0.0
+    resync_eta_s: float | None = None
+    lag_s: float = 0.0
     io_error: bool = False
     arbitration: ArbitrationState | None = None
 

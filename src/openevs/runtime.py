@@ -14,6 +14,7 @@ from openevs.config import Settings
 from openevs.contract import AgentClient
 from openevs.db.session import Database
 from openevs.domain.errors import ServiceUnavailable
+from openevs.metrics import ControllerMetrics
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Runtime:
     # Set by the API after it queued work, so an in-process reconciler acts at once.
     wake: threading.Event = field(default_factory=threading.Event)
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)
+    metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
 
     def agent(self, az: str) -> AgentClient:
         try:

@@ -148,6 +148,7 @@ class ServeProcess:
             OPENEVS_DATA_DIR=str(self.data_dir),
             OPENEVS_LISTEN=f"127.0.0.1:{self.port}",
             OPENEVS_NBD_PORT_BASE="0",
+            OPENEVS_METRICS_LISTEN="127.0.0.1:0",  # endpoints.json says which port
             OPENEVS_HEALTH_INTERVAL_S="0.5",
             PYTHONUNBUFFERED="1",
         )

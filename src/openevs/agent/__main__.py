@@ -53,11 +53,15 @@ def agent(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key (mode 0600).")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="The deployment's CA bundle (ca.pem).")] = None,
+    metrics_volumes: Annotated[
+        str,
+        typer.Option(help='Volumes whose NBD traffic /metrics shows apart: ids, comma-separated, or "all".'),
+    ] = "",
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
     It serves the volume files under --pool over NBD and answers the
-    controller on its control API, over mutual TLS with the files given by
+    controller on its control API (and Prometheus on its /metrics), over mutual TLS with the files given by
     --tls-cert/--tls-key/--tls-ca (or OPENEVS_AGENT_TLS_CERT/_KEY/_CA);
     without them it listens on loopback or a unix socket only. SIGTERM or
     SIGINT stops it cleanly.
@@ -94,7 +98,7 @@ def agent(
     except (ConfigError, SecurityError, ValueError) as exc:
         typer.echo(f"{PROG}: {exc}", err=True)
         raise typer.Exit(2) from None
-    run_agent(az, pool, listen, nbd_host, nbd_port, witness, tls)
+    run_agent(az, pool, listen, nbd_host, nbd_port, witness, tls, metrics_volumes)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -204,6 +204,10 @@ class HttpAgentClient:
     def resume_group(self, group_id: str) -> ReplicationStates:
         return self._call(ReplicationStates, "POST", f"/groups/{_quoted(group_id)}/resume")
 
+    def metrics_text(self) -> bytes:
+        """The agent's `/metrics` as it wrote it (Prometheus text format, no contract model)."""
+        return self._send("GET", "/metrics").content
+
     def close(self) -> None:
         self._http.close()
 

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from openevs.agent.metrics import metrics_router
 from openevs.agent.node import StorageNode
 from openevs.agent.pool import PoolError
 from openevs.contract import (
@@ -76,6 +77,8 @@ def create_control_app(agent: StorageNode) -> FastAPI:
     @app.exception_handler(405)
     async def _bad_method(_: Request, __: Exception) -> JSONResponse:
         return _error(ErrorReason.INVALID_INPUT, "method not allowed", status=405)
+
+    app.include_router(metrics_router(agent))  # GET /metrics (Prometheus text, not a contract model)
 
     @app.get("/health")
     async def health() -> AgentHealth:

@@ -34,9 +34,12 @@ class StorageNode:
     def __init__(
         self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
         tls: AgentTls | None = None,
+        metrics_volumes: frozenset[str] = frozenset(),
     ) -> None:  # fmt: skip
         self.az = az
         self.tls = tls
+        # Volumes whose NBD traffic gets series of their own ("all": every one).
+        self.metrics_volumes = metrics_volumes
         self.pool = FileVolumePool(Path(pool_dir))
         self.grants = GrantTable(self.pool.root)
         self.nbd_host = nbd_host
@@ -46,6 +49,7 @@ class StorageNode:
             self.resolve_export, nbd_host, nbd_port,
             tls=tls.server_context() if serve_tls and tls else None,
             tls_policy=tls.policy if serve_tls and tls else None,
+            counted_volume=self._counted_volume,
         )  # fmt: skip
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
@@ -114,6 +118,18 @@ class StorageNode:
         base, sep, _session = name.rpartition(SESSION_SEP)
         link = self.replication.link_export_volume(base if sep else name) is not None
         return not link or (peer is not None and peer.role is CertRole.AGENT)
+
+    def _counted_volume(self, name: str) -> str | None:
+        """The volume export `name` opens, if its traffic is counted on its own."""
+        if not self.metrics_volumes:
+            return None
+        base, sep, _session = name.rpartition(SESSION_SEP)
+        volume = self.replication.link_export_volume(base if sep else name)
+        if volume is None and (grant := self.grants.get(name)) is not None:
+            volume = grant.volume_id
+        if volume is None or not ("all" in self.metrics_volumes or volume in self.metrics_volumes):
+            return None
+        return volume
 
     def _file_export(self, volume_id: str, read_only: bool) -> FileExport | None:
         key = (volume_id, read_only)

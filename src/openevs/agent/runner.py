@@ -124,6 +124,7 @@ async def serve_agent(
     stop: asyncio.Event | None = None,
     witness: WitnessOptions | None = None,
     tls: AgentTls | None = None,
+    metrics_volumes: frozenset[str] = frozenset(),
 ) -> None:
     """Serve until `stop` is set or SIGTERM/SIGINT arrives (with `witness`: also a
     witness for the pairs of other AZs, on its own port and state directory).
@@ -139,7 +140,7 @@ async def serve_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = StorageNode(az, pool_dir, nbd_host, nbd_port, tls=tls)
+    agent = StorageNode(az, pool_dir, nbd_host, nbd_port, tls=tls, metrics_volumes=metrics_volumes)
     sock: socket.socket | None = None
     inode: int | None = None
     witness_server: WitnessServer | None = None
@@ -199,12 +200,22 @@ def _remove_unix_socket(sock: socket.socket, listen: str, inode: int | None) -> 
     sock.close()
 
 
+def parse_metrics_volumes(value: str) -> frozenset[str]:
+    """`--metrics-volumes`: volume ids, comma-separated, or "all"."""
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
 def run_agent(
     az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
-    witness: WitnessOptions | None = None, tls: AgentTls | None = None,
+    witness: WitnessOptions | None = None, tls: AgentTls | None = None, metrics_volumes: str = "",
 ) -> None:  # fmt: skip
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness, tls=tls))
+    volumes = parse_metrics_volumes(metrics_volumes)
+    asyncio.run(
+        serve_agent(
+            az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness, tls=tls, metrics_volumes=volumes
+        )
+    )

@@ -173,6 +173,8 @@ class AgentSupervisor:
                     f"{settings.nbd_host}:{port}",
                     *self._witness_args(index, az),
                     *_pki_args(settings, az),
+                    "--metrics-volumes",
+                    settings.metrics_volumes,
                 ],
                 pool_dir=pool,
                 pid_file=agent_dir / f"{az}.pid",

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from openevs.api import groups, identity, replications, servers, versions, volumes
 from openevs.api.errors import fault, install_error_handlers
+from openevs.api.metrics import HttpMetrics
 from openevs.api.text_guard import refuse_unstorable_text
 from openevs.runtime import Runtime
 
@@ -61,4 +62,5 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(replications.router)
     app.include_router(groups.router)
+    app.add_middleware(HttpMetrics, metrics=runtime.metrics)  # outermost: sees every answer
     return app

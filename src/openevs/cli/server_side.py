@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -136,9 +139,71 @@ def prepare(settings: Settings) -> tuple[Database, str | None]:
     return db, created
 
 
-def _announce(settings: Settings, created: str | None) -> None:
+def _start_metrics(runtime: Runtime) -> Any:
+    """The controller's /metrics listener (OPENEVS_METRICS_LISTEN), or None when turned off."""
+    from openevs.api.metrics import MetricsListener
+
+    listen = runtime.settings.metrics_listen
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    try:
+        return MetricsListener(runtime, host.strip("[]"), int(port)).start()
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]configuration error:[/red] OPENEVS_METRICS_LISTEN={listen}: cannot listen: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def metrics_endpoints(settings: Settings, base_url: str | None) -> dict[str, Any]:
+    """Every /metrics URL: the controller's, and each AZ's agent (a standalone agent's own
+    HTTP control API; else through the controller's listener)."""
+    agents: dict[str, str] = {}
+    for az in settings.azs:
+        url = settings.agent_urls.get(az, "")
+        if url.startswith(("http://", "https://")):
+            agents[az] = url.rstrip("/") + "/metrics"
+        elif base_url is not None:
+            agents[az] = f"{base_url}/agents/{az}/metrics"
+    return {"controller": None if base_url is None else f"{base_url}/metrics", "agents": agents}
+
+
+def prometheus_targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The /metrics URLs as Prometheus file_sd target groups (labels: component, az)."""
+    groups = []
+    urls = [(metrics["controller"], {"component": "controller"})] if metrics["controller"] else []
+    urls += [(url, {"component": "agent", "az": az}) for az, url in metrics["agents"].items()]
+    for url, labels in urls:
+        parts = urlsplit(url)
+        if parts.path != "/metrics":
+            labels["__metrics_path__"] = parts.path
+        if parts.scheme != "http":
+            labels["__scheme__"] = parts.scheme
+        groups.append({"targets": [parts.netloc], "labels": labels})
+    return groups
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_endpoints(settings: Settings, metrics: dict[str, Any]) -> None:
+    """<data_dir>/endpoints.json (the API and every /metrics URL) and
+    <data_dir>/prometheus-targets.json (the same as file_sd targets for Prometheus)."""
+    _write_json(settings.data_dir / "endpoints.json", {"api": settings.endpoint, "metrics": metrics})
+    _write_json(settings.data_dir / "prometheus-targets.json", prometheus_targets(metrics))
+
+
+def _announce(settings: Settings, created: str | None, metrics_url: str | None = None) -> None:
     password = created or settings.admin_password or None
     out.print(f"openevs API: [bold]{settings.endpoint}[/bold]  (identity: {settings.endpoint}/v3)")
+    metrics = metrics_endpoints(settings, metrics_url)
+    if metrics["controller"]:
+        out.print(f"metrics: controller {metrics['controller']}")
+    for az, url in metrics["agents"].items():
+        out.print(f"metrics: agent {az} {url}")
+    _write_endpoints(settings, metrics)
     if created and not settings.admin_password:
         out.print(f"admin password (generated, shown once): [bold]{created}[/bold]")
     elif created:
@@ -226,10 +291,13 @@ def serve() -> None:
         err.print(f"[yellow]warning:[/yellow] not every storage agent is up yet: {exc}")
     reconciler.watcher.check()  # AZ health and NBD addresses of this run before the API answers
     reconciler.start()
-    _announce(settings, created)
+    metrics = _start_metrics(runtime)
+    _announce(settings, created, metrics.base_url if metrics else None)
     try:
         _run_api(runtime, tls)
     finally:
+        if metrics is not None:
+            metrics.stop()
         reconciler.stop()
         supervisor.stop()
         runtime.close()
@@ -242,10 +310,13 @@ def api() -> None:
     tls = api_tls_context(settings)
     db, created = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
-    _announce(settings, created)
+    metrics = _start_metrics(runtime)
+    _announce(settings, created, metrics.base_url if metrics else None)
     try:
         _run_api(runtime, tls)
     finally:
+        if metrics is not None:
+            metrics.stop()
         runtime.close()
 
 
@@ -258,11 +329,16 @@ def worker() -> None:
     db, _ = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
     reconciler = Reconciler(runtime)
+    metrics = _start_metrics(runtime)
+    if metrics is not None:
+        out.print(f"metrics: worker {metrics.base_url}/metrics")
     try:
         reconciler.run_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if metrics is not None:
+            metrics.stop()
         runtime.close()
 
 

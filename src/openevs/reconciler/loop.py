@@ -33,6 +33,10 @@ class Reconciler:
         self._last_health = 0.0
 
     def run_once(self) -> int:
+        with self.runtime.metrics.reconcile_pass.time():
+            return self._pass()
+
+    def _pass(self) -> int:
         now = time.monotonic()
         observe = now - self._last_health >= self.runtime.settings.health_interval_s
         if observe:
@@ -41,9 +45,12 @@ class Reconciler:
             self.auto_failover.run()  # after the health check it reads; opt-in
         # Transitions first (a failover must not wait behind measurements),
         # then one batched measurement per agent of every pair, then groups.
-        busy = VOLUMES.run(self.runtime)
-        busy += PAIRS.run(self.runtime)
-        busy += GROUPS.run(self.runtime)
+        backlog = self.runtime.metrics.reconcile_backlog
+        busy = 0
+        for kind, name in ((VOLUMES, "volume"), (PAIRS, "pair"), (GROUPS, "group")):
+            seen = kind.run(self.runtime)
+            backlog.labels(name).set(seen)
+            busy += seen
         volumes.finish_pair_grows(self.runtime)
         if replications.observe_all(self.runtime):
             busy += 1
@@ -57,6 +64,7 @@ class Reconciler:
                 busy = self.run_once()
             except Exception:
                 log.exception("reconciler pass failed")
+                self.runtime.metrics.reconcile_errors.inc()
                 busy = 0
             if self._stop.is_set():
                 break

@@ -20,7 +20,9 @@ import errno
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from time import perf_counter
 
+from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.pool import data_extents
 
 
@@ -122,7 +124,9 @@ class BitmapFile:
             if self._synced >= target:
                 return  # another caller's fdatasync covered us
             current = self._generation
+            started = perf_counter()
             await asyncio.to_thread(os.fdatasync, self._fd)
+            MIRROR_STATS.bitmap_sync.observe(0, perf_counter() - started)
             self._synced = max(self._synced, current)
 
 

@@ -114,6 +114,8 @@ class MirrorState:
     copying: set[int] = field(default_factory=set)
     # region -> user writes in flight there (forwarded or kept local)
     writing: dict[int, int] = field(default_factory=dict)
+    # monotonic time since which the peer lacks an acknowledged write (meter.lag_s)
+    behind_since: float | None = None
 
     @property
     def in_sync_path(self) -> bool:

@@ -23,7 +23,9 @@ import logging
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 
+from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.nbd.client import NbdClient
 from openevs.contract import Peer
 from openevs.security.identity import CertRole
@@ -181,8 +183,11 @@ class PeerLink:
             raise LinkDown(self.last_error or "link is down")
         return self._clients[next(self._next) % len(self._clients)]
 
-    async def _call(self, what: str, make: Callable[[_LinkClient], Awaitable[None]]) -> None:
+    async def _call(
+        self, what: str, make: Callable[[_LinkClient], Awaitable[None]], length_bytes: int = 0
+    ) -> None:
         client = self._client()
+        started = perf_counter()
         # A timer, not asyncio.timeout(): the NBD server may run this coroutine
         # eagerly, outside any task. On expiry the whole link is aborted, which
         # fails this request (and every other one in flight) at once.
@@ -196,6 +201,7 @@ class PeerLink:
             raise LinkDown(self.last_error or reason) from exc
         finally:
             timer.cancel()
+        MIRROR_STATS.link[what].observe(length_bytes, perf_counter() - started)
 
     def _expired(self, client: _LinkClient, what: str) -> None:
         if client in self._clients:
@@ -212,6 +218,7 @@ class PeerLink:
         callbacks run in order. `data` must stay unchanged until it is done.
         """
         client = self._client()
+        started = perf_counter()
         try:
             future = client.start_write(offset, data, fua)
         except Exception as exc:
@@ -226,8 +233,13 @@ class PeerLink:
             if f.cancelled():
                 return
             exc = f.exception()
-            if exc is not None and client in self._clients:
-                self.mark_down(f"write failed: {exc or type(exc).__name__}")
+            if exc is not None:
+                if client in self._clients:
+                    self.mark_down(f"write failed: {exc or type(exc).__name__}")
+                return
+            seconds = perf_counter() - started
+            MIRROR_STATS.link["write"].observe(len(data), seconds)
+            MIRROR_STATS.forwarded.observe(len(data), seconds)
 
         if future.done():
             done(future)  # failed while sending: down now, before anyone awaits it
@@ -236,13 +248,13 @@ class PeerLink:
         return future
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-        await self._call("write", lambda c: c.write(offset, data, fua=fua))
+        await self._call("write", lambda c: c.write(offset, data, fua=fua), len(data))
 
     async def write_zeroes(self, offset: int, length: int, fua: bool = False) -> None:
-        await self._call("write_zeroes", lambda c: c.write_zeroes(offset, length, fua=fua))
+        await self._call("write_zeroes", lambda c: c.write_zeroes(offset, length, fua=fua), length)
 
     async def trim(self, offset: int, length: int, fua: bool = False) -> None:
-        await self._call("trim", lambda c: c.trim(offset, length, fua=fua))
+        await self._call("trim", lambda c: c.trim(offset, length, fua=fua), length)
 
     async def flush(self) -> None:
         await self._call("flush", lambda c: c.flush())

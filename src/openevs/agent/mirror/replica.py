@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import time
 from collections.abc import Callable, Iterable
 
 from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.mirror.meter import lag_s
 from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.replica_link import ReplicaLink
 from openevs.agent.mirror.solo import SoloGate
@@ -187,6 +189,10 @@ class Replica:
         sync = self.sync
         status = engine.status(st, io_error=self.io_error, sync_running=sync.running)
         remaining = engine.dirty_bytes(st.dirty, size) + engine.dirty_bytes(st.copying, size)
+        now = time.monotonic()
+        sync.meter.observe(now, sync.resynced_bytes_total, remaining)
+        lag, st.behind_since = lag_s(st.behind_since, remaining, now)
+        eta = sync.meter.eta_s(now)
         progress = None
         if status is ReplicationStatus.COPYING:
             progress = SyncProgress(copied_bytes=sync.copied_bytes, total_bytes=sync.copied_bytes + remaining)
@@ -212,6 +218,9 @@ class Replica:
             dirty_bytes=remaining,
             sync=progress,
             resynced_bytes_total=sync.resynced_bytes_total,
+            resync_rate_bytes_per_s=round(sync.meter.rate_bytes_per_s(now), 1),
+            resync_eta_s=None if eta is None else round(eta, 1),
+            lag_s=round(lag, 3),
             io_error=self.io_error,
             arbitration=self._arbitration(),
         )

@@ -20,6 +20,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 
 from openevs.agent.mirror import engine
@@ -96,6 +97,8 @@ class ReplicaLink:
         if link is not self.current:
             return
         self._state.link_up = False
+        if self._state.behind_since is None:
+            self._state.behind_since = time.monotonic()
         self._activity.link_lost()
         self._on_lost(reason)
         self._changes.notify()

@@ -31,6 +31,8 @@ from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import REGION_BYTES, MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.mirror.meter import ResyncMeter
+from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.mirror.tasks import Changes
 from openevs.agent.pool import data_extents
 
@@ -59,6 +61,12 @@ class Sync:
         self.resynced_bytes_total = 0
         self.peer_blank = False  # the peer was punched: all-zero chunks need no request
         self.io_error = False
+        self.meter = ResyncMeter()
+
+    def left_bytes(self) -> int:
+        """Bytes still to copy (dirty, or being copied)."""
+        st, size = self._state, self._size_bytes()
+        return engine.dirty_bytes(st.dirty, size) + engine.dirty_bytes(st.copying, size)
 
     async def run(self) -> None:
         while True:
@@ -133,7 +141,10 @@ class Sync:
                 raise LinkDown("the link broke after the copy was acknowledged")
             self.copied_bytes += length
             self.resynced_bytes_total += length
+            MIRROR_STATS.resync_bytes += length
             self._activity.copied(chunk)
+            # `chunk` is still in `copying`: it counts as left until the finally below.
+            self.meter.observe(time.monotonic(), self.resynced_bytes_total, self.left_bytes() - length)
         except (LinkDown, OSError) as exc:
             st.dirty.update(chunk)  # their bits are still on disk (clearing is lazy)
             if isinstance(exc, OSError):
@@ -173,6 +184,7 @@ class Sync:
         until housekeeping has flushed the peer."""
         self.running = False
         self.peer_blank = False
+        self._state.behind_since = None
         log.info(
             "replication of %s: sync done, %d bytes copied in %.2f s", self._volume_id,
             self.copied_bytes, time.monotonic() - self._started,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import time
 from collections.abc import Awaitable, Callable
 
 from openevs.agent.mirror import engine
@@ -126,8 +127,11 @@ class WritePath:
 
     async def _local_dirty(self, regions: range, local: LocalOp, fua: bool) -> None:
         self._begin(regions)
+        st = self._state
+        if st.behind_since is None:
+            st.behind_since = time.monotonic()
         try:
-            self._state.dirty.update(regions)
+            st.dirty.update(regions)
             await self._activity.persist(regions)
             await self._local(local, fua)
         finally:

@@ -29,6 +29,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sized
 from functools import partial
+from time import perf_counter
 from typing import Protocol
 
 from openevs.security import PeerRejected
@@ -44,6 +45,7 @@ from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request, 
 from .export import Export
 from .protocol import ServerConnection, TlsPolicy
 from .replies import merge_extents
+from .stats import NbdStats
 from .tls_stream import TlsStream
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class Owner(Protocol):
     def register(self, conn: Connection, name: str) -> None:
         """`conn` entered transmission on export `name`."""
 
+    def stats_for(self, name: str) -> list[NbdStats]:
+        """The counters a connection to export `name` bumps (the server's, maybe a volume's)."""
+
     def forget(self, conn: Connection) -> None:
         """`conn` has ended."""
 
@@ -116,6 +121,7 @@ class Connection:
         self._sendfile_fd: int | None = None
         self._readinto: Callable[[int, memoryview], None] | None = None
         self._eager = False
+        self._stats: list[NbdStats] = []  # set when the export is chosen
         self.task: asyncio.Task[None] | None = None
 
     def _label(self) -> str:
@@ -170,6 +176,7 @@ class Connection:
                     proto.export_found(size_bytes=export.size_bytes, read_only=export.read_only)
             elif isinstance(event, ExportChosen):
                 self.name = event.name
+                self._stats = self.server.stats_for(event.name)
                 self.server.register(self, event.name)
                 await self._send_handshake()
                 return True
@@ -243,7 +250,13 @@ class Connection:
                 self._begin_close()
         self._out.append(proto.data_to_send())
 
+    def _count(self, req: Request, started: float) -> None:
+        seconds = perf_counter() - started
+        for stats in self._stats:
+            stats.by_command[req.kind].observe(req.length, seconds)
+
     def _dispatch(self, req: Request) -> None:
+        started = perf_counter()
         kind = req.kind
         export = self.export
         assert export is not None
@@ -252,6 +265,7 @@ class Connection:
                 self._read(export, req)
             except OSError as exc:
                 self._out.append(self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc)))
+            self._count(req, started)
         elif kind is Command.BLOCK_STATUS:
             try:
                 extents = export.extents(req.offset, req.length)
@@ -262,8 +276,10 @@ class Connection:
                 merged = merge_extents(extents, req.length, req_one=one)
                 reply = self.proto.reply_block_status(req.cookie, merged)
             self._out.append(reply)
+            self._count(req, started)
         elif kind is Command.CACHE:
             self._out.append(self.proto.reply_ok(req.cookie))
+            self._count(req, started)
         else:
             if self._eager:
                 done, result = start_eagerly(self._execute(export, req), self.loop)
@@ -273,12 +289,13 @@ class Connection:
                 assert isinstance(result, bytes)
                 self._release_payload(req)
                 self._out.append(result)
+                self._count(req, started)
                 return
             assert isinstance(result, asyncio.Task)
             self._in_flight += 1
             self._in_flight_bytes += req.length if kind is Command.WRITE else 0
             self._tasks.add(result)
-            result.add_done_callback(partial(self._on_done, req))
+            result.add_done_callback(partial(self._on_done, req, started))
             self._update_reading()
 
     def _read(self, export: Export, req: Request) -> None:
@@ -351,7 +368,7 @@ class Connection:
             req.payload = None
             self.server.pool.put(payload)
 
-    def _on_done(self, req: Request, task: asyncio.Task[bytes]) -> None:
+    def _on_done(self, req: Request, started: float, task: asyncio.Task[bytes]) -> None:
         self._tasks.discard(task)
         self._in_flight -= 1
         self._in_flight_bytes -= req.length if req.kind is Command.WRITE else 0
@@ -362,6 +379,7 @@ class Connection:
         if self._closed:
             return
         self._out.append(task.result())
+        self._count(req, started)
         if not self._resume_scheduled:
             self._resume_scheduled = True
             self.loop.call_soon(self._after_completions)

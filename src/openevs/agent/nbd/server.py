@@ -28,12 +28,15 @@ from .buffers import BufferPool
 from .connection import Connection, wire_errno
 from .export import Export
 from .handshake import TlsPolicy
+from .stats import NbdStats
 
 __all__ = ["NbdServer", "Resolver", "TlsPolicy", "wire_errno"]
 
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str, Identity | None], Awaitable[Export | None]]
+# export name -> the volume whose own counters it also bumps (None: only the server's)
+VolumeOf = Callable[[str], str | None]
 
 
 class NbdServer:
@@ -51,12 +54,16 @@ class NbdServer:
         handshake_timeout_s: float = 30.0,
         tls: ssl.SSLContext | None = None,
         tls_policy: TlsPolicy | None = None,
+        counted_volume: VolumeOf = lambda _name: None,
     ) -> None:
         if tls is None and tls_policy not in (None, TlsPolicy.OFF):
             raise ValueError(f"TLS policy {tls_policy} needs an SSL context")
         self._resolver = resolver
         self.tls_context = tls
         self.tls_policy = tls_policy or (TlsPolicy.REQUIRED if tls is not None else TlsPolicy.OFF)
+        self._counted_volume = counted_volume
+        self.stats = NbdStats()
+        self.volume_stats: dict[str, NbdStats] = {}  # opted-in volumes only
         self.host = host
         self.port = port
         self.max_in_flight = max_in_flight
@@ -142,6 +149,12 @@ class NbdServer:
             export = await self._resolver(name, peer)
             if epoch == self._drop_epoch:
                 return export  # no revocation raced with the lookup
+
+    def stats_for(self, name: str) -> list[NbdStats]:
+        volume_id = self._counted_volume(name)
+        if volume_id is None:
+            return [self.stats]
+        return [self.stats, self.volume_stats.setdefault(volume_id, NbdStats())]
 
     def register(self, conn: Connection, name: str) -> None:
         self._by_name.setdefault(name, set()).add(conn)
