@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from openevs.agent.grants import GrantTable, validate_export_name
-from openevs.agent.mirror.link import SESSION_SEP
+from openevs.agent.mirror.link_server import LinkServer
 from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer
@@ -37,12 +37,11 @@ class StorageNode:
         self.grants = GrantTable(self.pool.root)
         self.nbd_host = nbd_host
         self.boot_id = uuid.uuid4().hex
-        self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port)
+        self.links = LinkServer(self._link_export)
+        self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port, link_handler=self.links.accept)
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
         self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count, side=az)
-        # link export name -> the session names its primary's connections used
-        self._link_sessions: dict[str, set[str]] = {}
 
     @property
     def nbd_port(self) -> int:
@@ -55,6 +54,7 @@ class StorageNode:
 
     async def close(self) -> None:
         await self.nbd.close()
+        self.links.close()
         await self.replication.close()
         for export in self._open.values():
             export.close()
@@ -65,24 +65,10 @@ class StorageNode:
     async def resolve_export(self, name: str) -> Export | None:
         """The export an NBD client opens under `name`, or None if not granted.
 
-        A secondary's link export (the primary writes through it) is the
-        volume's writable file itself; user exports are wrapped so that the
-        volume's replication role decides what a write does.
+        User exports are wrapped so that the volume's replication role
+        decides what a write does. A secondary's link export is not served
+        here but on the link protocol (mirror/link_server.py).
         """
-        base, sep, _session = name.rpartition(SESSION_SEP)
-        if sep and (link_volume := self.replication.link_export_volume(base)) is not None:
-            names = self._link_sessions.setdefault(base, set())
-            stale = [n for n in names if n != name]
-            if stale:  # a new link session: the old one's connections must never write again
-                names.difference_update(stale)
-                for old in stale:
-                    await self._drop_export(old)
-                await self._wait_disconnected(stale)
-            names.add(name)
-            return self._file_export(link_volume, False)
-        link_volume = self.replication.link_export_volume(name)
-        if link_volume is not None:
-            return self._file_export(link_volume, False)
         grant = self.grants.get(name)
         if grant is None:
             return None
@@ -100,14 +86,17 @@ class StorageNode:
             self._open[key] = export
         return export
 
+    def _link_export(self, name: str) -> FileExport | None:
+        """The writable file a secondary serves its primary under link export `name`."""
+        volume_id = self.replication.link_export_volume(name)
+        return None if volume_id is None else self._file_export(volume_id, False)
+
     def _connection_count(self, name: str) -> int:
-        count = self.nbd.connection_count
-        return count(name) + sum(count(n) for n in self._link_sessions.get(name, ()))
+        return self.nbd.connection_count(name) + self.links.open_count(name)
 
     async def _drop_export(self, name: str) -> None:
         self.nbd.drop_export(name)
-        for session_name in self._link_sessions.pop(name, set()):
-            self.nbd.drop_export(session_name)
+        await self.links.revoke(name)
 
     async def _wait_disconnected(self, names: list[str], timeout_s: float = 5.0) -> None:
         """Let dropped connections unwind before their export's descriptor is closed."""

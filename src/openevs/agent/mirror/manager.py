@@ -26,6 +26,7 @@ from openevs.agent.grants import validate_export_name
 from openevs.agent.mirror import engine
 from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
 from openevs.agent.mirror.groups import Groups
+from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.plan import Action, plan_config_change
 from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.replica import Replica
@@ -60,6 +61,7 @@ class ReplicationManager:
         self._drop_export = drop_export
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
+        self.link_pools = LinkPools()  # the connections to peer agents, shared by the pairs
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed)
         self.quorum.still_needed = self._lease_needed
@@ -71,6 +73,7 @@ class ReplicationManager:
             on_link_up=lambda r: self.groups.regroup(r.config.group_id),
             on_link_lost=self._link_lost,
             link_connections=self._connection_count,
+            link_pools=self.link_pools,
             quorum=self.quorum,
         )  # fmt: skip
 
@@ -137,6 +140,7 @@ class ReplicationManager:
         for replica in list(self.replicas.values()):
             await replica.close()
         self.replicas.clear()
+        await self.link_pools.close()
         await self.quorum.close()
 
     # -- lookups for the NBD side -----------------------------------------

@@ -25,6 +25,7 @@ from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.replica_link import ReplicaLink
 from openevs.agent.mirror.solo import SoloGate
@@ -45,6 +46,7 @@ class Replica:
         on_link_up: Callable[[Replica], None],
         on_link_lost: Callable[[Replica, str], None],
         link_connections: Callable[[str], int],
+        link_pools: LinkPools,
         quorum: Quorum,
     ) -> None:  # fmt: skip
         self.volume_id = volume_id
@@ -59,7 +61,7 @@ class Replica:
         self.activity = ActivityLog(st, bitmap_path, changes, self._size)
         st.dirty = self.activity.load()  # on start, every persisted bit is dirty
         self.link = ReplicaLink(
-            volume_id, st, self.activity, changes, tasks, self._size,
+            volume_id, st, self.activity, changes, tasks, self._size, link_pools,
             on_up=lambda: on_link_up(self), on_lost=lambda reason: on_link_lost(self, reason),
         )  # fmt: skip
         self.sync = Sync(volume_id, st, self.activity, changes, self._current_link, self._rfd, self._size)

@@ -25,6 +25,7 @@ from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import MirrorState
 from openevs.agent.mirror.link import PeerLink
+from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.tasks import Changes, TaskSet
 from openevs.contract import Peer
 
@@ -32,7 +33,7 @@ from openevs.contract import Peer
 class ReplicaLink:
     def __init__(
         self, volume_id: str, state: MirrorState, activity: ActivityLog, changes: Changes,
-        tasks: TaskSet, size_bytes: Callable[[], int], *,
+        tasks: TaskSet, size_bytes: Callable[[], int], pools: LinkPools, *,
         on_up: Callable[[], None], on_lost: Callable[[str], None],
     ) -> None:  # fmt: skip
         self._volume_id = volume_id
@@ -41,6 +42,7 @@ class ReplicaLink:
         self._changes = changes
         self._tasks = tasks
         self._size_bytes = size_bytes
+        self._pools = pools
         self._on_up_cb = on_up
         self._on_lost = on_lost
         self.current: PeerLink | None = None
@@ -61,7 +63,7 @@ class ReplicaLink:
         if self.current is None and wanted:
             assert peer is not None
             self.current = PeerLink(
-                f"{self._volume_id}->{peer.host}:{peer.port}", peer,
+                f"{self._volume_id}->{peer.host}:{peer.port}", peer, self._pools,
                 on_up=self._on_up, on_down=self._on_down, min_size_bytes=self._size_bytes,
             )  # fmt: skip
             self.current.start()

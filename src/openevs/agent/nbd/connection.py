@@ -31,7 +31,7 @@ from .buffers import POOL_MIN_BYTES, BufferPool, FileRegion, SendQueue
 from .constants import Command, Errno
 from .eager import start_eagerly
 from .errors import ProtocolError
-from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request
+from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, LinkUpgrade, Request
 from .export import Export
 from .protocol import ServerConnection
 from .replies import merge_extents
@@ -54,6 +54,10 @@ def wire_errno(code: int | None) -> int:
     return Errno.EIO
 
 
+LinkHandler = Callable[[socket.socket, str, bytes], None]
+"""Takes over an upgraded connection: its socket, the link session token, bytes already read."""
+
+
 class Owner(Protocol):
     """What a connection needs from the server that accepted it (read live: limits
     may be changed while the server runs)."""
@@ -63,6 +67,7 @@ class Owner(Protocol):
     max_in_flight_bytes: int
     max_output_bytes: int
     handshake_timeout_s: float
+    link_handler: LinkHandler | None  # takes connections upgraded to the replication link
 
     async def resolve(self, name: str) -> Export | None:
         """The export called `name`, or None (also when it is not for this client)."""
@@ -73,7 +78,6 @@ class Owner(Protocol):
     def forget(self, conn: Connection) -> None:
         """`conn` has ended."""
 
-
 class Connection:
     """One client connection: handshake coroutine, then callback-driven transmission."""
 
@@ -82,7 +86,9 @@ class Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
-        self.proto = ServerConnection(payload_allocator=server.pool.get)
+        self.proto = ServerConnection(
+            payload_allocator=server.pool.get, link_upgrade=server.link_handler is not None
+        )
         self.name: str | None = None
         self.export: Export | None = None
         self._out = SendQueue(server.pool)
@@ -150,6 +156,13 @@ class Connection:
                 return True
             elif isinstance(event, Disconnect):
                 await self._send_handshake()
+                return False
+            elif isinstance(event, LinkUpgrade):
+                await self._send_handshake()  # the ACK
+                handler = self.server.link_handler
+                assert handler is not None  # the option is refused without one
+                sock = socket.socket(fileno=self.sock.detach())  # ours no longer: run() closes nothing
+                handler(sock, event.token, event.trailing)
                 return False
 
     async def _send_handshake(self) -> None:

@@ -4,7 +4,10 @@ I/O, bounded buffers, terminal error state after a peer's violation).
 
 Export names are per-attachment secrets: NBD_OPT_LIST lists nothing, and an
 unknown name gets NBD_REP_ERR_UNKNOWN. STARTTLS, EXTENDED_HEADERS and any
-other option get NBD_REP_ERR_UNSUP and negotiation goes on.
+other option get NBD_REP_ERR_UNSUP and negotiation goes on. One option of
+our own, c.OPT_OPENEVS_LINK (when `link_upgrade` is on), is ACKed and ends the NBD
+protocol on this connection: what follows is the agents' replication link
+(agent/mirror/wire.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Final, NoReturn
 from . import constants as c
 from .constants import Info, Option, Reply
 from .errors import LocalProtocolError, RemoteProtocolError
-from .events import NEED_DATA, Disconnect, Event, ExportChosen, ExportLookup, NeedData
+from .events import NEED_DATA, Disconnect, Event, ExportChosen, ExportLookup, LinkUpgrade, NeedData
 from .replies import ReplyBuilder
 
 META_CONTEXT_ID: Final = 1
@@ -28,6 +31,7 @@ class State(enum.Enum):
     OPTIONS = "options"
     LOOKUP = "lookup"
     TRANSMISSION = "transmission"
+    UPGRADED = "upgraded"  # handed to the replication link protocol (mirror/wire.py)
     CLOSED = "closed"
     ERROR = "error"
 
@@ -37,6 +41,7 @@ class Trigger(enum.Enum):
     LOOKUP_STARTED = "lookup_started"
     LOOKUP_ANSWERED = "lookup_answered"
     EXPORT_ENTERED = "export_entered"
+    LINK_UPGRADE = "link_upgrade"
     CLOSE = "close"
 
 
@@ -47,6 +52,7 @@ TRANSITIONS: Final[dict[tuple[State, Trigger], State]] = {
     (State.LOOKUP, Trigger.EXPORT_ENTERED): State.TRANSMISSION,
     (State.LOOKUP, Trigger.CLOSE): State.CLOSED,
     (State.OPTIONS, Trigger.CLOSE): State.CLOSED,
+    (State.OPTIONS, Trigger.LINK_UPGRADE): State.UPGRADED,
     (State.TRANSMISSION, Trigger.CLOSE): State.CLOSED,
 }
 
@@ -66,6 +72,7 @@ class Negotiation(ReplyBuilder):
     _meta_export: str | None
     _lookup: tuple[Option, str, tuple[int, ...]] | None
     max_payload: int
+    link_upgrade: bool  # the openevs link option is accepted (an agent's server)
     max_option_bytes: int
     max_options: int
     export_name: str | None
@@ -153,6 +160,14 @@ class Negotiation(ReplyBuilder):
                 self._option_reply(option, Reply.ERR_INVALID, b"malformed request")
                 return None
             return self._start_lookup(Option(option), *parsed)
+        if option == c.OPT_OPENEVS_LINK and self.link_upgrade:
+            try:
+                token = data.decode()
+            except UnicodeDecodeError:
+                self._fail("link session token is not UTF-8")
+            self._option_reply(option, Reply.ACK)
+            self._transition(Trigger.LINK_UPGRADE)
+            return LinkUpgrade(token, bytes(self._rbuf[self._start : self._end]))
         if option == Option.STRUCTURED_REPLY:
             if data:
                 self._option_reply(option, Reply.ERR_INVALID, b"unexpected data")

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from .buffers import BufferPool
-from .connection import Connection, wire_errno
+from .connection import Connection, LinkHandler, wire_errno
 from .export import Export
 
 __all__ = ["NbdServer", "Resolver", "wire_errno"]
@@ -39,6 +39,7 @@ class NbdServer:
         max_in_flight_bytes: int = 256 * 1024 * 1024,
         max_output_bytes: int = 64 * 1024 * 1024,
         handshake_timeout_s: float = 30.0,
+        link_handler: LinkHandler | None = None,
     ) -> None:
         self._resolver = resolver
         self.host = host
@@ -47,6 +48,7 @@ class NbdServer:
         self.max_in_flight_bytes = max_in_flight_bytes
         self.max_output_bytes = max_output_bytes
         self.handshake_timeout_s = handshake_timeout_s
+        self.link_handler = link_handler
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
