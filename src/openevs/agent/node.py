@@ -21,6 +21,7 @@ from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer
 from openevs.agent.pool import FileVolumePool, validate_volume_id
+from openevs.agent.resources import open_fds
 from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class StorageNode:
         self.grants = GrantTable(self.pool.root)
         self.nbd_host = nbd_host
         self.boot_id = uuid.uuid4().hex
+        self.fd_limits = (0, 0)  # (soft, hard) RLIMIT_NOFILE, set by the runner
         self.links = LinkServer(self._link_export)
         self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port, link_handler=self.links.accept)
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
@@ -121,6 +123,11 @@ class StorageNode:
             capacity_bytes=capacity,
             free_bytes=free,
             volume_count=len(volumes),
+            replica_count=len(self.replication.replicas),
+            peer_connections=self.replication.link_pools.connection_count,
+            fd_soft_limit=self.fd_limits[0],
+            fd_hard_limit=self.fd_limits[1],
+            open_fds=await asyncio.to_thread(open_fds),
         )
 
     async def list_volumes(self) -> list[VolumeInfo]:

@@ -22,6 +22,7 @@ import uvicorn
 
 from openevs.agent.control import create_control_app
 from openevs.agent.node import StorageNode
+from openevs.agent.resources import quiet_accept_errors, raise_nofile_limit
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ async def serve_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    quiet_accept_errors(loop)
     agent = StorageNode(az, pool_dir, nbd_host, nbd_port)
+    agent.fd_limits = raise_nofile_limit()
     sock: socket.socket | None = None
     inode: int | None = None
     try:
@@ -103,8 +106,9 @@ async def serve_agent(
         server = _Server(config)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         log.info(
-            "agent %s: control API on %s, pool %s, boot %s", az, listen, pool_dir, agent.boot_id
-        )
+            "agent %s: control API on %s, pool %s, boot %s, descriptors %d (hard %d)",
+            az, listen, pool_dir, agent.boot_id, *agent.fd_limits,
+        )  # fmt: skip
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True

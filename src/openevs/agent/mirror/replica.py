@@ -58,7 +58,11 @@ class Replica:
         self.link_open = True  # secondary: the link export may be opened
         self._changes = changes = Changes()
         self._tasks = tasks = TaskSet()
-        self.activity = ActivityLog(st, bitmap_path, changes, self._size)
+        try:  # short of descriptors: nothing of it stays open
+            self.activity = ActivityLog(st, bitmap_path, changes, self._size)
+        except BaseException:
+            os.close(self._rfd)
+            raise
         st.dirty = self.activity.load()  # on start, every persisted bit is dirty
         self.link = ReplicaLink(
             volume_id, st, self.activity, changes, tasks, self._size, link_pools,

@@ -15,6 +15,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from ..resources import SHORTAGE_LOG, shortage_of
 from .buffers import BufferPool
 from .connection import Connection, LinkHandler, wire_errno
 from .export import Export
@@ -22,6 +23,8 @@ from .export import Export
 __all__ = ["NbdServer", "Resolver", "wire_errno"]
 
 log = logging.getLogger(__name__)
+
+ACCEPT_BACKOFF_S = 0.1
 
 Resolver = Callable[[str], Awaitable[Export | None]]
 
@@ -109,7 +112,12 @@ class NbdServer:
             try:
                 sock, _peer = await loop.sock_accept(listener)
             except OSError as exc:
-                log.warning("nbd accept failed: %s", exc)
+                what = shortage_of(exc)
+                if what is None:
+                    log.warning("nbd accept failed: %s", exc)
+                    continue
+                SHORTAGE_LOG.report(what, "NBD accept", exc)
+                await asyncio.sleep(ACCEPT_BACKOFF_S)  # no busy loop while it lasts
                 continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):
