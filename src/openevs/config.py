@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     health_interval_s: float = 2.0
     # Replication consistency groups allowed per AZ (primary and secondary side).
     group_limit_per_az: int = 128
+    agent_max_volumes: int = 25_000  # disks one AZ's agent holds (services/agent_limits.py)
+    agent_max_pairs: int = 12_000  # replication pairs one AZ's agent is in
     # Standalone agents: "az1.dc1=http://host:port,az2.dc2=http://..."; AZs not
     # listed here get an embedded agent (a child process of `openevs serve`).
     agent_urls: UrlMap = {}

@@ -57,6 +57,7 @@ class ErrorReason(enum.StrEnum):
     NO_SPACE = "no_space"
     IO_ERROR = "io_error"
     BAD_ANSWER = "bad_answer"  # the answer did not match this contract
+    RESOURCE_SHORTAGE = "resource_shortage"  # the agent ran out of descriptors or memory; retry
 
     @property
     def http_status(self) -> int:
@@ -76,6 +77,7 @@ _HTTP_STATUS = {
     ErrorReason.NO_SPACE: 507,
     ErrorReason.IO_ERROR: 500,
     ErrorReason.BAD_ANSWER: 502,
+    ErrorReason.RESOURCE_SHORTAGE: 503,
 }
 
 
@@ -120,6 +122,11 @@ class AgentHealth(Model):
     capacity_bytes: int
     free_bytes: int
     volume_count: int
+    replica_count: int = 0  # replicated volumes (either role)
+    peer_connections: int = 0  # link connections this agent opened to peer agents (all pairs share them)
+    fd_soft_limit: int = 0  # RLIMIT_NOFILE after the agent raised it at start
+    fd_hard_limit: int = 0
+    open_fds: int = 0
 
 
 class VolumeInfo(Model):

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from openevs.agent.metrics import metrics_router
 from openevs.agent.node import StorageNode
 from openevs.agent.pool import PoolError
+from openevs.agent.resources import SHORTAGE_LOG, shortage_of
 from openevs.contract import (
     AgentHealth,
     DirtyRanges,
@@ -64,6 +65,17 @@ def create_control_app(agent: StorageNode) -> FastAPI:
     @app.exception_handler(ValidationError)
     async def _invalid_value(_: Request, exc: ValidationError) -> JSONResponse:
         return _error(ErrorReason.INVALID_INPUT, _validation_message(list(exc.errors())))
+
+    async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+        what = shortage_of(exc)
+        if what is not None:  # it says so, logged once per interval, and the next try may work
+            SHORTAGE_LOG.report(what, f"{request.method} {request.url.path}", exc)
+            return _error(ErrorReason.RESOURCE_SHORTAGE, f"agent {agent.az} is short of {what}: {exc}")
+        return await _unexpected(request, exc)
+
+    # Not under Exception: starlette logs a traceback for whatever reaches that handler.
+    app.add_exception_handler(OSError, _os_error)
+    app.add_exception_handler(MemoryError, _os_error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

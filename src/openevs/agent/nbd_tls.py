@@ -42,6 +42,10 @@ class AgentTls:
     def server_context(self) -> ssl.SSLContext:
         return tls.server_context(self.files, client_cert_required=False)
 
+    def link_server_context(self) -> ssl.SSLContext:
+        """The link protocol's side of an upgraded connection: agents only (link_server.py)."""
+        return tls.server_context(self.files, client_cert_required=True)
+
     def link_context(self) -> ssl.SSLContext:
         return tls.client_context(self.files, check_hostname=False)
 

@@ -16,14 +16,15 @@ import uuid
 from pathlib import Path
 
 from openevs.agent.grants import GrantTable, validate_export_name
-from openevs.agent.mirror.link import SESSION_SEP
+from openevs.agent.mirror.link_server import LinkServer
 from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer, TlsPolicy
 from openevs.agent.nbd_tls import AgentTls
 from openevs.agent.pool import FileVolumePool, validate_volume_id
+from openevs.agent.resources import open_fds
 from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
-from openevs.security.identity import CertRole, Identity
+from openevs.security.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,16 @@ class StorageNode:
         self.grants = GrantTable(self.pool.root)
         self.nbd_host = nbd_host
         self.boot_id = uuid.uuid4().hex
+        self.fd_limits = (0, 0)  # (soft, hard) RLIMIT_NOFILE, set by the runner
+        # With TLS the link protocol is mutual TLS and serves agent certificates only.
+        self.links = LinkServer(self._link_export, tls=tls.link_server_context() if tls is not None else None)
         serve_tls = tls is not None and tls.policy is not TlsPolicy.OFF
         self.nbd = NbdServer(
             self.resolve_export, nbd_host, nbd_port,
             tls=tls.server_context() if serve_tls and tls else None,
             tls_policy=tls.policy if serve_tls and tls else None,
             counted_volume=self._counted_volume,
+            link_handler=self.links.accept,
         )  # fmt: skip
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
@@ -58,8 +63,6 @@ class StorageNode:
             link_tls=tls.link_context() if tls is not None else None,
             tls=tls.files if tls is not None else None,
         )  # fmt: skip
-        # link export name -> the session names its primary's connections used
-        self._link_sessions: dict[str, set[str]] = {}
         self.witness_port = 0  # the witness this agent also serves (runner.py), 0: none
 
     @property
@@ -73,6 +76,7 @@ class StorageNode:
 
     async def close(self) -> None:
         await self.nbd.close()
+        self.links.close()
         await self.replication.close()
         for export in self._open.values():
             export.close()
@@ -83,50 +87,22 @@ class StorageNode:
     async def resolve_export(self, name: str, peer: Identity | None = None) -> Export | None:
         """The export an NBD client opens under `name`, or None if not granted.
 
-        A secondary's link export (the primary writes through it) is the
-        volume's writable file itself; user exports are wrapped so that the
-        volume's replication role decides what a write does. With TLS, a link
-        export opens only for a client holding an agent certificate.
+        User exports are wrapped so that the volume's replication role
+        decides what a write does. A secondary's link export is not served
+        here but on the link protocol (mirror/link_server.py).
         """
-        if not self._may_open_link(name, peer):
-            log.warning("agent %s: link export %s refused to a client without an agent certificate",
-                        self.az, name[:8])  # fmt: skip
-            return None
-        base, sep, _session = name.rpartition(SESSION_SEP)
-        if sep and (link_volume := self.replication.link_export_volume(base)) is not None:
-            names = self._link_sessions.setdefault(base, set())
-            stale = [n for n in names if n != name]
-            if stale:  # a new link session: the old one's connections must never write again
-                names.difference_update(stale)
-                for old in stale:
-                    await self._drop_export(old)
-                await self._wait_disconnected(stale)
-            names.add(name)
-            return self._file_export(link_volume, False)
-        link_volume = self.replication.link_export_volume(name)
-        if link_volume is not None:
-            return self._file_export(link_volume, False)
         grant = self.grants.get(name)
         if grant is None:
             return None
         export = self._file_export(grant.volume_id, grant.read_only)
         return None if export is None else self.replication.wrap(grant.volume_id, export)
 
-    def _may_open_link(self, name: str, peer: Identity | None) -> bool:
-        if self.tls is None:
-            return True
-        base, sep, _session = name.rpartition(SESSION_SEP)
-        link = self.replication.link_export_volume(base if sep else name) is not None
-        return not link or (peer is not None and peer.role is CertRole.AGENT)
-
     def _counted_volume(self, name: str) -> str | None:
         """The volume export `name` opens, if its traffic is counted on its own."""
         if not self.metrics_volumes:
             return None
-        base, sep, _session = name.rpartition(SESSION_SEP)
-        volume = self.replication.link_export_volume(base if sep else name)
-        if volume is None and (grant := self.grants.get(name)) is not None:
-            volume = grant.volume_id
+        grant = self.grants.get(name)
+        volume = grant.volume_id if grant is not None else None
         if volume is None or not ("all" in self.metrics_volumes or volume in self.metrics_volumes):
             return None
         return volume
@@ -142,14 +118,17 @@ class StorageNode:
             self._open[key] = export
         return export
 
+    def _link_export(self, name: str) -> FileExport | None:
+        """The writable file a secondary serves its primary under link export `name`."""
+        volume_id = self.replication.link_export_volume(name)
+        return None if volume_id is None else self._file_export(volume_id, False)
+
     def _connection_count(self, name: str) -> int:
-        count = self.nbd.connection_count
-        return count(name) + sum(count(n) for n in self._link_sessions.get(name, ()))
+        return self.nbd.connection_count(name) + self.links.open_count(name)
 
     async def _drop_export(self, name: str) -> None:
         self.nbd.drop_export(name)
-        for session_name in self._link_sessions.pop(name, set()):
-            self.nbd.drop_export(session_name)
+        await self.links.revoke(name)
 
     async def _wait_disconnected(self, names: list[str], timeout_s: float = 5.0) -> None:
         """Let dropped connections unwind before their export's descriptor is closed."""
@@ -176,6 +155,11 @@ class StorageNode:
             capacity_bytes=capacity,
             free_bytes=free,
             volume_count=len(volumes),
+            replica_count=len(self.replication.replicas),
+            peer_connections=self.replication.link_pools.connection_count,
+            fd_soft_limit=self.fd_limits[0],
+            fd_hard_limit=self.fd_limits[1],
+            open_fds=await asyncio.to_thread(open_fds),
         )
 
     async def list_volumes(self) -> list[VolumeInfo]:

@@ -30,6 +30,7 @@ from openevs.agent.control import create_control_app
 from openevs.agent.control_tls import PeerCheckedH11Protocol
 from openevs.agent.nbd_tls import AgentTls, is_loopback
 from openevs.agent.node import StorageNode
+from openevs.agent.resources import quiet_accept_errors, raise_nofile_limit
 from openevs.security import PkiError
 from openevs.security.pki import TlsFiles
 from openevs.security.reloading import ReloadingServerContext
@@ -140,7 +141,9 @@ async def serve_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    quiet_accept_errors(loop)
     agent = StorageNode(az, pool_dir, nbd_host, nbd_port, tls=tls, metrics_volumes=metrics_volumes)
+    agent.fd_limits = raise_nofile_limit()
     sock: socket.socket | None = None
     inode: int | None = None
     witness_server: WitnessServer | None = None
@@ -165,8 +168,8 @@ async def serve_agent(
         server = _Server(config)
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         log.info(
-            "agent %s: control API on %s%s, pool %s, boot %s",
-            az, listen, " (mutual TLS)" if tls_options else "", pool_dir, agent.boot_id,
+            "agent %s: control API on %s%s, pool %s, boot %s, descriptors %d (hard %d)",
+            az, listen, " (mutual TLS)" if tls_options else "", pool_dir, agent.boot_id, *agent.fd_limits,
         )  # fmt: skip
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -11,7 +11,9 @@ raises to the kind's failure trigger, in this one place:
   since the row last changed;
 - `StepFailed(message, detail)`: fails with that documented failure_detail;
 - `AgentRequestFailed`: fails with the pool's failure_detail when the
-  agent's storage pool failed, FD_INTERNAL otherwise;
+  agent's storage pool failed, FD_INTERNAL otherwise; one whose reason is
+  `resource_shortage` (the agent ran out of descriptors or memory) is
+  retried like an unreachable agent;
 - anything else is a bug: logged with the resource's id, retried next pass.
 
 Every move is a compare-and-set from the status the pass read
@@ -31,7 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 from sqlalchemy import select
 
-from openevs.contract import AgentRequestFailed, AgentUnavailable
+from openevs.contract import AgentRequestFailed, AgentUnavailable, ErrorReason
 from openevs.db.cas import compare_and_set
 from openevs.db.models import utcnow
 from openevs.domain import replication as rep
@@ -150,6 +152,9 @@ class Kind(Generic[R]):
         except StepFailed as exc:
             self.fail(runtime, row, step, exc.failure_detail, str(exc))
         except AgentRequestFailed as exc:
+            if exc.reason is ErrorReason.RESOURCE_SHORTAGE and not timed_out(runtime, _row(row)):
+                log.warning("%s %s: retrying: %s", self.machine.entity, _row(row).id, exc)
+                return  # the agent recovers when the resource is back
             self.fail(runtime, row, step, failure_detail(exc), str(exc))
 
     def run(self, runtime: Runtime) -> int:

@@ -29,6 +29,7 @@ from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger,
 from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
 from openevs.services import arbitration, unit_of_work
+from openevs.services.agent_limits import lock_azs
 from openevs.services.listing import Page, paginate
 from openevs.services.replications import new_link_export
 from openevs.services.unit_of_work import UnitOfWork
@@ -130,26 +131,9 @@ def _dr_azs(session: Session, pairs: list[ReplicationPair]) -> set[str]:
     return set(session.scalars(select(Volume.availability_zone).where(Volume.id.in_(ids))))
 
 
-def _lock_azs(session: Session, azs: set[str]) -> None:
-    """Serialize group-limit checks of these AZs until this transaction ends.
-
-    Counting groups and then inserting one is check-then-act: without a lock,
-    concurrent creates all see the same count and all pass. A no-op UPDATE of
-    each AZ's agent row, in sorted order (no deadlock between two creates),
-    takes the row lock on PostgreSQL and the writer lock on SQLite.
-    """
-    for az in sorted(azs):
-        session.execute(
-            update(Agent)
-            .where(Agent.availability_zone == az)
-            .values(healthy=Agent.healthy)
-            .execution_options(synchronize_session=False)
-        )
-
-
 def _check_limits(session: Session, settings: Settings, station: str, dr_azs: set[str]) -> None:
     limit = settings.group_limit_per_az
-    _lock_azs(session, {station} | dr_azs)
+    lock_azs(session, {station} | dr_azs)
     primary = session.scalar(
         select(func.count(ReplicationGroup.id)).where(ReplicationGroup.priority_station == station)
     )

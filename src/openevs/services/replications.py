@@ -24,6 +24,7 @@ from openevs.domain.replication import PAIR_MACHINE, PairStatus, PairTrigger
 from openevs.domain.states import ServerStatus, VolumeStatus
 from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
+from openevs.services.agent_limits import check_agent_pairs
 from openevs.services.listing import Page, paginate
 from openevs.services.unit_of_work import UnitOfWork, transition
 
@@ -134,6 +135,7 @@ def _new_pair(session: Session, settings: Settings, project_id: str, new: NewPai
         if vol.status not in USABLE_VOLUME_STATUSES:
             raise InvalidState(f"the {role} disk must be available or in-use, not {vol.status}")
     _check_dr_servers(session, dr)
+    check_agent_pairs(session, settings, {production.availability_zone, dr.availability_zone})
     pair = ReplicationPair(
         id=str(uuid.uuid4()),
         project_id=project_id,

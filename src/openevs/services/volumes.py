@@ -21,6 +21,7 @@ from openevs.domain.errors import InvalidInput, InvalidState, NotFound, QuotaExc
 from openevs.domain.states import VOLUME_MACHINE, VolumeStatus, VolumeTrigger
 from openevs.domain.volumes import check_metadata, check_new_size, check_size, check_text
 from openevs.runtime import Runtime
+from openevs.services.agent_limits import check_agent_volumes
 from openevs.services.listing import Page, paginate
 from openevs.services.replications import refuse_if_paired
 from openevs.services.unit_of_work import UnitOfWork, transition
@@ -136,6 +137,7 @@ def _new_volume(
         )
     metadata = check_metadata(new.metadata or {})
     check_quota(session, settings, project_id, 1, new.size_gb)
+    check_agent_volumes(session, settings, new.availability_zone)
     volume = Volume(
         id=str(uuid.uuid4()),
         project_id=project_id,

@@ -27,6 +27,7 @@ from openevs.agent.grants import validate_export_name
 from openevs.agent.mirror import engine
 from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
 from openevs.agent.mirror.groups import Groups
+from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.plan import Action, plan_config_change
 from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.replica import Replica
@@ -61,10 +62,12 @@ class ReplicationManager:
         tls: TlsFiles | None = None,  # this agent's certificate: for its calls to witnesses
     ) -> None:
         self.pool = pool
-        self._link_tls = link_tls  # mutual TLS to the peers' link exports (agent/nbd_tls.py)
         self._drop_export = drop_export
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
+        # the connections to peer agents, shared by the pairs; with `link_tls` (agent/nbd_tls.py)
+        # mutual TLS to agents only
+        self.link_pools = LinkPools(tls=link_tls)
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
@@ -76,8 +79,8 @@ class ReplicationManager:
             on_link_up=lambda r: self.groups.regroup(r.config.group_id),
             on_link_lost=self._link_lost,
             link_connections=self._connection_count,
+            link_pools=self.link_pools,
             quorum=self.quorum,
-            link_tls=self._link_tls,
         )  # fmt: skip
 
     # -- arbitration (quorum.py, solo.py) ----------------------------------
@@ -143,6 +146,7 @@ class ReplicationManager:
         for replica in list(self.replicas.values()):
             await replica.close()
         self.replicas.clear()
+        await self.link_pools.close()
         await self.quorum.close()
 
     # -- lookups for the NBD side -----------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import time
 from collections.abc import Callable, Iterable
 
@@ -27,6 +26,7 @@ from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.meter import lag_s
 from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.replica_link import ReplicaLink
@@ -48,8 +48,8 @@ class Replica:
         on_link_up: Callable[[Replica], None],
         on_link_lost: Callable[[Replica, str], None],
         link_connections: Callable[[str], int],
+        link_pools: LinkPools,
         quorum: Quorum,
-        link_tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self.volume_id = volume_id
         self.config = config
@@ -60,12 +60,15 @@ class Replica:
         self.link_open = True  # secondary: the link export may be opened
         self._changes = changes = Changes()
         self._tasks = tasks = TaskSet()
-        self.activity = ActivityLog(st, bitmap_path, changes, self._size)
+        try:  # short of descriptors: nothing of it stays open
+            self.activity = ActivityLog(st, bitmap_path, changes, self._size)
+        except BaseException:
+            os.close(self._rfd)
+            raise
         st.dirty = self.activity.load()  # on start, every persisted bit is dirty
         self.link = ReplicaLink(
-            volume_id, st, self.activity, changes, tasks, self._size,
+            volume_id, st, self.activity, changes, tasks, self._size, link_pools,
             on_up=lambda: on_link_up(self), on_lost=lambda reason: on_link_lost(self, reason),
-            tls=link_tls,
         )  # fmt: skip
         self.sync = Sync(volume_id, st, self.activity, changes, self._current_link, self._rfd, self._size)
         self._quorum = quorum

@@ -19,7 +19,6 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable
 
@@ -27,6 +26,7 @@ from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import MirrorState
 from openevs.agent.mirror.link import PeerLink
+from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.tasks import Changes, TaskSet
 from openevs.contract import Peer
 
@@ -34,17 +34,16 @@ from openevs.contract import Peer
 class ReplicaLink:
     def __init__(
         self, volume_id: str, state: MirrorState, activity: ActivityLog, changes: Changes,
-        tasks: TaskSet, size_bytes: Callable[[], int], *,
+        tasks: TaskSet, size_bytes: Callable[[], int], pools: LinkPools, *,
         on_up: Callable[[], None], on_lost: Callable[[str], None],
-        tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
-        self._tls = tls
         self._volume_id = volume_id
         self._state = state
         self._activity = activity
         self._changes = changes
         self._tasks = tasks
         self._size_bytes = size_bytes
+        self._pools = pools
         self._on_up_cb = on_up
         self._on_lost = on_lost
         self.current: PeerLink | None = None
@@ -65,9 +64,8 @@ class ReplicaLink:
         if self.current is None and wanted:
             assert peer is not None
             self.current = PeerLink(
-                f"{self._volume_id}->{peer.host}:{peer.port}", peer,
+                f"{self._volume_id}->{peer.host}:{peer.port}", peer, self._pools,
                 on_up=self._on_up, on_down=self._on_down, min_size_bytes=self._size_bytes,
-                tls=self._tls,
             )  # fmt: skip
             self.current.start()
         self._changes.notify()

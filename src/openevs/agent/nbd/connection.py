@@ -41,7 +41,7 @@ from .buffers import POOL_MIN_BYTES, BufferPool, FileRegion, SendQueue
 from .constants import Command, Errno
 from .eager import start_eagerly
 from .errors import ProtocolError
-from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, Request, StartTls
+from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, LinkUpgrade, Request, StartTls
 from .export import Export
 from .protocol import ServerConnection, TlsPolicy
 from .replies import merge_extents
@@ -66,6 +66,10 @@ def wire_errno(code: int | None) -> int:
     return Errno.EIO
 
 
+LinkHandler = Callable[[socket.socket, str, bytes], None]
+"""Takes over an upgraded connection: its socket, the link session token, bytes already read."""
+
+
 class Owner(Protocol):
     """What a connection needs from the server that accepted it (read live: limits
     may be changed while the server runs)."""
@@ -77,6 +81,7 @@ class Owner(Protocol):
     handshake_timeout_s: float
     tls_context: ssl.SSLContext | None
     tls_policy: TlsPolicy
+    link_handler: LinkHandler | None  # takes connections upgraded to the replication link
 
     async def resolve(self, name: str, peer: Identity | None) -> Export | None:
         """The export called `name` for a client holding certificate `peer`, or None
@@ -91,7 +96,6 @@ class Owner(Protocol):
     def forget(self, conn: Connection) -> None:
         """`conn` has ended."""
 
-
 class Connection:
     """One client connection: handshake coroutine, then callback-driven transmission."""
 
@@ -101,7 +105,9 @@ class Connection:
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
         policy = server.tls_policy if server.tls_context is not None else TlsPolicy.OFF
-        self.proto = ServerConnection(payload_allocator=server.pool.get, tls_policy=policy)
+        self.proto = ServerConnection(
+            payload_allocator=server.pool.get, tls_policy=policy, link_upgrade=server.link_handler is not None
+        )
         self.io: socket.socket | TlsStream = sock  # what replies are sent through
         self.tls: TlsStream | None = None
         self.peer: Identity | None = None  # from a verified client certificate
@@ -182,6 +188,13 @@ class Connection:
                 return True
             elif isinstance(event, Disconnect):
                 await self._send_handshake()
+                return False
+            elif isinstance(event, LinkUpgrade):
+                await self._send_handshake()  # the ACK
+                handler = self.server.link_handler
+                assert handler is not None  # the option is refused without one
+                sock = socket.socket(fileno=self.sock.detach())  # ours no longer: run() closes nothing
+                handler(sock, event.token, event.trailing)
                 return False
 
     async def _send_handshake(self) -> None:

@@ -125,6 +125,10 @@ class Errno(enum.IntEnum):
 
 
 # Packed layouts, all big-endian.
+# openevs's own option: the rest of the stream is the agents' replication link
+# (agent/mirror/wire.py); only an agent's server accepts it.
+OPT_OPENEVS_LINK: Final = 0x4F45_4C4B  # "OELK"
+
 GREETING = struct.Struct(">QQH")  # NBDMAGIC, IHAVEOPT, handshake flags
 CLIENT_FLAGS = struct.Struct(">I")
 OPTION_HEADER = struct.Struct(">QII")  # IHAVEOPT, option, length

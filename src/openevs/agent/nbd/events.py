@@ -34,6 +34,14 @@ class ExportChosen:
     block_status: bool
 
 
+@dataclass(frozen=True, slots=True)
+class LinkUpgrade:
+    """The client asked for the replication link protocol (the NBD part is over)."""
+
+    token: str  # the client's link session
+    trailing: bytes  # what it sent after the option, already received
+
+
 @dataclass(slots=True)
 class Request:
     """A valid transmission request; `payload` is set for WRITE only (bytes when it
@@ -82,4 +90,4 @@ class NeedData:
 
 NEED_DATA = NeedData()
 
-Event = ExportLookup | ExportChosen | Request | StartTls | Disconnect
+Event = ExportLookup | ExportChosen | Request | StartTls | Disconnect | LinkUpgrade

@@ -17,6 +17,13 @@ behind a STARTTLS arrived in clear text where only TLS may follow (an
 injection attempt): the connection fails. What was negotiated before TLS
 (structured replies, the meta context) is forgotten once TLS is up, so a
 man in the middle cannot have set it.
+
+One option of our own, c.OPT_OPENEVS_LINK (when `link_upgrade` is on), is
+ACKed and ends the NBD protocol on this connection: what follows is the
+agents' replication link (agent/mirror/wire.py). It is answered before TLS
+whatever the policy, because the link runs its own mutual TLS on the
+upgraded connection (agent/mirror/link_server.py), and refused after
+STARTTLS (a TLS session cannot leave the connection that holds it).
 """
 
 from __future__ import annotations
@@ -28,7 +35,16 @@ from typing import Final, NoReturn
 from . import constants as c
 from .constants import Info, Option, Reply
 from .errors import LocalProtocolError, RemoteProtocolError
-from .events import NEED_DATA, Disconnect, Event, ExportChosen, ExportLookup, NeedData, StartTls
+from .events import (
+    NEED_DATA,
+    Disconnect,
+    Event,
+    ExportChosen,
+    ExportLookup,
+    LinkUpgrade,
+    NeedData,
+    StartTls,
+)  # fmt: skip
 from .replies import ReplyBuilder
 
 META_CONTEXT_ID: Final = 1
@@ -47,6 +63,7 @@ class State(enum.Enum):
     LOOKUP = "lookup"
     TLS_HANDSHAKE = "tls_handshake"  # STARTTLS acknowledged; the I/O layer runs the TLS handshake
     TRANSMISSION = "transmission"
+    UPGRADED = "upgraded"  # handed to the replication link protocol (mirror/wire.py)
     CLOSED = "closed"
     ERROR = "error"
 
@@ -58,6 +75,7 @@ class Trigger(enum.Enum):
     EXPORT_ENTERED = "export_entered"
     TLS_ACCEPTED = "tls_accepted"
     TLS_STARTED = "tls_started"
+    LINK_UPGRADE = "link_upgrade"
     CLOSE = "close"
 
 
@@ -71,6 +89,7 @@ TRANSITIONS: Final[dict[tuple[State, Trigger], State]] = {
     (State.TLS_HANDSHAKE, Trigger.TLS_STARTED): State.OPTIONS,
     (State.TLS_HANDSHAKE, Trigger.CLOSE): State.CLOSED,
     (State.OPTIONS, Trigger.CLOSE): State.CLOSED,
+    (State.OPTIONS, Trigger.LINK_UPGRADE): State.UPGRADED,
     (State.TRANSMISSION, Trigger.CLOSE): State.CLOSED,
 }
 
@@ -90,6 +109,7 @@ class Negotiation(ReplyBuilder):
     _meta_export: str | None
     _lookup: tuple[Option, str, tuple[int, ...]] | None
     max_payload: int
+    link_upgrade: bool  # the openevs link option is accepted (an agent's server)
     max_option_bytes: int
     max_options: int
     export_name: str | None
@@ -161,6 +181,8 @@ class Negotiation(ReplyBuilder):
     def _handle_option(self, option: int, data: bytes) -> Event | None:
         if option == Option.STARTTLS:
             return self._starttls(data)
+        if option == c.OPT_OPENEVS_LINK and self.link_upgrade:
+            return self._link_upgrade(data)
         if self.tls_policy is TlsPolicy.REQUIRED and not self.tls_active and option != Option.ABORT:
             if option == Option.EXPORT_NAME:  # cannot carry an error: the session must end
                 self._transition(Trigger.CLOSE)
@@ -199,6 +221,20 @@ class Negotiation(ReplyBuilder):
             return None
         self._option_reply(option, Reply.ERR_UNSUP, b"option not supported")
         return None
+
+    def _link_upgrade(self, data: bytes) -> Event | None:
+        if self.tls_active:
+            self._option_reply(
+                c.OPT_OPENEVS_LINK, Reply.ERR_INVALID, b"upgrade before STARTTLS: the link runs its own TLS"
+            )
+            return None
+        try:
+            token = data.decode()
+        except UnicodeDecodeError:
+            self._fail("link session token is not UTF-8")
+        self._option_reply(c.OPT_OPENEVS_LINK, Reply.ACK)
+        self._transition(Trigger.LINK_UPGRADE)
+        return LinkUpgrade(token, bytes(self._rbuf[self._start : self._end]))
 
     def _starttls(self, data: bytes) -> Event | None:
         if self.tls_policy is TlsPolicy.OFF:

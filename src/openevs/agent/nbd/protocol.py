@@ -68,6 +68,7 @@ class ServerConnection(Negotiation):
         max_options: int = DEFAULT_MAX_OPTIONS,
         payload_allocator: Callable[[int], bytearray | memoryview] = bytearray,
         tls_policy: TlsPolicy = TlsPolicy.OFF,
+        link_upgrade: bool = False,
     ) -> None:
         """`payload_allocator(n)` gives a writable buffer of exactly n bytes for a
         write payload that does not fit in the receive buffer (a pool, say)."""
@@ -76,6 +77,7 @@ class ServerConnection(Negotiation):
         self.max_payload = max_payload
         self.max_option_bytes = max_option_bytes
         self.max_options = max_options
+        self.link_upgrade = link_upgrade
         self._state = State.CLIENT_FLAGS
         self._error = None
         self._out = bytearray(

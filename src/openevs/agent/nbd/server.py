@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable
 
 from openevs.security.identity import Identity
 
+from ..resources import SHORTAGE_LOG, shortage_of
 from .buffers import BufferPool
-from .connection import Connection, wire_errno
+from .connection import Connection, LinkHandler, wire_errno
 from .export import Export
 from .handshake import TlsPolicy
 from .stats import NbdStats
@@ -33,6 +34,8 @@ from .stats import NbdStats
 __all__ = ["NbdServer", "Resolver", "TlsPolicy", "wire_errno"]
 
 log = logging.getLogger(__name__)
+
+ACCEPT_BACKOFF_S = 0.1
 
 Resolver = Callable[[str, Identity | None], Awaitable[Export | None]]
 # export name -> the volume whose own counters it also bumps (None: only the server's)
@@ -55,6 +58,7 @@ class NbdServer:
         tls: ssl.SSLContext | None = None,
         tls_policy: TlsPolicy | None = None,
         counted_volume: VolumeOf = lambda _name: None,
+        link_handler: LinkHandler | None = None,
     ) -> None:
         if tls is None and tls_policy not in (None, TlsPolicy.OFF):
             raise ValueError(f"TLS policy {tls_policy} needs an SSL context")
@@ -70,6 +74,7 @@ class NbdServer:
         self.max_in_flight_bytes = max_in_flight_bytes
         self.max_output_bytes = max_output_bytes
         self.handshake_timeout_s = handshake_timeout_s
+        self.link_handler = link_handler
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,7 +135,12 @@ class NbdServer:
             try:
                 sock, _peer = await loop.sock_accept(listener)
             except OSError as exc:
-                log.warning("nbd accept failed: %s", exc)
+                what = shortage_of(exc)
+                if what is None:
+                    log.warning("nbd accept failed: %s", exc)
+                    continue
+                SHORTAGE_LOG.report(what, "NBD accept", exc)
+                await asyncio.sleep(ACCEPT_BACKOFF_S)  # no busy loop while it lasts
                 continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):

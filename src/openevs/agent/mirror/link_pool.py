@@ -1,0 +1,330 @@
+"""The link from this agent to one peer agent: a few connections every pair shares.
+
+`LinkPool` keeps CONNECTIONS connections (wire.py's protocol, upgraded from
+NBD) to one peer agent, whatever the number of pairs with it; `LinkPools`
+hands out one pool per peer address and closes it when its last pair
+leaves. Link health is the pool's, not a pair's: a request that gets no
+answer within `request_timeout_s` (a black-holed link) or a connection that
+breaks takes the whole pool down at once, and every pair on it is told
+synchronously (`PeerLink._pool_down`) before any failed request's caller
+resumes. While pairs use it, one loop per pool reconnects with a short
+backoff and (re)opens the pairs' handles: there is no timer per pair.
+
+Connections are made in one place, `open_link_connection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING
+
+from openevs.agent.mirror import wire
+from openevs.agent.mirror.wire import FrameReader, Kind, LinkReply
+from openevs.security.identity import CertRole
+from openevs.security.tls import require_peer
+
+if TYPE_CHECKING:
+    from openevs.agent.mirror.link import PeerLink
+
+log = logging.getLogger(__name__)
+
+CONNECTIONS = 2
+REQUEST_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 3.0
+BACKOFF_S = (0.25, 0.5, 1.0)
+READ_BYTES = 1 << 20
+
+
+class LinkConnection:
+    """One upgraded connection: requests out, replies matched to them by cookie."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        on_lost: Callable[[LinkConnection, str], None],
+    ) -> None:  # fmt: skip
+        self._reader = reader
+        self._writer = writer
+        self._on_lost = on_lost
+        self._frames = FrameReader(requests=False)
+        self._pending: dict[int, asyncio.Future[LinkReply]] = {}
+        self._cookies = itertools.count(1)
+        self.closed = False
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    def send(
+        self, kind: Kind, handle: int = 0, offset: int = 0, length: int = 0,
+        payload: bytes | bytearray | memoryview = b"", fua: bool = False,
+    ) -> asyncio.Future[LinkReply]:  # fmt: skip
+        """Send a request now (no task); the future of its reply."""
+        if self.closed:
+            raise ConnectionError("link connection closed")
+        cookie = next(self._cookies)
+        future: asyncio.Future[LinkReply] = asyncio.get_running_loop().create_future()
+        self._pending[cookie] = future
+        header = wire.encode_request(kind, cookie, handle, offset, length, fua=fua)
+        if len(payload) <= 65536:
+            self._writer.write(header + bytes(payload))
+        else:
+            self._writer.write(header)
+            self._writer.write(payload)
+        return future
+
+    async def _read_loop(self) -> None:
+        reason = "the peer closed the link"
+        try:
+            while data := await self._reader.read(READ_BYTES):
+                self._frames.receive_data(data)
+                while (frame := self._frames.next_frame()) is not None:
+                    assert isinstance(frame, LinkReply)
+                    future = self._pending.pop(frame.cookie, None)
+                    if future is None:
+                        raise wire.WireError(f"reply to unknown cookie {frame.cookie}")
+                    if not future.done():
+                        future.set_result(frame)
+        except (OSError, wire.WireError) as exc:
+            reason = f"link connection failed: {exc or type(exc).__name__}"
+        except asyncio.CancelledError:
+            reason = "link connection closed"
+        self.abort(reason)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, failing every pending request."""
+        if self.closed:
+            return
+        self.closed = True
+        self._writer.transport.abort()
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
+        pending, self._pending = self._pending, {}
+        self._on_lost(self, reason)  # the pairs go down before anyone sees the failures
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+
+
+async def open_link_connection(
+    host: str, port: int, token: str, on_lost: Callable[[LinkConnection, str], None],
+    *, tls: ssl.SSLContext | None = None, az: str = "",
+) -> LinkConnection:  # fmt: skip
+    """Connect to a peer agent's NBD port and upgrade to the link protocol (session `token`).
+
+    With `tls` the upgraded connection is mutual TLS and goes on only if the
+    peer's certificate is `agent:<az>` (any agent when `az` is not known)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        greeting = await reader.readexactly(wire.GREETING_BYTES)
+        writer.write(wire.upgrade_request(greeting, token))
+        wire.check_upgrade_reply(await reader.readexactly(wire.UPGRADE_REPLY_BYTES))
+        if tls is not None:
+            await writer.start_tls(tls, server_hostname=host)
+            ssl_object = writer.get_extra_info("ssl_object")
+            if ssl_object is None:
+                raise ConnectionError("the link did not start TLS")
+            require_peer(ssl_object, CertRole.AGENT, az or None)
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return LinkConnection(reader, writer, on_lost)
+
+
+class LinkPool:
+    """The connections to one peer agent and the pairs that use them."""
+
+    def __init__(
+        self, host: str, port: int, *, connections: int = CONNECTIONS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S, tls: ssl.SSLContext | None = None, az: str = "",
+    ) -> None:  # fmt: skip
+        self.host = host
+        self.port = port
+        self._tls = tls
+        self._az = az  # the peer agent's AZ, checked in its certificate with TLS
+        self.label = f"{host}:{port}"
+        self._count = connections
+        self.request_timeout_s = request_timeout_s
+        self.links: set[PeerLink] = set()
+        self._to_open: set[PeerLink] = set()  # pairs whose handle is to be (re)opened
+        self._opening: set[PeerLink] = set()
+        self._conns: list[LinkConnection] = []
+        self._next = itertools.count()
+        self.up = False
+        self.last_error = ""
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- pairs --------------------------------------------------------------
+
+    def add(self, link: PeerLink) -> None:
+        self.links.add(link)
+        self.want_open(link)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._keep_up())
+
+    def remove(self, link: PeerLink) -> None:
+        self.links.discard(link)
+        self._to_open.discard(link)
+
+    def want_open(self, link: PeerLink) -> None:
+        """(Re)open `link`'s handle when the pool is up and its retry time came."""
+        if link in self.links and link not in self._opening:
+            self._to_open.add(link)
+            self._wake.set()
+
+    # -- requests -----------------------------------------------------------
+
+    def send(
+        self, what: str, kind: Kind, handle: int = 0, offset: int = 0, length: int = 0,
+        payload: bytes | bytearray | memoryview = b"", fua: bool = False,
+    ) -> asyncio.Future[LinkReply]:  # fmt: skip
+        """Send on the next connection; without an answer in time the pool goes down."""
+        if not self.up or not self._conns:
+            raise ConnectionError(self.last_error or "link is down")
+        conn = self._conns[next(self._next) % len(self._conns)]
+        future = conn.send(kind, handle, offset, length, payload, fua)
+        # A timer, not asyncio.timeout(): the NBD server may run the caller eagerly,
+        # outside any task. On expiry every connection is aborted, failing this request.
+        timer = asyncio.get_running_loop().call_later(self.request_timeout_s, self._expired, conn, what)
+        future.add_done_callback(lambda _f: timer.cancel())
+        return future
+
+    def _expired(self, conn: LinkConnection, what: str) -> None:
+        if conn in self._conns:
+            self.drop(f"{what}: no answer from the peer within {self.request_timeout_s:g} s")
+
+    def drop(self, reason: str) -> None:
+        """Take the pool down now: every connection aborted, every pair told first."""
+        was_up, self.up = self.up, False
+        if reason:
+            self.last_error = reason
+        conns, self._conns = self._conns, []
+        if was_up:
+            log.warning("replication link to %s down (%d pairs): %s", self.label, len(self.links), reason)
+        for link in list(self.links):
+            link.pool_down(reason)
+        for conn in conns:
+            conn.abort(reason)
+        self._wake.set()
+
+    def _lost(self, conn: LinkConnection, reason: str) -> None:
+        if conn in self._conns:
+            self.drop(reason)
+
+    # -- the one loop -------------------------------------------------------
+
+    async def _keep_up(self) -> None:
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            if not self.up:
+                try:
+                    await self._connect()
+                except Exception as exc:
+                    self.last_error = f"cannot connect to {self.label}: {exc or type(exc).__name__}"
+                    for link in list(self.links):
+                        link.last_error = self.last_error
+                    await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                    attempt += 1
+                    continue
+                attempt = 0
+                self.up = True
+                self.last_error = ""
+                log.info("replication link to %s up (%d pairs)", self.label, len(self.links))
+                self._to_open.update(self.links - self._opening)
+            now = loop.time()
+            due = [link for link in self._to_open if link.retry_at <= now]
+            for link in due:
+                self._to_open.discard(link)
+                self._opening.add(link)
+                self._spawn(self._open(link))
+            later = [link.retry_at for link in self._to_open]
+            self._wake.clear()
+            timeout = max(0.0, min(later) - now) if later else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _open(self, link: PeerLink) -> None:
+        try:
+            if self.up and link in self.links:
+                await link.open()
+        finally:
+            self._opening.discard(link)
+            if link in self.links and not link.up and self.up:
+                self.want_open(link)  # failed: again at its retry time
+
+    def _spawn(self, work: Coroutine[object, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _connect(self) -> None:
+        # A new link session at every (re)connection: the peer scopes the pairs'
+        # handles to it, so nothing of an older session's connections is served again.
+        token = secrets.token_hex(8)
+        conns: list[LinkConnection] = []
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                for _ in range(self._count):
+                    conns.append(
+                        await open_link_connection(
+                            self.host, self.port, token, self._lost, tls=self._tls, az=self._az
+                        )
+                    )
+        except BaseException:
+            for conn in conns:
+                conn.abort("connect failed")
+            raise
+        self._conns = conns
+
+    async def close(self) -> None:
+        self._closed = True
+        self.drop("")
+        tasks = [t for t in (self._task, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class LinkPools:
+    """One pool per peer agent address, alive while a pair uses it."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
+        self._pools: dict[tuple[str, int], LinkPool] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def join(self, link: PeerLink) -> LinkPool:
+        key = (link.peer.host, link.peer.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = LinkPool(*key, tls=self._tls, az=link.peer.az)
+        pool.add(link)
+        return pool
+
+    def leave(self, link: PeerLink, pool: LinkPool) -> None:
+        pool.remove(link)
+        if not pool.links and self._pools.get((pool.host, pool.port)) is pool:
+            del self._pools[(pool.host, pool.port)]
+            task = asyncio.get_running_loop().create_task(pool.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(p._conns) for p in self._pools.values())
+
+    async def close(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
