@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from openevs.agent.node import StorageNode
 from openevs.agent.pool import PoolError
+from openevs.agent.snapshot_control import add_snapshot_routes
 from openevs.contract import (
     AgentHealth,
     DirtyRanges,
@@ -168,4 +169,5 @@ def create_control_app(agent: StorageNode) -> FastAPI:
         await repl.set_mirroring(members, True)
         return ReplicationStates(volumes=[repl.describe(v) for v in members])
 
+    add_snapshot_routes(app, agent)
     return app
