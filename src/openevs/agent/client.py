@@ -32,6 +32,7 @@ from openevs.contract import (
     SnapshotDeletion,
     SnapshotExportGrant,
     SnapshotInfo,
+    SnapshotList,
     VolumeInfo,
     VolumeList,
 )
@@ -164,6 +165,9 @@ class HttpAgentClient:
 
     def get_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
         return self._call(SnapshotInfo, "GET", self._snap_path(volume_id, snapshot_id))
+
+    def list_snapshots(self, volume_id: str) -> list[SnapshotInfo]:
+        return self._call(SnapshotList, "GET", f"/volumes/{_quoted(volume_id)}/snapshots").snapshots
 
     def delete_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotDeletion:
         return self._call(SnapshotDeletion, "DELETE", self._snap_path(volume_id, snapshot_id))
