@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
-from openevs.api import groups, identity, replications, servers, versions, volumes
+from openevs.api import groups, identity, replications, servers, snapshots, versions, volumes
 from openevs.api.errors import fault, install_error_handlers
 from openevs.api.text_guard import refuse_unstorable_text
 from openevs.runtime import Runtime
@@ -61,4 +61,5 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(replications.router)
     app.include_router(groups.router)
+    app.include_router(snapshots.router)
     return app
