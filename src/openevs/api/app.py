@@ -62,4 +62,5 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(replications.router)
     app.include_router(groups.router)
     app.include_router(snapshots.router)
+    app.include_router(snapshots.v3_router)
     return app

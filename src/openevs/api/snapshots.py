@@ -18,6 +18,8 @@ from openevs.domain.errors import InvalidInput, NotFound
 from openevs.services import snapshots
 
 router = APIRouter(prefix="/v2/{project_id}")
+# The one v3 route EVS documents for snapshots (docs/decisions.md "Snapshots").
+v3_router = APIRouter(prefix="/v3/{project_id}")
 
 
 class SnapshotCreate(BaseModel):
@@ -216,3 +218,21 @@ def delete_meta(
 ) -> Response:
     snapshots.snapshot_metadata(runtime, project_id, snapshot_id, drop=key)
     return Response(status_code=200)
+
+
+class RollbackArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    volume_id: str = Field(max_length=64)
+    name: str | None = Field(default=None, max_length=255)
+
+
+class RollbackBody(BaseModel):
+    rollback: RollbackArgs
+
+
+@v3_router.post("/os-vendor-snapshots/{snapshot_id}/rollback", status_code=202)
+def rollback_snapshot(
+    project_id: str, snapshot_id: str, body: RollbackBody, token: ScopedDep, runtime: RuntimeDep
+) -> JSONResponse:
+    snapshots.rollback_snapshot(runtime, project_id, snapshot_id, body.rollback.volume_id)
+    return JSONResponse({"rollback": {"volume_id": body.rollback.volume_id}}, 202)

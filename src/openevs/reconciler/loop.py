@@ -16,7 +16,7 @@ from openevs.reconciler import groups, replications, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.reconciler.groups import GROUPS
 from openevs.reconciler.replications import PAIRS
-from openevs.reconciler.snapshots import SNAPSHOTS
+from openevs.reconciler.snapshots import SNAPSHOTS, settle_rollbacks
 from openevs.reconciler.volumes import VOLUMES
 from openevs.runtime import Runtime
 
@@ -41,6 +41,7 @@ class Reconciler:
         # then one batched measurement per agent of every pair, then groups.
         busy = VOLUMES.run(self.runtime)
         busy += SNAPSHOTS.run(self.runtime)
+        settle_rollbacks(self.runtime)
         busy += PAIRS.run(self.runtime)
         busy += GROUPS.run(self.runtime)
         volumes.finish_pair_grows(self.runtime)

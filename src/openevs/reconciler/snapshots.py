@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
-from openevs.db.models import Snapshot
+from openevs.contract import AgentRequestFailed
+from openevs.db.models import Snapshot, Volume
 from openevs.domain.snapshots import SNAPSHOT_MACHINE, SnapshotStatus, SnapshotTrigger
+from openevs.domain.states import VolumeStatus, VolumeTrigger
 from openevs.reconciler.driver import Kind, Step
+from openevs.reconciler.volumes import VOLUMES
 from openevs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,32 @@ def remove(runtime: Runtime, snapshot: Snapshot) -> None:
 
 
 def rollback(runtime: Runtime, snapshot: Snapshot) -> None:
-    if runtime.agent(snapshot.availability_zone).rollback_snapshot(snapshot.volume_id, snapshot.id).done:
-        SNAPSHOTS.advance(runtime, snapshot, SnapshotTrigger.ROLLED_BACK, fault=None)
+    """The disk settles first: once it left rollbacking, the agent is never asked again
+    (a second rollback job would overwrite what its user wrote since)."""
+    with runtime.db.session() as session:
+        volume = session.get(Volume, snapshot.volume_id)
+    if volume is not None and volume.status == VolumeStatus.ROLLBACKING:
+        try:
+            progress = runtime.agent(snapshot.availability_zone).rollback_snapshot(volume.id, snapshot.id)
+        except AgentRequestFailed as exc:
+            VOLUMES.advance(runtime, volume, VolumeTrigger.ROLLBACK_FAILED, fault=str(exc)[:1024])
+            raise
+        if not progress.done:
+            return
+        VOLUMES.advance(runtime, volume, VolumeTrigger.ROLLED_BACK, fault=None)
+    SNAPSHOTS.advance(runtime, snapshot, SnapshotTrigger.ROLLED_BACK, fault=None)
+
+
+def settle_rollbacks(runtime: Runtime) -> None:
+    """A disk left rollbacking by a snapshot whose rollback failed otherwise (timed out) fails too."""
+    rolling = select(Snapshot.id).where(
+        Snapshot.volume_id == Volume.id, Snapshot.status == SnapshotStatus.ROLLBACKING
+    )
+    with runtime.db.session() as session:
+        stmt = select(Volume).where(Volume.status == VolumeStatus.ROLLBACKING, ~rolling.exists())
+        stuck = list(session.scalars(stmt))
+    for volume in stuck:
+        VOLUMES.advance(runtime, volume, VolumeTrigger.ROLLBACK_FAILED, fault="the rollback did not finish")
 
 
 STEPS: dict[SnapshotStatus, Step[Snapshot]] = {

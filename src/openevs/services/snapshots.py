@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from openevs.config import Settings
 from openevs.db.models import Snapshot, utcnow
 from openevs.domain import codes
-from openevs.domain.errors import InvalidState, NotFound, QuotaExceeded
+from openevs.domain.errors import InvalidInput, InvalidState, NotFound, QuotaExceeded
 from openevs.domain.snapshots import (
     SNAPSHOT_MACHINE,
     SnapshotStatus,
@@ -26,6 +26,7 @@ from openevs.domain.snapshots import (
     check_can_snapshot,
     check_snapshot_text,
 )
+from openevs.domain.states import VOLUME_MACHINE, VolumeStatus, VolumeTrigger
 from openevs.domain.volumes import check_metadata
 from openevs.runtime import Runtime
 from openevs.services.listing import Page, paginate
@@ -133,6 +134,30 @@ def delete_snapshot(runtime: Runtime, project_id: str, snapshot_id: str) -> None
         refuse_if_source(session, snapshot.id)
         transition(session, SNAPSHOT_MACHINE, snapshot, SnapshotTrigger.DELETE)
         uow.wake_reconciler()
+
+
+def rollback_snapshot(runtime: Runtime, project_id: str, snapshot_id: str, volume_id: str) -> Snapshot:
+    """Start writing the snapshot's bytes back to its own disk (available or error_rollbacking)."""
+    with UnitOfWork(runtime) as uow:
+        session = uow.session
+        snapshot = get_snapshot(session, project_id, snapshot_id)
+        if volume_id != snapshot.volume_id:
+            raise InvalidInput(
+                f"a snapshot can only be rolled back to its own disk {snapshot.volume_id}, "
+                f"not {volume_id[:64]}"
+            )
+        volume = get_volume(session, project_id, volume_id)
+        if volume.status not in (VolumeStatus.AVAILABLE, VolumeStatus.ERROR_ROLLBACKING):
+            raise InvalidState(
+                f"the disk must be available or error_rollbacking to roll back, not {volume.status}"
+                + (": detach it first" if volume.status == VolumeStatus.IN_USE else "")
+            )
+        if snapshot.status not in (SnapshotStatus.AVAILABLE, SnapshotStatus.ERROR_ROLLBACKING):
+            raise InvalidState(f"the snapshot must be available to roll back, not {snapshot.status}")
+        transition(session, VOLUME_MACHINE, volume, VolumeTrigger.ROLLBACK)
+        transition(session, SNAPSHOT_MACHINE, snapshot, SnapshotTrigger.ROLLBACK)
+        uow.wake_reconciler()
+        return snapshot
 
 
 # -- metadata ---------------------------------------------------------------------

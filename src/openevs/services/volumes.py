@@ -260,7 +260,7 @@ def _begin_delete(session: Session, project_id: str, volume_id: str, cascade: bo
         VOLUME_MACHINE.next(volume.status, VolumeTrigger.DELETE)
     except InvalidState:
         raise InvalidState(
-            "volume status must be available, error, error_extending or error_deleting "
+            "volume status must be available, error, error_extending, error_rollbacking or error_deleting "
             f"to delete, not {volume.status}"
             + (": detach it first" if volume.status == VolumeStatus.IN_USE else ""),
             code=codes.DELETE_STATUS_INVALID,

@@ -225,3 +225,39 @@ def test_disks_from_a_snapshot_and_clones_hold_its_bytes(api: Api, tmp_path: Pat
     for volume in (from_snap, clone):
         assert api.delete(f"/v2/{{p}}/volumes/{volume['id']}").status_code == 202
     delete_snapshot(api, sid)
+
+
+@needs_nbd
+def test_rollback_brings_the_snapshot_bytes_back(api: Api, tmp_path: Path) -> None:
+    size = 64 * MiB
+    vol = api.create_volume(size=1)
+    copy(str(pattern(tmp_path / "a.raw", 3, size)), nbd(api, vol["id"]))
+    sum_a = checksum(api, vol["id"], tmp_path)
+    s1 = create_snapshot(api, vol["id"])["id"]
+    copy(str(pattern(tmp_path / "b.raw", 4, size)), nbd(api, vol["id"]))
+    s2 = create_snapshot(api, vol["id"])["id"]
+    sum_b = checksum(api, vol["id"], tmp_path)
+    copy(str(pattern(tmp_path / "c.raw", 5, size)), nbd(api, vol["id"]))
+
+    rollback = f"/v3/{{p}}/os-vendor-snapshots/{s1}/rollback"
+    assert_fault(api.post(rollback, {"rollback": {"volume_id": "other"}}), 400, mentions="own disk")
+    assert_fault(api.post(rollback, {"rollback": {}}), 400)
+    assert_fault(api.post("/v3/{p}/os-vendor-snapshots/nope/rollback",
+                          {"rollback": {"volume_id": vol["id"]}}), 404)
+    r = api.post(rollback, {"rollback": {"name": "x", "volume_id": vol["id"]}})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"rollback": {"volume_id": vol["id"]}}
+    api.wait(f"/v2/{{p}}/volumes/{vol['id']}", lambda r: r.json()["volume"]["status"] == "available")
+    api.wait(f"{SNAPSHOTS}/{s1}", lambda r: r.json()["snapshot"]["status"] == "available")
+    assert checksum(api, vol["id"], tmp_path) == sum_a
+    # The newer snapshot still holds what the disk had when it was taken.
+    from_s2 = api.create_volume(size=1, snapshot_id=s2)
+    assert checksum(api, from_s2["id"], tmp_path) == sum_b
+
+    server = create_server(api)
+    assert attach(api, server["id"], vol["id"]).status_code == 200
+    api.wait(f"/v2/{{p}}/volumes/{vol['id']}", lambda r: r.json()["volume"]["status"] == "in-use")
+    assert_fault(api.post(rollback, {"rollback": {"volume_id": vol["id"]}}), 400, mentions="detach")
+    assert api.delete(f"/v2/{{p}}/volumes/{from_s2['id']}").status_code == 202
+    for sid in (s1, s2):
+        delete_snapshot(api, sid)
