@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from openevs.domain.replication import GROUP_MACHINE, GROUP_TRANSITIONS, PAIR_TRANSITIONS
+from openevs.domain.snapshots import SNAPSHOT_TRANSITIONS
 from openevs.domain.states import SERVER_TRANSITIONS, VOLUME_TRANSITIONS
 from openevs.domain.switchover import SWITCHOVER_MEMBER
 from openevs.reconciler.groups import STEPS as GROUP_STEPS
@@ -19,6 +20,7 @@ TABLES = [
     ("Server", SERVER_TRANSITIONS),
     ("Replication pair", PAIR_TRANSITIONS),
     ("Replication consistency group", GROUP_TRANSITIONS),
+    ("EVS snapshot", SNAPSHOT_TRANSITIONS),
 ]
 
 

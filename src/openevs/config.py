@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     token_ttl_s: int = 24 * 3600
     quota_volumes: int = 1000
     quota_gigabytes: int = 1_000_000
+    quota_snapshots: int = 10  # per project (snapshots)
     reconcile_interval_s: float = 0.5
     agent_timeout_s: float = 300.0  # transitional work waiting on an unreachable agent fails after this
     health_interval_s: float = 2.0

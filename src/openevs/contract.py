@@ -357,6 +357,52 @@ def dump_plan(plan: Plan | None) -> dict[str, Any]:
     return {} if plan is None else plan.model_dump(mode="json")
 
 
+# -- snapshots (agent/snapshots.py, agent/snapshot_store.py) -----------------------
+
+
+class SnapshotInfo(Model):
+    """One snapshot of a volume on its agent; `preserved_bytes` is the space its delta holds."""
+
+    volume_id: str
+    snapshot_id: str
+    size_bytes: int
+    preserved_bytes: int
+    deleting: bool = False
+
+
+class SnapshotList(Model):
+    snapshots: list[SnapshotInfo]
+
+
+class SnapshotDeletion(Model):
+    """The answer to a snapshot delete: `done` once it is gone (a merge may take a while)."""
+
+    done: bool
+
+
+class SnapshotExportGrant(Model):
+    """An NBD export name that serves one snapshot, read-only."""
+
+    volume_id: str = Field(min_length=1, max_length=ID_MAX)
+    snapshot_id: str = Field(min_length=1, max_length=ID_MAX)
+
+
+class CopyRequest(Model):
+    """Make a new volume a copy of a snapshot, or (`snapshot_id` None) of a volume's current state."""
+
+    source_volume_id: str = Field(min_length=1, max_length=ID_MAX)
+    snapshot_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
+    size_bytes: StrictInt
+
+
+class JobProgress(Model):
+    """A long agent job (a copy, a rollback): asking again reports progress, `done` at the end."""
+
+    done: bool
+    copied_bytes: int = 0
+    total_bytes: int = 0
+
+
 # -- the client interface ----------------------------------------------------------
 
 
@@ -417,5 +463,31 @@ class AgentClient(Protocol):
         ...
 
     def resume_group(self, group_id: str) -> ReplicationStates: ...
+
+    # -- snapshots ---------------------------------------------------------
+
+    def create_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
+        """Take a crash-consistent snapshot; an existing one is success."""
+        ...
+
+    def get_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo: ...
+
+    def list_snapshots(self, volume_id: str) -> list[SnapshotInfo]: ...
+
+    def delete_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotDeletion:
+        """Start (or continue) removing it; `done` once gone; absent succeeds."""
+        ...
+
+    def copy_volume(self, volume_id: str, request: CopyRequest) -> JobProgress:
+        """Start (or report) making `volume_id` a copy; `done` once the volume exists complete."""
+        ...
+
+    def rollback_snapshot(self, volume_id: str, snapshot_id: str) -> JobProgress:
+        """Start (or report) writing the snapshot's bytes back to its volume."""
+        ...
+
+    def grant_snapshot_export(self, export_name: str, volume_id: str, snapshot_id: str) -> None: ...
+
+    def revoke_snapshot_export(self, export_name: str) -> None: ...
 
     def close(self) -> None: ...

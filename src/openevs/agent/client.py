@@ -24,16 +24,22 @@ from openevs.contract import (
     AgentHealth,
     AgentRequestFailed,
     AgentUnavailable,
+    CopyRequest,
     DirtyRanges,
     ErrorBody,
     ErrorReason,
     Export,
     ExportGrant,
     ExportList,
+    JobProgress,
     ReplicationRequest,
     ReplicationState,
     ReplicationStates,
     SizeRequest,
+    SnapshotDeletion,
+    SnapshotExportGrant,
+    SnapshotInfo,
+    SnapshotList,
     VolumeInfo,
     VolumeList,
 )
@@ -207,6 +213,36 @@ class HttpAgentClient:
     def metrics_text(self) -> bytes:
         """The agent's `/metrics` as it wrote it (Prometheus text format, no contract model)."""
         return self._send("GET", "/metrics").content
+
+    # -- snapshots (agent/snapshot_control.py) -------------------------------
+
+    def _snap_path(self, volume_id: str, snapshot_id: str, suffix: str = "") -> str:
+        return f"/volumes/{_quoted(volume_id)}/snapshots/{_quoted(snapshot_id)}{suffix}"
+
+    def create_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
+        return self._call(SnapshotInfo, "PUT", self._snap_path(volume_id, snapshot_id))
+
+    def get_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
+        return self._call(SnapshotInfo, "GET", self._snap_path(volume_id, snapshot_id))
+
+    def list_snapshots(self, volume_id: str) -> list[SnapshotInfo]:
+        return self._call(SnapshotList, "GET", f"/volumes/{_quoted(volume_id)}/snapshots").snapshots
+
+    def delete_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotDeletion:
+        return self._call(SnapshotDeletion, "DELETE", self._snap_path(volume_id, snapshot_id))
+
+    def copy_volume(self, volume_id: str, request: CopyRequest) -> JobProgress:
+        return self._call(JobProgress, "PUT", f"/volumes/{_quoted(volume_id)}/copy", request)
+
+    def rollback_snapshot(self, volume_id: str, snapshot_id: str) -> JobProgress:
+        return self._call(JobProgress, "POST", self._snap_path(volume_id, snapshot_id, "/rollback"))
+
+    def grant_snapshot_export(self, export_name: str, volume_id: str, snapshot_id: str) -> None:
+        grant = SnapshotExportGrant(volume_id=volume_id, snapshot_id=snapshot_id)
+        self._call(SnapshotExportGrant, "PUT", f"/snapshot-exports/{_quoted(export_name)}", grant)
+
+    def revoke_snapshot_export(self, export_name: str) -> None:
+        self._send("DELETE", f"/snapshot-exports/{_quoted(export_name)}")
 
     def close(self) -> None:
         self._http.close()

@@ -21,6 +21,7 @@ from openevs.agent.metrics import metrics_router
 from openevs.agent.node import StorageNode
 from openevs.agent.pool import PoolError
 from openevs.agent.resources import SHORTAGE_LOG, shortage_of
+from openevs.agent.snapshot_control import add_snapshot_routes
 from openevs.contract import (
     AgentHealth,
     DirtyRanges,
@@ -183,4 +184,5 @@ def create_control_app(agent: StorageNode) -> FastAPI:
         await repl.set_mirroring(members, True)
         return ReplicationStates(volumes=[repl.describe(v) for v in members])
 
+    add_snapshot_routes(app, agent)
     return app

@@ -21,9 +21,10 @@ from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer, TlsPolicy
 from openevs.agent.nbd_tls import AgentTls
-from openevs.agent.pool import FileVolumePool, validate_volume_id
+from openevs.agent.pool import FileVolumePool, VolumeNotFound, validate_volume_id
 from openevs.agent.resources import open_fds
-from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
+from openevs.agent.snapshot_store import CowFileExport, SnapshotStore
+from openevs.contract import AgentHealth, ExportGrant, JobProgress, VolumeInfo
 from openevs.security.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class StorageNode:
             tls=tls.files if tls is not None else None,
         )  # fmt: skip
         self.witness_port = 0  # the witness this agent also serves (runner.py), 0: none
+        self.snapshots = SnapshotStore(self.pool, self._drop_export)
 
     @property
     def nbd_port(self) -> int:
@@ -81,6 +83,7 @@ class StorageNode:
         for export in self._open.values():
             export.close()
         self._open.clear()
+        self.snapshots.close()
 
     # -- NBD side ---------------------------------------------------------
 
@@ -91,6 +94,9 @@ class StorageNode:
         decides what a write does. A secondary's link export is not served
         here but on the link protocol (mirror/link_server.py).
         """
+        snapshot = self.snapshots.resolve_export(name)
+        if snapshot is not None:
+            return snapshot
         grant = self.grants.get(name)
         if grant is None:
             return None
@@ -114,7 +120,7 @@ class StorageNode:
             path = self.pool.path(volume_id)
             if not path.is_file():
                 return None
-            export = FileExport(path, read_only=read_only)
+            export = CowFileExport(path, read_only, self.snapshots.chains, volume_id)
             self._open[key] = export
         return export
 
@@ -190,6 +196,7 @@ class StorageNode:
                 export = self._open.pop((volume_id, read_only), None)
                 if export is not None:
                     export.close()
+            await self.snapshots.drop_volume(volume_id)
             await asyncio.to_thread(self.pool.delete, volume_id)
 
     async def grant_export(self, name: str, volume_id: str, read_only: bool) -> ExportGrant:
@@ -207,6 +214,14 @@ class StorageNode:
         async with self._lock:
             await asyncio.to_thread(self.grants.revoke, [name])
             await self._drop_export(name)
+
+    async def rollback_snapshot(self, volume_id: str, snapshot_id: str) -> JobProgress:
+        """Roll the volume back through its user write path (snapshots and mirroring see it)."""
+        export = self._file_export(volume_id, False)
+        if export is None:
+            raise VolumeNotFound(f"volume {volume_id} not found")
+        disk = self.replication.wrap(volume_id, export)
+        return await self.snapshots.rollback(volume_id, snapshot_id, disk)
 
     def list_exports(self) -> list[tuple[str, ExportGrant]]:
         return self.grants.items()

@@ -41,8 +41,8 @@ class VolumeCreate(BaseModel):
     multiattach: bool = False
     shareable: bool | None = None
     imageRef: str | None = None  # noqa: N815 - the API's field name
-    snapshot_id: str | None = None
-    source_volid: str | None = None
+    snapshot_id: str | None = Field(default=None, max_length=64)
+    source_volid: str | None = Field(default=None, max_length=64)
     backup_id: str | None = None
 
 
@@ -108,8 +108,8 @@ def volume_view(v: Volume, atts: list[Attachment], url: str) -> dict[str, Any]:
         "volume_type": v.volume_type,
         "replication_status": "disabled",
         "consistencygroup_id": None,
-        "source_volid": None,
-        "snapshot_id": None,
+        "source_volid": v.source_volid,
+        "snapshot_id": v.snapshot_id,
         "metadata": v.metadata_,
         "volume_image_metadata": {},
         "size": v.size_gb,
@@ -137,9 +137,11 @@ def create_volume(
     project_id: str, body: VolumeCreateBody, token: ScopedDep, runtime: RuntimeDep, request: Request
 ) -> JSONResponse:
     spec = body.volume
-    for field in ("imageRef", "snapshot_id", "source_volid", "backup_id"):
+    for field in ("imageRef", "backup_id"):
         if getattr(spec, field):
             raise InvalidInput(f"creating a disk from {field} is not supported; omit {field}")
+    if spec.snapshot_id and spec.source_volid:
+        raise InvalidInput("specify only one of snapshot_id and source_volid", code="EVS.1016")
     new = volumes.NewVolume(
         size_gb=spec.size,
         availability_zone=spec.availability_zone,
@@ -148,6 +150,8 @@ def create_volume(
         volume_type=spec.volume_type,
         metadata=spec.metadata,
         multiattach=bool(spec.multiattach or spec.shareable),
+        snapshot_id=spec.snapshot_id or None,
+        source_volid=spec.source_volid or None,
     )
     volume = volumes.create_volume(runtime, project_id, token.user_id, new)
     return JSONResponse({"volume": volume_view(volume, [], base_url(runtime, request))}, 202)
@@ -241,7 +245,7 @@ def delete_volume(
     project_id: str, volume_id: str, token: ScopedDep, runtime: RuntimeDep,
     cascade: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Response:
-    volumes.delete_volume(runtime, project_id, volume_id)
+    volumes.delete_volume(runtime, project_id, volume_id, (cascade or "").lower() in ("true", "1"))
     return Response(status_code=202)
 
 

@@ -84,6 +84,9 @@ class Volume(Base):
     bootable: Mapped[bool] = mapped_column(Boolean, default=False)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # The data source of a disk made from a snapshot or cloned from a disk (snapshots).
+    snapshot_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    source_volid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -211,3 +214,24 @@ class ReplicationClaim(Base):
     pair_id: Mapped[str] = mapped_column(
         ForeignKey("replication_pairs.id", ondelete="CASCADE"), index=True
     )
+
+
+class Snapshot(Base):
+    """An EVS snapshot of a disk; the agent of the disk's AZ holds its data."""
+
+    __tablename__ = "snapshots"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    availability_zone: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    size_gb: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    progress: Mapped[str] = mapped_column(String(8), default="0%")
+    fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

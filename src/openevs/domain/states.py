@@ -26,6 +26,8 @@ class VolumeStatus(StrEnum):
     ERROR = "error"
     ERROR_DELETING = "error_deleting"
     ERROR_EXTENDING = "error_extending"
+    ROLLBACKING = "rollbacking"  # a snapshot's bytes are written back (snapshots)
+    ERROR_ROLLBACKING = "error_rollbacking"
 
 
 class VolumeTrigger(StrEnum):
@@ -40,6 +42,9 @@ class VolumeTrigger(StrEnum):
     DELETE = "delete"
     DELETE_FAILED = "delete_failed"
     RESET = "reset"  # operator reset of an error state after a fix
+    ROLLBACK = "rollback"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
 
 
 V, VT = VolumeStatus, VolumeTrigger
@@ -61,6 +66,11 @@ VOLUME_TRANSITIONS: dict[tuple[VolumeStatus, VolumeTrigger], VolumeStatus] = {
     (V.ERROR_DELETING, VT.DELETE): V.DELETING,
     (V.DELETING, VT.DELETE_FAILED): V.ERROR_DELETING,
     (V.ERROR_EXTENDING, VT.RESET): V.AVAILABLE,
+    (V.AVAILABLE, VT.ROLLBACK): V.ROLLBACKING,
+    (V.ERROR_ROLLBACKING, VT.ROLLBACK): V.ROLLBACKING,
+    (V.ROLLBACKING, VT.ROLLED_BACK): V.AVAILABLE,
+    (V.ROLLBACKING, VT.ROLLBACK_FAILED): V.ERROR_ROLLBACKING,
+    (V.ERROR_ROLLBACKING, VT.DELETE): V.DELETING,
 }
 
 VOLUME_TRANSITIONAL = frozenset({V.CREATING, V.EXTENDING, V.DELETING})

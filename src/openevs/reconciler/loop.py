@@ -17,6 +17,7 @@ from openevs.reconciler.agents import AgentWatcher
 from openevs.reconciler.auto_failover import AutoFailover
 from openevs.reconciler.groups import GROUPS
 from openevs.reconciler.replications import PAIRS
+from openevs.reconciler.snapshots import SNAPSHOTS, settle_rollbacks
 from openevs.reconciler.volumes import VOLUMES
 from openevs.runtime import Runtime
 
@@ -47,10 +48,12 @@ class Reconciler:
         # then one batched measurement per agent of every pair, then groups.
         backlog = self.runtime.metrics.reconcile_backlog
         busy = 0
-        for kind, name in ((VOLUMES, "volume"), (PAIRS, "pair"), (GROUPS, "group")):
+        for kind, name in ((VOLUMES, "volume"), (SNAPSHOTS, "snapshot"), (PAIRS, "pair"), (GROUPS, "group")):
             seen = kind.run(self.runtime)
             backlog.labels(name).set(seen)
             busy += seen
+            if kind is SNAPSHOTS:
+                settle_rollbacks(self.runtime)
         volumes.finish_pair_grows(self.runtime)
         if replications.observe_all(self.runtime):
             busy += 1

@@ -13,11 +13,13 @@ from datetime import timedelta
 
 from sqlalchemy import delete, exists, select
 
-from openevs.db.models import Attachment, ReplicationClaim, ReplicationPair, Volume, utcnow
+from openevs.contract import CopyRequest
+from openevs.db.models import Attachment, ReplicationClaim, ReplicationPair, Snapshot, Volume, utcnow
+from openevs.domain import replication as rep
 from openevs.domain.errors import OpenEvsError
 from openevs.domain.states import VOLUME_MACHINE, VolumeStatus, VolumeTrigger
 from openevs.domain.volumes import GIB
-from openevs.reconciler.driver import Kind, Step
+from openevs.reconciler.driver import Kind, Step, StepFailed
 from openevs.runtime import Runtime
 from openevs.services import pair_growth
 
@@ -25,8 +27,29 @@ log = logging.getLogger(__name__)
 
 
 def create(runtime: Runtime, volume: Volume) -> None:
-    runtime.agent(volume.availability_zone).create_volume(volume.id, volume.size_gb * GIB)
+    agent = runtime.agent(volume.availability_zone)
+    if volume.snapshot_id is not None or volume.source_volid is not None:
+        if not copy_source(runtime, volume):
+            return  # the agent's copy goes on: the next pass asks again
+    else:
+        agent.create_volume(volume.id, volume.size_gb * GIB)
     VOLUMES.advance(runtime, volume, VolumeTrigger.CREATED, fault=None)
+
+
+def copy_source(runtime: Runtime, volume: Volume) -> bool:
+    """Start or follow the agent's copy of the disk's snapshot or source disk; True once done."""
+    source_id = volume.source_volid
+    if volume.snapshot_id is not None:
+        with runtime.db.session() as session:
+            snapshot = session.get(Snapshot, volume.snapshot_id)
+        if snapshot is None:
+            raise StepFailed(f"snapshot {volume.snapshot_id} is gone", rep.FD_INTERNAL)
+        source_id = snapshot.volume_id
+    assert source_id is not None
+    request = CopyRequest(
+        source_volume_id=source_id, snapshot_id=volume.snapshot_id, size_bytes=volume.size_gb * GIB
+    )
+    return runtime.agent(volume.availability_zone).copy_volume(volume.id, request).done
 
 
 def extend(runtime: Runtime, volume: Volume) -> None:

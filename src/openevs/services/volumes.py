@@ -25,6 +25,7 @@ from openevs.services.agent_limits import check_agent_volumes
 from openevs.services.listing import Page, paginate
 from openevs.services.replications import refuse_if_paired
 from openevs.services.unit_of_work import UnitOfWork, transition
+from openevs.services.volume_sources import clone_source, refuse_if_snapshots, snapshot_source
 
 VOLUME_SORT_KEYS = ("created_at", "updated_at", "name", "size_gb", "status", "id")
 
@@ -38,6 +39,8 @@ class NewVolume:
     volume_type: str | None = None
     metadata: dict[str, Any] | None = None
     multiattach: bool = False
+    snapshot_id: str | None = None  # made from this snapshot (snapshots)
+    source_volid: str | None = None  # cloned from this disk
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,14 @@ def _new_volume(
             code=codes.VOLUME_TYPE_INVALID,
         )
     metadata = check_metadata(new.metadata or {})
+    if new.snapshot_id is not None:
+        volume_type = snapshot_source(
+            session, project_id, new.snapshot_id, new.availability_zone, new.size_gb, new.volume_type
+        ).volume_type
+    if new.source_volid is not None:
+        volume_type = clone_source(
+            get_volume(session, project_id, new.source_volid), new.availability_zone, new.size_gb
+        ).volume_type
     check_quota(session, settings, project_id, 1, new.size_gb)
     check_agent_volumes(session, settings, new.availability_zone)
     volume = Volume(
@@ -151,6 +162,8 @@ def _new_volume(
         status=VolumeStatus.CREATING,
         multiattach=new.multiattach,
         metadata_=metadata,
+        snapshot_id=new.snapshot_id,
+        source_volid=new.source_volid,
     )
     session.add(volume)
     session.flush()
@@ -233,22 +246,23 @@ def begin_extend(
     return volume
 
 
-def delete_volume(runtime: Runtime, project_id: str, volume_id: str) -> None:
+def delete_volume(runtime: Runtime, project_id: str, volume_id: str, cascade: bool = False) -> None:
     with UnitOfWork(runtime) as uow:
-        _begin_delete(uow.session, project_id, volume_id)
+        _begin_delete(uow.session, project_id, volume_id, cascade)
         uow.wake_reconciler()
 
 
-def _begin_delete(session: Session, project_id: str, volume_id: str) -> None:
+def _begin_delete(session: Session, project_id: str, volume_id: str, cascade: bool) -> None:
     volume = get_volume(session, project_id, volume_id)
     if volume.status == VolumeStatus.DELETING:
         return
     refuse_if_paired(session, volume.id, "deleted")
+    refuse_if_snapshots(session, volume, cascade)
     try:
         VOLUME_MACHINE.next(volume.status, VolumeTrigger.DELETE)
     except InvalidState:
         raise InvalidState(
-            "volume status must be available, error, error_extending or error_deleting "
+            "volume status must be available, error, error_extending, error_rollbacking or error_deleting "
             f"to delete, not {volume.status}"
             + (": detach it first" if volume.status == VolumeStatus.IN_USE else ""),
             code=codes.DELETE_STATUS_INVALID,

@@ -245,7 +245,7 @@ def check_raw_protocol_oddities(api: Api) -> None:
 def test_unknown_routes_and_wrong_methods(api: Api) -> None:
     vol = api.create_volume(size=1)
     for path in ("/nope", "/v2/{p}/nope", "/v2/{p}/volumes/a/b/c", "/v2.1/{p}/flavors",
-                 "/v3/users", "/v2/{p}/snapshots", "/v1/{p}/volumes", "/v3/{p}/volumes"):
+                 "/v3/users", "/v2/{p}/backups", "/v1/{p}/volumes", "/v3/{p}/volumes"):
         inner = assert_fault(api.get(path), 404, "itemNotFound")
         assert "no such" in inner["message"] or "not" in inner["message"]
     assert_fault(api.get(f"/v2/{{p}}/volumes/{MISSING}"), 404, "itemNotFound")

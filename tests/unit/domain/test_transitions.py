@@ -17,6 +17,7 @@ from openevs.domain.replication import (
     PairStatus,
     PairTrigger,
 )
+from openevs.domain.snapshots import SNAPSHOT_TRANSITIONS, SnapshotStatus, SnapshotTrigger
 from openevs.domain.states import (
     SERVER_TRANSITIONS,
     VOLUME_TRANSITIONS,
@@ -32,6 +33,7 @@ TABLES: list[tuple[str, dict, type[StrEnum], type[StrEnum]]] = [  # type: ignore
     ("server", SERVER_TRANSITIONS, ServerStatus, ServerTrigger),
     ("replication pair", PAIR_TRANSITIONS, PairStatus, PairTrigger),
     ("replication consistency group", GROUP_TRANSITIONS, GroupStatus, GroupTrigger),
+    ("snapshot", SNAPSHOT_TRANSITIONS, SnapshotStatus, SnapshotTrigger),
 ]
 
 CASES = [

@@ -1,0 +1,357 @@
+"""A disk's snapshot chain on disk: `<pool>/snapshots/<volume_id>/` (docs/decisions.md "Snapshots").
+
+`chain.json` lists the snapshots, oldest first, and is the one truth after a
+crash (files it does not name are leftovers, removed on load). Each snapshot
+has a sparse `<id>.delta` (the preserved regions at their own offsets) and
+a `<id>.bitmap` (`BitmapFile`, one bit per preserved region).
+
+Rules this module keeps:
+
+- a region's bit is set only once its copy in the delta is durable, and
+  the disk's new data is written only once the bit is durable;
+- only the newest snapshot preserves; `chain.json` names a snapshot before
+  any write preserves into it;
+- reads of the chain from another thread (copies) re-check, after reading
+  the live disk, that no write preserved the region meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from openevs.agent.mirror.bitmap import BitmapFile
+from openevs.agent.mirror.engine import REGION_BYTES
+from openevs.agent.pool import PoolIOError, VolumeNotFound, fsync_dir, validate_volume_id
+from openevs.agent.snapshot_chain import (
+    LIVE,
+    Layer,
+    merge_on_delete,
+    plan_read,
+    regions_of,
+    source_of,
+    to_preserve,
+)
+
+SNAPSHOTS_DIR = "snapshots"
+CHAIN_FILE = "chain.json"
+
+
+class ChainEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    size_bytes: int
+    exports: list[str] = Field(default_factory=list)
+
+
+class ChainFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    snapshots: list[ChainEntry] = Field(default_factory=list)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data`: temporary file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise PoolIOError(f"cannot save {path}: {exc.strerror or exc}") from exc
+
+
+def pread_full(fd: int, offset: int, length: int) -> bytes:
+    """`length` bytes from `offset` (zeroes past the end of the file)."""
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            return data + bytes(length - len(data))
+        data += more
+    return data
+
+
+class SharedSync:
+    """fdatasync of one descriptor shared by concurrent callers (group commit)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.generation = 0  # bumped by every pwrite the caller wants durable
+        self._synced = 0
+        self._lock = asyncio.Lock()
+
+    async def sync(self) -> None:
+        target = self.generation
+        if self._synced >= target:
+            return
+        async with self._lock:
+            if self._synced >= target:
+                return
+            current = self.generation
+            await asyncio.to_thread(os.fdatasync, self.fd)
+            self._synced = max(self._synced, current)
+
+
+class Snapshot:
+    """One snapshot's open files and its `Layer` (the regions it preserved, durable)."""
+
+    def __init__(self, directory: Path, entry: ChainEntry) -> None:
+        self.entry = entry
+        self.delta_path = directory / f"{entry.id}.delta"
+        self.bitmap = BitmapFile(directory / f"{entry.id}.bitmap")
+        self.fd = os.open(self.delta_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.layer = Layer(entry.id, entry.size_bytes, self.bitmap.load())
+        self.delta_sync = SharedSync(self.fd)
+        self.inflight: dict[int, asyncio.Future[None]] = {}  # region -> its copy being made durable
+        self.deleting = False
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.entry.id
+
+    def close(self) -> None:
+        self.bitmap.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        self.bitmap.remove()
+        self.delta_path.unlink(missing_ok=True)
+
+    def allocated_bytes(self) -> int:
+        return os.fstat(self.fd).st_blocks * 512
+
+
+class VolumeChain:
+    """The snapshots of one disk, oldest first, and the copy-before-write of its writes."""
+
+    def __init__(self, directory: Path, volume_path: Path) -> None:
+        self.directory = directory
+        self.volume_path = volume_path
+        self.snaps: list[Snapshot] = []
+        self._volume_fd = -1
+        self._frozen: asyncio.Event | None = None  # set while the newest is merged away
+        self.mutate = asyncio.Lock()  # takes and the end of deletes
+        self.deletes = asyncio.Lock()  # one delete (merge) at a time
+        self.readers = 0  # copy and rollback jobs reading the chain
+        self.readers_done = asyncio.Event()
+
+    # -- files ------------------------------------------------------------
+
+    def load(self) -> None:
+        path = self.directory / CHAIN_FILE
+        try:
+            manifest = ChainFile.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            manifest = ChainFile()
+        except (OSError, ValueError) as exc:
+            raise PoolIOError(f"cannot read {path}: {exc}") from exc
+        self.snaps = [Snapshot(self.directory, entry) for entry in manifest.snapshots]
+        keep = {CHAIN_FILE} | {f"{e.id}{s}" for e in manifest.snapshots for s in (".delta", ".bitmap")}
+        for leftover in self.directory.iterdir():
+            if leftover.name not in keep:
+                leftover.unlink(missing_ok=True)
+
+    def save(self, snaps: list[Snapshot]) -> None:
+        manifest = ChainFile(snapshots=[s.entry for s in snaps])
+        write_atomic(self.directory / CHAIN_FILE, manifest.model_dump_json(indent=1).encode())
+
+    def volume_fd(self) -> int:
+        if self._volume_fd < 0:
+            try:
+                self._volume_fd = os.open(self.volume_path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise VolumeNotFound(f"volume file {self.volume_path.name} not found") from None
+        return self._volume_fd
+
+    def close(self) -> None:
+        for snap in self.snaps:
+            snap.close()
+        if self._volume_fd >= 0:
+            os.close(self._volume_fd)
+            self._volume_fd = -1
+
+    def find(self, snapshot_id: str) -> Snapshot | None:
+        return next((s for s in self.snaps if s.snapshot_id == snapshot_id), None)
+
+    @property
+    def newest(self) -> Snapshot | None:
+        return self.snaps[-1] if self.snaps else None
+
+    # -- the write path ----------------------------------------------------
+
+    async def preserve(self, offset: int, length: int) -> None:
+        """Before a write of [offset, offset+length): preserve its regions into the newest snapshot."""
+        while True:
+            if self._frozen is not None:
+                await self._frozen.wait()
+                continue
+            newest = self.newest
+            todo = to_preserve(None if newest is None else newest.layer, offset, length)
+            if newest is None or not todo:
+                return
+            waits = [newest.inflight[r] for r in todo if r in newest.inflight]
+            mine = [r for r in todo if r not in newest.inflight]
+            if mine:
+                await self._copy_regions(newest, mine)
+            if waits:
+                await asyncio.gather(*waits)
+
+    async def _copy_regions(self, snap: Snapshot, regions: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        for region in regions:
+            snap.inflight[region] = done
+        try:
+            fd, size = self.volume_fd(), snap.layer.size_bytes
+            wrote = False
+            for region in regions:
+                start = region * REGION_BYTES
+                data = pread_full(fd, start, min(REGION_BYTES, size - start))
+                if data.count(0) != len(data):  # an all-zero region stays a hole in the delta
+                    os.pwrite(snap.fd, data, start)
+                    wrote = True
+            if wrote:
+                snap.delta_sync.generation += 1
+                await snap.delta_sync.sync()
+            snap.bitmap.set_now(regions)
+            await snap.bitmap.sync()
+            snap.layer.preserved.update(regions)
+            done.set_result(None)
+        except BaseException as exc:
+            done.set_exception(exc if isinstance(exc, Exception) else OSError("copy cancelled"))
+            done.exception()  # retrieved: waiters re-raise it, no "never retrieved" warning
+            raise
+        finally:
+            for region in regions:
+                if snap.inflight.get(region) is done:
+                    del snap.inflight[region]
+
+    # -- snapshots -----------------------------------------------------------
+
+    async def take(self, snapshot_id: str) -> Snapshot:
+        """Make `snapshot_id` the newest snapshot; an existing one is success."""
+        async with self.mutate:
+            existing = self.find(snapshot_id)
+            if existing is not None:
+                return existing
+            size = os.stat(self.volume_path).st_size
+            entry = ChainEntry(id=snapshot_id, size_bytes=size)
+            snap = await asyncio.to_thread(self._create_files, entry)
+            await asyncio.to_thread(self.save, [*self.snaps, snap])
+            self.snaps.append(snap)  # from here on, writes preserve into it
+        await asyncio.to_thread(os.fdatasync, self.volume_fd())  # what was acknowledged is durable
+        return snap
+
+    def _create_files(self, entry: ChainEntry) -> Snapshot:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        snap = Snapshot(self.directory, entry)
+        os.ftruncate(snap.fd, entry.size_bytes)
+        os.fsync(snap.fd)
+        fsync_dir(self.directory)  # both files exist (the bitmap empty) before chain.json names them
+        return snap
+
+    async def delete(self, snapshot_id: str) -> None:
+        """Merge the snapshot into its older neighbour and remove it; absent is success."""
+        async with self.deletes:
+            await self._delete(snapshot_id)
+
+    async def _delete(self, snapshot_id: str) -> None:
+        async with self.mutate:
+            snap = self.find(snapshot_id)
+            if snap is None:
+                return
+            snap.deleting = True
+            frozen = None
+            if snap is self.newest:
+                frozen = self._frozen = asyncio.Event()
+        try:
+            if snap.inflight:
+                await asyncio.gather(*set(snap.inflight.values()), return_exceptions=True)
+            while self.readers:
+                self.readers_done.clear()
+                await self.readers_done.wait()
+            await self._merge_into_older(snap)
+            async with self.mutate:
+                remaining = [s for s in self.snaps if s is not snap]
+                await asyncio.to_thread(self.save, remaining)
+                self.snaps = remaining
+            await asyncio.to_thread(snap.remove)
+        finally:
+            snap.deleting = False
+            if frozen is not None:
+                frozen.set()
+                self._frozen = None
+
+    async def _merge_into_older(self, snap: Snapshot) -> None:
+        index = self.snaps.index(snap)
+        regions = merge_on_delete([s.layer for s in self.snaps], index)
+        if not regions:
+            return
+        older = self.snaps[index - 1]
+
+        def copy() -> None:
+            for region in sorted(regions):
+                start = region * REGION_BYTES
+                data = pread_full(snap.fd, start, min(REGION_BYTES, older.layer.size_bytes - start))
+                if data.count(0) != len(data):
+                    os.pwrite(older.fd, data, start)
+            os.fdatasync(older.fd)
+
+        await asyncio.to_thread(copy)
+        older.bitmap.set_now(regions)
+        await older.bitmap.sync()
+        older.layer.preserved.update(regions)
+
+    # -- reads ---------------------------------------------------------------
+
+    def read(self, snap: Snapshot, offset: int, length: int, recheck: bool = False) -> bytes:
+        """`length` bytes of the snapshot's view from `offset` (zeroes past its size).
+
+        With `recheck` (a reader in another thread), a live piece is read
+        again from the delta that preserved it meanwhile."""
+        snaps = list(self.snaps)
+        index = snaps.index(snap)
+        out = bytearray()
+        for source, start, size in plan_read([s.layer for s in snaps], index, offset, length):
+            if source != LIVE:
+                out += pread_full(snaps[source].fd, start, size)
+                continue
+            piece = bytearray(pread_full(self.volume_fd(), start, size))
+            if recheck:
+                self._reread_preserved(snap, piece, start)
+            out += piece
+        out += bytes(length - len(out))
+        return bytes(out)
+
+    def _reread_preserved(self, snap: Snapshot, piece: bytearray, start: int) -> None:
+        snaps = list(self.snaps)
+        layers, index = [s.layer for s in snaps], snaps.index(snap)
+        for region in regions_of(start, len(piece)):
+            source = source_of(layers, index, region)
+            if source == LIVE:
+                continue
+            lo = max(start, region * REGION_BYTES)
+            hi = min(start + len(piece), (region + 1) * REGION_BYTES)
+            piece[lo - start : hi - start] = pread_full(snaps[source].fd, lo, hi - lo)
+
+    def drop(self) -> None:
+        """Close everything and remove the chain's directory (the disk is being deleted)."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.snaps = []
+
+
+def chain_directory(pool_root: Path, volume_id: str) -> Path:
+    return Path(pool_root) / SNAPSHOTS_DIR / validate_volume_id(volume_id)
