@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from openevs.agent.mirror import wire
+from openevs.agent.mirror.link_pool import LinkConnection, open_link_connection
 from openevs.agent.nbd.client import NbdClient
 from openevs.agent.nbd.constants import Reply
 from openevs.agent.nbd.errors import NbdOptionRefused
@@ -113,10 +116,21 @@ def test_pair_with_the_link_encrypted_keeps_dr_bytes_equal(tls_agents: tuple[Tls
         with pytest.raises(NbdOptionRefused) as user:
             await _connect(b, f"{LINK}~intruder")
         assert user.value.reply == Reply.ERR_UNKNOWN
+        # The link protocol itself, upgraded but with no certificate: closed before a frame.
+        anonymous = ssl.create_default_context(cafile=str(a.pki_dir / pki.CA_CERT))
+        anonymous.check_hostname = False
+
+        def lost(_conn: LinkConnection, _reason: str) -> None:
+            pass
+
+        with pytest.raises((ConnectionError, OSError, wire.WireError)):
+            conn = await open_link_connection("127.0.0.1", b.nbd_port, "intruder", lost, tls=anonymous)
+            reply = await asyncio.wait_for(conn.send(wire.Kind.OPEN, 0, 0, len(LINK), LINK.encode()), 10)
+            raise AssertionError(f"an anonymous link client got an answer: {reply}")
 
     asyncio.run(refused())
     assert a.state("vol").link_up  # the intruders changed nothing
-    assert "refused to a client without an agent certificate" in b.log.read_text()
+    wait_for("the refusal in the DR agent's log", lambda: "replication link refused" in b.log.read_text() or None)
 
 
 def test_a_primary_expecting_another_az_never_brings_the_link_up(

@@ -87,6 +87,11 @@ class LinkServer:
         async def attach() -> None:
             try:
                 await loop.connect_accepted_socket(lambda: conn, sock, ssl=self.tls)
+            except ssl.SSLError as exc:  # no certificate, another CA's: the handshake fails
+                log.warning("replication link refused: %s", exc)
+                self._forget(conn)
+                sock.close()
+                return
             except OSError as exc:
                 log.info("replication link connection lost at once: %s", exc)
                 self._forget(conn)
