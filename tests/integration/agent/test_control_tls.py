@@ -4,11 +4,13 @@ under the running agent (same pid) with no refused controller call."""
 
 from __future__ import annotations
 
+import http.server
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +22,8 @@ from openevs.contract import AgentUnavailable
 from openevs.security import pki
 from openevs.security.identity import CertRole, Identity
 from openevs.security.pki import TlsFiles
-from openevs.security.tls import client_context
+from openevs.security.tls import client_context, server_context
 from tests.integration.agent.support import AgentProcess
-from tests.support.waiting import wait_for
 
 AZ = "az1.dc1"
 AGENT = Identity(CertRole.AGENT, AZ)
@@ -100,24 +101,57 @@ def test_everyone_else_is_refused_and_learns_nothing(
     assert "refused" in tls_agent.log.read_text()
 
 
+def _impostor_https(files: TlsFiles) -> tuple[http.server.HTTPServer, int]:
+    """Any HTTPS server of the deployment (here: one holding `files`) answering 200 to all."""
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like uvicorn: the client checks the open connection
+
+        def do_GET(self) -> None:
+            body = b'{"volumes": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    server.socket = server_context(files).wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
 @pytest.mark.parametrize(("server_cert", "why"), [("agent-az2.dc2", "agent of az1.dc1 is expected"),
                                                    ("witness", "agent certificate is required")])
 def test_the_controller_refuses_a_server_that_is_not_this_agent(
-    tmp_path: Path, pki_dir: Path, server_cert: str, why: str
+    pki_dir: Path, server_cert: str, why: str
 ) -> None:
-    """A server with a valid certificate of the deployment, but not of the agent of az1."""
+    """A server with a valid certificate of the deployment, but not of the agent of az1.
+    (An agent refuses to start with a certificate that is not its own, so the
+    impostor is any HTTPS server holding another component's certificate.)"""
+    server, port = _impostor_https(pki.files_for(pki_dir, server_cert))
     controller = pki.files_for(pki_dir, "controller")
-    impostor = AgentProcess(tmp_path, AZ, tls=pki.files_for(pki_dir, server_cert), controller_tls=controller)
-    with impostor.log.open("ab") as log:
-        impostor.proc = subprocess.Popen(impostor.command(), stdout=log, stderr=subprocess.STDOUT)
-    port = int(impostor.url.rsplit(":", 1)[1])
+    client = HttpAgentClient(AZ, f"https://127.0.0.1:{port}", timeout_s=5, tls=controller)
     try:
-        wait_for("the impostor", lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True)
         with pytest.raises(AgentUnavailable, match=why):
-            impostor.client.list_volumes()
+            client.list_volumes()
     finally:
-        impostor.kill()
-        impostor.client.close()
+        client.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_agent_refuses_to_start_with_another_components_certificate(tmp_path: Path, pki_dir: Path) -> None:
+    files = pki.files_for(pki_dir, "agent-az2.dc2")
+    cmd = [sys.executable, "-m", "openevs.agent", "--az", AZ, "--pool", str(tmp_path / "p"),
+           "--listen", "127.0.0.1:0", "--nbd", "127.0.0.1:0",
+           "--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "is not the certificate of agent:az1.dc1" in done.stderr
 
 
 def test_a_reachable_plaintext_control_api_is_refused(tmp_path: Path) -> None:

@@ -130,7 +130,8 @@ def test_pair_with_the_link_encrypted_keeps_dr_bytes_equal(tls_agents: tuple[Tls
 
     asyncio.run(refused())
     assert a.state("vol").link_up  # the intruders changed nothing
-    wait_for("the refusal in the DR agent's log", lambda: "replication link refused" in b.log.read_text() or None)
+    refusal = "replication link refused"
+    wait_for("the refusal in the DR agent's log", lambda: refusal in b.log.read_text() or None)
 
 
 def test_a_primary_expecting_another_az_never_brings_the_link_up(
