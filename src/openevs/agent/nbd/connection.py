@@ -382,7 +382,7 @@ class Connection:
 
     def _flush(self) -> None:
         out, tls = self._out, self.tls
-        out.flush(self.io)
+        out.flush(self.io, tls.gather_bytes if tls is not None else 0)
         if tls is not None:
             tls.flush()
         waiting = bool(out) or (tls is not None and tls.wants_write)

@@ -52,6 +52,7 @@ class TlsStream:
         self._out = outgoing
         self._pending = bytearray()  # ciphertext the kernel has not taken yet
         self._eof = False
+        self._rbuf = bytearray(RECV_CHUNK_BYTES)
 
     @classmethod
     async def start(
@@ -101,6 +102,8 @@ class TlsStream:
     def wants_write(self) -> bool:
         return bool(self._pending) or self._out.pending > 0
 
+    gather_bytes = SEND_CHUNK_BYTES  # for SendQueue.flush: what one sendmsg takes at most
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
@@ -115,13 +118,13 @@ class TlsStream:
                 got: int = self._obj.read(size - n, view[n:])  # type: ignore[assignment]  # int with a buffer
             except ssl.SSLWantReadError:
                 try:
-                    data = self._sock.recv(RECV_CHUNK_BYTES)
+                    got = self._sock.recv_into(self._rbuf)
                 except (BlockingIOError, InterruptedError):
                     if n:
                         break
                     raise
-                if data:
-                    self._in.write(data)
+                if got:
+                    self._in.write(memoryview(self._rbuf)[:got])
                 else:
                     self._in.write_eof()
                 continue
@@ -142,14 +145,19 @@ class TlsStream:
         self._flush_pending()
         if len(self._pending) >= MAX_PENDING_BYTES:
             raise BlockingIOError("TLS output is backed up")
+        parts: list[memoryview] = []
         taken = 0
         for buf in buffers:
             part = memoryview(buf).cast("B")[: SEND_CHUNK_BYTES - taken]
             if part:
-                self._obj.write(part)
+                parts.append(part)
                 taken += len(part)
             if taken >= SEND_CHUNK_BYTES:
                 break
+        if not parts:
+            return 0
+        # One write: small replies share TLS records instead of each costing one.
+        self._obj.write(parts[0] if len(parts) == 1 else b"".join(parts))
         self._pending += self._out.read()
         self._flush_pending()
         return taken
