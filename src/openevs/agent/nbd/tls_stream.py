@@ -113,27 +113,34 @@ class TlsStream:
         """Decrypted bytes into `buffer`; 0 at the end of the stream; BlockingIOError if none yet."""
         view = memoryview(buffer).cast("B")
         size, n = len(view), 0
+        drained = False  # the socket gave less than asked: asking again now would find nothing
         while n < size and not self._eof:
-            try:
-                got: int = self._obj.read(size - n, view[n:])  # type: ignore[assignment]  # int with a buffer
-            except ssl.SSLWantReadError:
+            if self._in.pending or self._obj.pending() or self._in.eof:
                 try:
-                    got = self._sock.recv_into(self._rbuf)
-                except (BlockingIOError, InterruptedError):
-                    if n:
-                        break
-                    raise
-                if got:
-                    self._in.write(memoryview(self._rbuf)[:got])
-                else:
-                    self._in.write_eof()
-                continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                got = 0
-            if got == 0:
-                self._eof = True
+                    got: int = self._obj.read(size - n, view[n:])  # type: ignore[assignment]  # int with a buffer
+                except ssl.SSLWantReadError:
+                    got = -1  # a partial record: more ciphertext needed
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    got = 0
+                if got == 0:
+                    self._eof = True
+                    break
+                if got > 0:
+                    n += got
+                    continue
+            if drained and n:
                 break
-            n += got
+            try:
+                got = self._sock.recv_into(self._rbuf)
+            except (BlockingIOError, InterruptedError):
+                if n:
+                    break
+                raise
+            if got:
+                self._in.write(memoryview(self._rbuf)[:got])
+                drained = got < len(self._rbuf)
+            else:
+                self._in.write_eof()
         self._flush_pending()  # reading may have produced output (a key update's answer)
         return n
 
