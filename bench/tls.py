@@ -135,7 +135,7 @@ class BenchAgent(PairedAgent):
 
 def replicated_write(root: Path, pki_dir: Path | None, args: argparse.Namespace) -> tuple[float, float]:
     """(MiB/s, agents' CPU s per GiB) of fio 1 MiB writes on an active pair."""
-    size = args.size_gib << 30
+    size = 2 << 30  # fio_write writes FIO_SIZE (2 GiB)
     a, b = BenchAgent(root / "a", AZS[0], pki_dir), BenchAgent(root / "b", AZS[1], pki_dir)
     try:
         a.start()

@@ -119,9 +119,11 @@ class SendQueue:
         """Give `view` (from the pool) back once everything queued so far is sent."""
         self._release.append((self._queued_total, view))
 
-    def flush(self, sock: socket.socket | TlsStream) -> None:
+    def flush(self, sock: socket.socket | TlsStream, gather_bytes: int = 0) -> None:
         """Send as much as the socket takes now; raises OSError on a broken connection.
 
+        `gather_bytes` (0: no limit) stops gathering buffers for one send once
+        that many bytes are in hand (a `TlsStream` takes only so much per call).
         Never queue a `FileRegion` for a `TlsStream`: sendfile would bypass
         the encryption."""
         items = self._items
@@ -135,10 +137,15 @@ class SendQueue:
                         continue
                 else:
                     bufs: list[Buffer] = []
+                    gathered = 0
                     for item in islice(items, _IOV_MAX):
                         if type(item) is FileRegion:
                             break
                         bufs.append(item)  # type: ignore[arg-type]
+                        if gather_bytes:
+                            gathered += len(item)
+                            if gathered >= gather_bytes:
+                                break
                     more = socket.MSG_MORE if len(bufs) < len(items) else 0
                     sent = sock.sendmsg(bufs, (), more) if len(bufs) > 1 or more else sock.send(bufs[0])
             except (BlockingIOError, InterruptedError):

@@ -251,7 +251,7 @@ class NbdClient:
         if self._sock is None:
             return
         try:
-            out.flush(self._io)
+            out.flush(self._io, tls.gather_bytes if tls is not None else 0)
             if tls is not None:
                 tls.flush()
         except OSError as exc:

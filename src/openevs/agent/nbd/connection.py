@@ -413,7 +413,7 @@ class Connection:
 
     def _flush(self) -> None:
         out, tls = self._out, self.tls
-        out.flush(self.io)
+        out.flush(self.io, tls.gather_bytes if tls is not None else 0)
         if tls is not None:
             tls.flush()
         waiting = bool(out) or (tls is not None and tls.wants_write)
@@ -458,11 +458,11 @@ class Connection:
     def _on_resumed(self) -> None:
         if self._closed or not self._reading:
             return
-        if self.tls is not None and self.tls.has_buffered:
-            self._on_readable()  # bytes wait in the TLS buffers: the fd will not say so
-            return
         try:
             self._process()
+            if self.tls is not None and self.tls.has_buffered and self._reading:
+                self._on_readable()  # bytes wait in the TLS buffers: the fd will not say so
+                return
             self._flush()
         except (ProtocolError, OSError) as exc:
             log.info("nbd connection to export %s dropped: %s", self._label(), exc)

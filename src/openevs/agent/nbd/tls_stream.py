@@ -52,6 +52,7 @@ class TlsStream:
         self._out = outgoing
         self._pending = bytearray()  # ciphertext the kernel has not taken yet
         self._eof = False
+        self._rbuf = bytearray(RECV_CHUNK_BYTES)
 
     @classmethod
     async def start(
@@ -101,6 +102,8 @@ class TlsStream:
     def wants_write(self) -> bool:
         return bool(self._pending) or self._out.pending > 0
 
+    gather_bytes = SEND_CHUNK_BYTES  # for SendQueue.flush: what one sendmsg takes at most
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
@@ -110,27 +113,34 @@ class TlsStream:
         """Decrypted bytes into `buffer`; 0 at the end of the stream; BlockingIOError if none yet."""
         view = memoryview(buffer).cast("B")
         size, n = len(view), 0
+        drained = False  # the socket gave less than asked: asking again now would find nothing
         while n < size and not self._eof:
-            try:
-                got: int = self._obj.read(size - n, view[n:])  # type: ignore[assignment]  # int with a buffer
-            except ssl.SSLWantReadError:
+            if self._in.pending or self._obj.pending() or self._in.eof:
                 try:
-                    data = self._sock.recv(RECV_CHUNK_BYTES)
-                except (BlockingIOError, InterruptedError):
-                    if n:
-                        break
-                    raise
-                if data:
-                    self._in.write(data)
-                else:
-                    self._in.write_eof()
-                continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                got = 0
-            if got == 0:
-                self._eof = True
+                    got: int = self._obj.read(size - n, view[n:])  # type: ignore[assignment]  # int with a buffer
+                except ssl.SSLWantReadError:
+                    got = -1  # a partial record: more ciphertext needed
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    got = 0
+                if got == 0:
+                    self._eof = True
+                    break
+                if got > 0:
+                    n += got
+                    continue
+            if drained and n:
                 break
-            n += got
+            try:
+                got = self._sock.recv_into(self._rbuf)
+            except (BlockingIOError, InterruptedError):
+                if n:
+                    break
+                raise
+            if got:
+                self._in.write(memoryview(self._rbuf)[:got])
+                drained = got < len(self._rbuf)
+            else:
+                self._in.write_eof()
         self._flush_pending()  # reading may have produced output (a key update's answer)
         return n
 
@@ -142,14 +152,19 @@ class TlsStream:
         self._flush_pending()
         if len(self._pending) >= MAX_PENDING_BYTES:
             raise BlockingIOError("TLS output is backed up")
+        parts: list[memoryview] = []
         taken = 0
         for buf in buffers:
             part = memoryview(buf).cast("B")[: SEND_CHUNK_BYTES - taken]
             if part:
-                self._obj.write(part)
+                parts.append(part)
                 taken += len(part)
             if taken >= SEND_CHUNK_BYTES:
                 break
+        if not parts:
+            return 0
+        # One write: small replies share TLS records instead of each costing one.
+        self._obj.write(parts[0] if len(parts) == 1 else b"".join(parts))
         self._pending += self._out.read()
         self._flush_pending()
         return taken
