@@ -22,7 +22,7 @@ class AgentWatcher:
         self.boot_ids: dict[str, str] = {}
 
     def _record(self, az: str, health: AgentHealth | None) -> bool:
-        """Save what the agent reported; True if the witness it serves moved (a new port)."""
+        """Save what the agent reported; True if the witness it serves is new or moved."""
         with self.runtime.db.session() as session:
             row = session.get(Agent, az)
             if row is None:
@@ -32,7 +32,8 @@ class AgentWatcher:
             row.checked_at = utcnow()
             moved = False
             if health is not None:
-                moved = bool(row.witness_port) and row.witness_port != health.witness_port
+                # Also a first sighting: roles sent before it was known carry no arbiter.
+                moved = bool(health.witness_port) and (row.witness_port or 0) != health.witness_port
                 row.nbd_host = health.nbd_host
                 row.nbd_port = health.nbd_port
                 row.witness_port = health.witness_port
@@ -61,8 +62,8 @@ class AgentWatcher:
         return result
 
     def _witness_moved(self, az: str) -> None:
-        """The embedded witness of `az` restarted on another (ephemeral) port: the other
-        AZs' primaries get configs naming the new address."""
+        """The embedded witness of `az` is new, or restarted on another (ephemeral) port:
+        the other AZs' primaries get configs naming its address."""
         log.info("agent of %s: its witness moved; re-sending the other AZs' roles", az)
         for other in self.runtime.settings.azs:
             if other == az:
