@@ -184,12 +184,17 @@ class Trial:
             self._set("b", pb, self._secondary(pid, "b", initial=True))
             self._set("a", pa, self._primary(pid, "a", True, initial_sync=True))
         self.wait_active("a")
-        for side in ("a", "b") if record else ():
+        if record:
+            self.start_recorders()
+        return self
+
+    def start_recorders(self) -> None:
+        """A history recorder inside each AZ's namespace, sampling its own agent."""
+        for side in ("a", "b"):
             disks = [self.disk(pid, side) for pid in self.pairs]
             spec = {"log": str(self.dir / f"sample-{side}.jsonl"), "az": self.stack.agents[side].az,
                     "agent": self.stack.agents[side].url, "volumes": disks, "sample_s": 0.05}  # fmt: skip
             self.probes.append(Probe(self.stack.net, side, "sample", spec, self.dir))
-        return self
 
     def wait_active(self, side: str, timeout_s: float = 60) -> None:
         disks = [self.disk(pid, side) for pid in self.pairs]
