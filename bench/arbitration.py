@@ -5,15 +5,17 @@ network namespace (tests/faults/partitions.py; needs root), peers measured in th
     cut to the first write acknowledged alone, against the link's own detection time
     (cut -> the primary reports its link down) and against the same cut in static
     priority (no witness), measured in the same run;
-(b) failover time, primary AZ lost -> every DR disk writable, for a group of 1 and of
-    10 pairs, when the failover is asked at once (the witness's grant at a higher
-    epoch, the old primaries' fencing tried, the DR disks promoted); an automatic
-    failover adds its `auto_failover_after_s` to it;
+(b) failover time, primary AZ isolated -> every DR disk writable, for a group of 1
+    and of 10 pairs: driven at the agents the way the controller does it, asked at
+    once (the witness's grant at a higher epoch, the old primaries' fencing tried,
+    the DR disks promoted); and (`--auto`) the automatic failover of `openevs serve`
+    (OPENEVS_AUTO_FAILOVER, after 1 s), against the time the DR agent takes to see
+    its link from the primary gone;
 (c) the normal write path with and without a witness configured: fio through the
     primary's export of an active pair (4 KiB random writes at queue depth 1, and
     1 MiB sequential writes at depth 8), as a ratio.
 
-Run: sudo .venv/bin/python bench/arbitration.py [--rounds 3 --fio-s 5]
+Run: sudo .venv/bin/python bench/arbitration.py [--rounds 3 --fio-s 5 --auto]
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.faults.harness import NBD_PORT  # noqa: E402
+from tests.faults.controlled import ControlledStack  # noqa: E402
+from tests.faults.harness import NBD_PORT, regrant  # noqa: E402
 from tests.faults.partitions import PartitionStack, Trial  # noqa: E402
 
 from openevs.agent.nbd.client import NbdClient  # noqa: E402
@@ -121,6 +124,39 @@ def failover_time(stack: PartitionStack, n_pairs: int) -> float:
         trial.cleanup()
 
 
+def auto_failover_time(stack: ControlledStack, n_pairs: int) -> float:
+    """`openevs serve` with automatic failover: primary AZ isolated -> every DR disk
+    accepted a write (the failover decided and carried out by the controller)."""
+    trial = stack.trial(n_pairs=n_pairs).setup(record=False)
+    s = stack.session
+    try:
+        t0 = time.monotonic()
+        stack.net.isolate("a")
+
+        async def writable(disk: str) -> None:
+            while True:
+                host, port, export, read_only = await asyncio.to_thread(regrant, s, disk)
+                if not read_only:
+                    try:
+                        client = await NbdClient.connect(host, port, export)
+                        try:
+                            await client.write(0, b"\x5a" * 4096)
+                            return
+                        finally:
+                            client.abort()
+                    except Exception:  # noqa: BLE001 - not yet writable: ask again
+                        pass
+                await asyncio.sleep(0.02)
+
+        async def all_writable() -> None:
+            await asyncio.gather(*(writable(dr) for _, dr in trial.pairs.values()))
+
+        asyncio.run(all_writable())
+        return time.monotonic() - t0
+    finally:
+        stack.net.heal()
+
+
 def fio(stack: PartitionStack, trial: Trial, seconds: int, job: list[str]) -> float:
     """fio's write IOPS through the primary's export of the trial's first pair."""
     disk = trial.disk(next(iter(trial.pairs)), "a")
@@ -143,6 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fio-s", type=int, default=5)
+    parser.add_argument("--auto", action="store_true", help="also time `openevs serve`'s automatic failover")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="oevs-bench-arb-"))
     stack = PartitionStack(root).start()
@@ -188,10 +225,19 @@ def main() -> None:
         for trial in (arbitrated, static):
             state = stack.agents["a"].client().get_replication(trial.disk(next(iter(trial.pairs)), "a"))
             assert state.replication_status == "active", state
-        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     finally:
         stack.close()
-        shutil.rmtree(root, ignore_errors=True)
+    if args.auto:
+        auto = ControlledStack(root / "auto", auto_failover=True, auto_failover_after_s=1.0).start()
+        try:
+            for n in (1, 10):
+                times = [auto_failover_time(auto, n) for _ in range(args.rounds)]
+                print(f"(b) automatic failover (after 1 s), primary AZ isolated -> all DR disks writable, "
+                      f"{n} pair(s): median {statistics.median(times):.3f} s (max {max(times):.3f} s)")  # fmt: skip
+        finally:
+            auto.close()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
