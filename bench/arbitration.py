@@ -232,8 +232,9 @@ def main() -> None:
         try:
             for n in (1, 10):
                 times = [auto_failover_time(auto, n) for _ in range(args.rounds)]
-                print(f"(b) automatic failover (after 1 s), primary AZ isolated -> all DR disks writable, "
-                      f"{n} pair(s): median {statistics.median(times):.3f} s (max {max(times):.3f} s)")  # fmt: skip
+                print(f"(b) automatic failover (after 1 s), primary AZ isolated -> all DR disks "
+                      f"writable, {n} pair(s): median {statistics.median(times):.3f} s "
+                      f"(max {max(times):.3f} s)")  # fmt: skip
         finally:
             auto.close()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
