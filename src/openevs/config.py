@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -41,6 +41,12 @@ def _parse_hostport(value: str, what: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"{what} must look like HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def _check_hostport(value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ValueError("must look like HOST:PORT")
 
 
 # Lists and maps come as "a,b,c" and "az1=url,az2=url" in the environment
@@ -82,6 +88,22 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # Arbitration (DESIGN 3, docs/decisions.md "Arbitration"): a standalone witness
+    # HOST:PORT (overrides the embedded ones), or the AZ whose agent is every pair's
+    # witness; neither: the one configured AZ that holds neither disk of the pair.
+    witness: str = ""
+    witness_az: str = ""
+    # Embedded witnesses: the i-th AZ's agent serves one on witness_port_base + i
+    # (ephemeral when 0 or when nbd_port_base is 0); embedded_witnesses=false: none.
+    witness_port_base: int = 8790
+    embedded_witnesses: bool = True
+    witness_lease_s: float = Field(default=6.0, ge=1)
+    # A write its peer lacks waits this long for the witness's grant, then fails (EIO).
+    suspend_io_timeout_s: float = Field(default=60.0, ge=0)
+    # Automatic failover of a group whose primary is gone (opt-in: EVS failover is an
+    # operator's decision), once the conditions held for auto_failover_after_s.
+    auto_failover: bool = False
+    auto_failover_after_s: float = Field(default=30.0, ge=0)
 
     @classmethod
     def settings_customise_sources(
@@ -133,12 +155,24 @@ class Settings(BaseSettings):
             raise ValueError("OPENEVS_TLS_CERT and OPENEVS_TLS_KEY go together: set both or neither")
         return self
 
+    @field_validator("witness")
+    @classmethod
+    def _witness(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            _check_hostport(value)
+        return value
+
+    @model_validator(mode="after")
+    def _witness_az_known(self) -> Settings:
+        if self.witness_az and self.witness_az not in self.azs:
+            raise ValueError(f"OPENEVS_WITNESS_AZ {self.witness_az!r} is not one of OPENEVS_AZS")
+        return self
+
     @field_validator("listen")
     @classmethod
     def _hostport(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ValueError("must look like HOST:PORT")
+        _check_hostport(value)
         return value
 
     @property
@@ -161,6 +195,20 @@ class Settings(BaseSettings):
             host = "127.0.0.1"
         scheme = "https" if self.tls_cert is not None else "http"
         return f"{scheme}://{host}:{port}"
+
+    @property
+    def witness_host_port(self) -> tuple[str, int] | None:
+        """The standalone witness (OPENEVS_WITNESS), if one is set."""
+        return _parse_hostport(self.witness, "OPENEVS_WITNESS") if self.witness else None
+
+    def embedded_witness_port(self, index: int) -> int:
+        """The witness port of the i-th AZ's embedded agent (0: ephemeral)."""
+        if not self.witness_port_base or not self.nbd_port_base:
+            return 0
+        return self.witness_port_base + index
+
+    def witness_dir(self, az: str) -> Path:
+        return self.data_dir / "witness" / az
 
     def pool_dir(self, az: str) -> Path:
         return self.data_dir / "pools" / az

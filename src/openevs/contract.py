@@ -303,11 +303,14 @@ class PairFlip(Model):
 class FailoverPlan(Model):
     action: Literal["failover"] = "failover"
     pairs: dict[str, PairFlip]
+    epoch: int = 0  # the group's arbitration epoch after the flip (0: plans of before: group's + 1)
+    force: bool = False  # openevs-force-failover: the witness's live lease was overridden
 
 
 class SwitchoverPlan(Model):
     action: Literal["reverse"] = "reverse"
     pairs: dict[str, PairFlip]
+    epoch: int = 0  # as FailoverPlan's
 
 
 class ReprotectPlan(Model):

@@ -108,6 +108,16 @@ def action(session: Session, gid: str, body: dict[str, Any]) -> None:
     assert r.status_code == 200, f"{body}: {r.status_code} {r.text}"
 
 
+def failover_after_lease(session: Session, gid: str) -> None:
+    def accepted() -> bool:
+        r = session.post(f"{GROUPS}/{gid}/action", {"os-failover-replication-consistency-group": None})
+        assert r.status_code in (200, 409), r.text
+        assert r.status_code == 200 or "lease" in r.text, r.text
+        return r.status_code == 200
+
+    wait_for("the old primary's lease to run out and the failover to be accepted", accepted, 30)
+
+
 def agent_state(agent_url: str, az: str, volume_id: str) -> ReplicationState:
     with HttpAgentClient(az, agent_url, timeout_s=5) as client:
         return client.get_replication(volume_id)
@@ -194,7 +204,9 @@ def test_group_scenario(stack: tuple[ServeProcess, StandaloneAgent, StandaloneAg
     # Then az3's agent dies too; az1 comes back; fail over to az1 with az3 down.
     agent_b.kill()
     agent_a.start()
-    action(s, gid, {"os-failover-replication-consistency-group": None})
+    # az3 wrote alone under the witness's lease (az2's agent is the witness): the
+    # failover is refused (409, naming the lease) until that lease ran out.
+    failover_after_lease(s, gid)
     g = wait_group(s, gid, lambda g: g["status"] == "failovered")
     assert g["priority_station"] == AZ_A
     wait_group(s, gid, lambda g: g["replication_status"] == "active-stopped")

@@ -101,3 +101,23 @@ def test_settings_takes_only_its_arguments(monkeypatch: pytest.MonkeyPatch, tmp_
     assert load_settings().region == "from-env"
     with pytest.raises(Exception, match="frozen"):
         Settings().region = "changed"  # type: ignore[misc]
+
+
+def test_arbitration_settings(tmp_path: Path) -> None:
+    env = {"OPENEVS_CONFIG": str(tmp_path / "none.toml")}
+    default = load_settings(env=env)
+    assert default.witness_host_port is None and not default.auto_failover
+    assert default.embedded_witness_port(2) == 8792
+    assert load_settings(env=env, nbd_port_base=0).embedded_witness_port(2) == 0  # ephemeral
+    s = load_settings(env={**env, "OPENEVS_WITNESS": "10.1.2.3:8790", "OPENEVS_WITNESS_AZ": "az3.dc3",
+                           "OPENEVS_AUTO_FAILOVER": "true", "OPENEVS_AUTO_FAILOVER_AFTER_S": "5",
+                           "OPENEVS_SUSPEND_IO_TIMEOUT_S": "0"})  # fmt: skip
+    assert s.witness_host_port == ("10.1.2.3", 8790) and s.witness_az == "az3.dc3"
+    assert s.auto_failover and s.auto_failover_after_s == 5 and s.suspend_io_timeout_s == 0
+    for name, value, says in (
+        ("OPENEVS_WITNESS", "nowhere", "HOST:PORT"),
+        ("OPENEVS_WITNESS_AZ", "az9", "not one of OPENEVS_AZS"),
+        ("OPENEVS_WITNESS_LEASE_S", "0.5", "OPENEVS_WITNESS_LEASE_S"),
+    ):
+        with pytest.raises(ConfigError, match=says):
+            load_settings(env={**env, name: value})

@@ -23,6 +23,16 @@ def agent(
     nbd: Annotated[
         str, typer.Option(help="NBD listen address HOST:PORT (port 0: any free port).")
     ] = "127.0.0.1:10809",
+    witness_listen: Annotated[
+        str,
+        typer.Option(help="Also serve a quorum witness for other AZs' pairs at HOST:PORT (port 0: any)."),
+    ] = "",
+    witness_state: Annotated[
+        Path | None, typer.Option(help="The witness's durable records (default: <pool>/../witness-<az>).")
+    ] = None,
+    witness_lease_s: Annotated[
+        float, typer.Option(help="How long a witness grant lets a primary write alone.", min=1)
+    ] = 6.0,
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
@@ -31,13 +41,21 @@ def agent(
     """
     # Imported here: every server-side `openevs` command loads this module,
     # and only this one needs the agent's NBD and control-API code.
-    from openevs.agent.runner import parse_hostport, run_agent
+    from openevs.agent.runner import WitnessOptions, parse_hostport, run_agent
 
     try:
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port)
+    witness: WitnessOptions | None = None
+    if witness_listen:
+        try:
+            host, port = parse_hostport(witness_listen, "--witness-listen")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--witness-listen'") from exc
+        state = witness_state or pool.parent / f"witness-{az}"
+        witness = WitnessOptions(host, port, state, witness_lease_s)
+    run_agent(az, pool, listen, nbd_host, nbd_port, witness)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,7 @@ class StorageNode:
         self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count, side=az)
         # link export name -> the session names its primary's connections used
         self._link_sessions: dict[str, set[str]] = {}
+        self.witness_port = 0  # the witness this agent also serves (runner.py), 0: none
 
     @property
     def nbd_port(self) -> int:
@@ -128,6 +129,7 @@ class StorageNode:
             az=self.az,
             nbd_host=self.nbd_host,
             nbd_port=self.nbd_port,
+            witness_port=self.witness_port,
             boot_id=self.boot_id,
             capacity_bytes=capacity,
             free_bytes=free,

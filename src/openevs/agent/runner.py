@@ -22,6 +22,8 @@ import uvicorn
 
 from openevs.agent.control import create_control_app
 from openevs.agent.node import StorageNode
+from openevs.witness.arbiter import DEFAULT_LEASE_S
+from openevs.witness.server import WitnessServer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,13 @@ def bind_listen(listen: str) -> socket.socket:
     return sock
 
 
+class WitnessOptions:
+    """The witness an agent serves besides its pool (`--witness-listen`, `--witness-state`)."""
+
+    def __init__(self, host: str, port: int, state_dir: Path, lease_s: float = DEFAULT_LEASE_S) -> None:
+        self.host, self.port, self.state_dir, self.lease_s = host, port, Path(state_dir), lease_s
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its signal handling: `serve_agent` owns SIGTERM/SIGINT.
 
@@ -80,8 +89,10 @@ async def serve_agent(
     nbd_port: int = 0,
     *,
     stop: asyncio.Event | None = None,
+    witness: WitnessOptions | None = None,
 ) -> None:
-    """Serve until `stop` is set or SIGTERM/SIGINT arrives."""
+    """Serve until `stop` is set or SIGTERM/SIGINT arrives (with `witness`: also a
+    witness for the pairs of other AZs, on its own port and state directory)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,7 +100,12 @@ async def serve_agent(
     agent = StorageNode(az, pool_dir, nbd_host, nbd_port)
     sock: socket.socket | None = None
     inode: int | None = None
+    witness_server: WitnessServer | None = None
     try:
+        if witness is not None:
+            witness_server = WitnessServer(witness.state_dir, witness.host, witness.port, witness.lease_s)
+            await witness_server.start()
+            agent.witness_port = witness_server.port
         await agent.start()
         sock = bind_listen(listen)
         inode = _unix_inode(listen)
@@ -114,6 +130,8 @@ async def serve_agent(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await agent.close()
+        if witness_server is not None:
+            await witness_server.close()
         if sock is not None:
             _remove_unix_socket(sock, listen, inode)
         log.info("agent %s: stopped", az)
@@ -136,10 +154,11 @@ def _remove_unix_socket(sock: socket.socket, listen: str, inode: int | None) -> 
 
 
 def run_agent(
-    az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0
-) -> None:
+    az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
+    witness: WitnessOptions | None = None,
+) -> None:  # fmt: skip
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port))
+    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness))

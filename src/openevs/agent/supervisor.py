@@ -164,6 +164,7 @@ class AgentSupervisor:
                     f"unix:{sock.resolve()}",
                     "--nbd",
                     f"{settings.nbd_host}:{port}",
+                    *self._witness_args(index, az),
                 ],
                 pool_dir=pool,
                 pid_file=agent_dir / f"{az}.pid",
@@ -176,6 +177,17 @@ class AgentSupervisor:
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
+
+    def _witness_args(self, index: int, az: str) -> list[str]:
+        """Every embedded agent also serves a witness, for the pairs of the other AZs."""
+        settings = self.settings
+        if not settings.embedded_witnesses or settings.witness:
+            return []
+        return [
+            "--witness-listen", f"{settings.nbd_host}:{settings.embedded_witness_port(index)}",
+            "--witness-state", str(settings.witness_dir(az).resolve()),
+            "--witness-lease-s", str(settings.witness_lease_s),
+        ]  # fmt: skip
 
     # -- public -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from openevs.domain import codes
 from openevs.domain.errors import InvalidInput
 from openevs.runtime import Runtime
 from openevs.services import group_actions, groups
+from openevs.services.arbitration import FORCE_ACTION
 
 router = APIRouter(prefix="/v2/{project_id}")
 BASE = "/os-vendor-replication-consistency-groups"
@@ -60,7 +61,9 @@ class ExtendMany(BaseModel):
     replications: list[ExtendItem] = Field(min_length=1, max_length=1000)
 
 
-def group_view(group: ReplicationGroup, replication_ids: list[str]) -> dict[str, Any]:
+def group_view(
+    group: ReplicationGroup, replication_ids: list[str], arbitration: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": group.id,
         "name": group.name,
@@ -77,11 +80,15 @@ def group_view(group: ReplicationGroup, replication_ids: list[str]) -> dict[str,
         "updated_at": evs_time(group.updated_at),
         "failure_detail": group.failure_detail,
         "fault_level": group.fault_level,
+        # An openevs extension (docs/decisions.md "Arbitration"): the group's witness and
+        # whether its primaries' I/O is suspended; null under static priority.
+        "arbitration": arbitration,
     }
 
 
 def _body(shown: groups.GroupDetail) -> dict[str, Any]:
-    return {"replication_consistency_group": group_view(shown.group, shown.replication_ids)}
+    view = group_view(shown.group, shown.replication_ids, shown.arbitration)
+    return {"replication_consistency_group": view}
 
 
 @router.post(BASE, status_code=202)
@@ -117,7 +124,7 @@ def list_groups(
     page = query.page(groups.GROUP_SORT_KEYS)
     with runtime.db.session() as session:
         rows = groups.list_groups(session, project_id, page, query.filters())
-        views = [group_view(g, [p.id for p in groups.members(session, g.id)]) for g in rows]
+        views = [group_view(g, *groups.members_view(session, g.id)) for g in rows]
     return {"replication_consistency_groups": views}
 
 
@@ -157,6 +164,8 @@ NULL_ACTIONS: dict[str, Callable[[Runtime, str, str], None]] = {
     "os-failover-replication-consistency-group": groups.failover_group,
     "os-reverse-replication-consistency-group": groups.reverse_group,
     "os-reprotect-replication-consistency-group": groups.reprotect_group,
+    # An openevs extension (docs/decisions.md "Arbitration"): failover overriding the witness.
+    FORCE_ACTION: groups.force_failover_group,
 }
 EXTEND = "os-extend-replication-volumes"
 

@@ -18,6 +18,7 @@ from openevs.api.auth import RuntimeDep, ScopedDep
 from openevs.api.list_query import LongListQuery, LongText
 from openevs.api.timefmt import evs_time
 from openevs.db.models import ReplicationPair
+from openevs.domain.arbitration import arbitration_view
 from openevs.services import replications
 
 router = APIRouter(prefix="/v2/{project_id}")
@@ -59,6 +60,9 @@ def pair_view(pair: ReplicationPair) -> dict[str, Any]:
         "failure_detail": pair.failure_detail,
         "record_metadata": record_metadata(pair),
         "fault_level": pair.fault_level,
+        # An openevs extension (docs/decisions.md "Arbitration"): the witness and whether
+        # the primary's I/O is suspended; null under static priority.
+        "arbitration": arbitration_view([pair.arbitration]),
     }
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from openevs.cli.client_arbitration import arbitration_words
 from openevs.cli.client_common import (
     DEFAULT_TIMEOUT_S,
     TimeoutOption,
@@ -70,7 +71,7 @@ SHAPE = Shape(
     fields=(
         "id", "name", "description", "status", "priority_station", "replication_model",
         "replication_status", "progress", "replication_ids", "created_at", "updated_at",
-        "failure_detail", "fault_level",
+        "failure_detail", "fault_level", "arbitration",
     ),
 )
 FAILED_STATUSES = {"error", "error_deleting", "error_reversing", "error_failovering"}
@@ -153,21 +154,24 @@ ACTIONS = {
     "sync": "os-sync-replication-consistency-group",
     "switchover": "os-reverse-replication-consistency-group",
     "failover": "os-failover-replication-consistency-group",
+    "force-failover": "openevs-force-failover-replication-consistency-group",  # an openevs extension
     "reprotect": "os-reprotect-replication-consistency-group",
 }
 
 
 def _run_action(group_id: str, operation: str, wait_: bool, timeout_s: float,
-                fmt: OutputFormat, fields: list[str] | None) -> None:
+                fmt: OutputFormat, fields: list[str] | None, action: str = "") -> None:
     view = object_view(SHAPE, fmt, fields)
     with connect() as api:
-        _action(api, group_id, {ACTIONS[operation]: None})
+        _action(api, group_id, {ACTIONS[action or operation]: None})
         if wait_:
             group = _follow(api, group_id, operation, timeout_s) or {}
         else:
             say(f"{operation} of group {group_id} accepted")
             group = get_group(api, group_id)
     print_object(group, view)
+    if fmt is OutputFormat.table and (words := arbitration_words(group)):
+        say(words)
 
 
 @app.command("create")
@@ -232,6 +236,8 @@ def show(group_id: GroupId, fmt: FormatOption = OutputFormat.table, fields: Fiel
     with connect() as api:
         group = get_group(api, group_id)
     print_object(group, view)
+    if fmt is OutputFormat.table and (words := arbitration_words(group)):
+        say(words)
 
 
 @app.command("update")
@@ -330,14 +336,20 @@ def switchover(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOpt
 @app.command("failover")
 @api_command
 def failover(group_id: GroupId, wait_: WaitOption = False, timeout: TimeoutOption = DEFAULT_TIMEOUT_S,
-             fmt: FormatOption = OutputFormat.table, fields: Fields = None) -> None:
+             fmt: FormatOption = OutputFormat.table, fields: Fields = None,
+             force: Annotated[bool, typer.Option(
+                 "--force", help="Override the witness: promote although the old primary holds a live "
+                 "lease or the witness cannot be reached (acknowledged writes of the old primary may be "
+                 "lost; an openevs extension)")] = False) -> None:
     """Fail over: the DR disks become writable production disks, also when the primary AZ is down.
 
     The old production disks are fenced (they refuse writes); mirroring stops
     (active-stopped). Afterwards run `reprotect` to mirror back. With --wait,
-    until the group is failovered.
+    until the group is failovered. With a witness (three AZs), the witness must
+    grant the group to the DR side first: refused while the old primary holds
+    a live lease (409) or when the witness cannot be reached (400).
     """
-    _run_action(group_id, "failover", wait_, timeout, fmt, fields)
+    _run_action(group_id, "failover", wait_, timeout, fmt, fields, "force-failover" if force else "")
 
 
 @app.command("reprotect")

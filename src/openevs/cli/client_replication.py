@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from openevs.cli.client_arbitration import arbitration_words
 from openevs.cli.client_common import (
     DEFAULT_TIMEOUT_S,
     TimeoutOption,
@@ -72,7 +73,7 @@ SHAPE = Shape(
     fields=(
         "id", "name", "description", "status", "replication_consistency_group_id", "volume_ids",
         "priority_station", "created_at", "updated_at", "replication_model", "replication_status",
-        "progress", "failure_detail", "record_metadata", "fault_level",
+        "progress", "failure_detail", "record_metadata", "fault_level", "arbitration",
     ),
     cells={"volume_ids": volume_id_list},
 )
@@ -173,6 +174,8 @@ def show(pair_id: PairId, fmt: FormatOption = OutputFormat.table, fields: Fields
     with connect() as api:
         pair = get_pair(api, pair_id)
     print_object(pair, view)
+    if fmt is OutputFormat.table and (words := arbitration_words(pair)):
+        say(words)
 
 
 @app.command("delete")

@@ -126,6 +126,8 @@ class Agent(Base):
     url: Mapped[str] = mapped_column(String(255), default="")
     nbd_host: Mapped[str] = mapped_column(String(255), default="")
     nbd_port: Mapped[int] = mapped_column(Integer, default=0)
+    # The witness this AZ's agent serves for other AZs' pairs, on nbd_host (0: none).
+    witness_port: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     healthy: Mapped[bool] = mapped_column(Boolean, default=False)
     checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -151,6 +153,8 @@ class ReplicationGroup(Base):
     # Pending work of a transitional status (e.g. members to add/remove), as JSON.
     pending: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # The group's arbitration epoch (witness unit group:<id>); bumped by failover and switchover.
+    epoch: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
@@ -188,6 +192,9 @@ class ReplicationPair(Base):
     volume_type: Mapped[str] = mapped_column(String(64))
     multiattach: Mapped[bool] = mapped_column(Boolean, default=False)
     synced_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the production disk's agent last reported of its arbitration
+    # (contract.ArbitrationState as JSON; null: static priority or not measured).
+    arbitration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -10,7 +10,11 @@ Rules this module keeps:
 - a group is as bad as its worst member: error before copying before
   inactive before active-stopped before active, fault "2" before "5";
 - progress is a string "0".."100" while copying, "100" when active, null
-  otherwise; a group's is its members' average.
+  otherwise; a group's is its members' average;
+- a primary whose writes are suspended (cut from its peer and its witness,
+  DESIGN 3) is fault "2" (the production disk cannot be written: failover
+  advised) with failure_detail 37100043 (the peer AZ cannot be reached); the
+  failure_detail is cleared once it resumes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from openevs.domain.replication import FAULT_LINK, FAULT_NONE, FAULT_PRODUCTION, ReplicationStatus
+from openevs.domain.replication import FAULT_LINK, FAULT_NONE, FAULT_PRODUCTION, FD_LINK, ReplicationStatus
 
 STATUS_PRECEDENCE = (
     ReplicationStatus.ERROR,
@@ -37,6 +41,11 @@ class SyncReading(Protocol):
 
     @property
     def total_bytes(self) -> int: ...
+
+
+class ArbitrationReading(Protocol):
+    @property
+    def suspended(self) -> bool: ...
 
 
 class StateReading(Protocol):
@@ -60,6 +69,9 @@ class StateReading(Protocol):
     @property
     def resynced_bytes_total(self) -> int: ...
 
+    @property
+    def arbitration(self) -> ArbitrationReading | None: ...
+
 
 class MemberReading(Protocol):
     """A member pair as its row states it (`db.models.ReplicationPair` is one)."""
@@ -80,9 +92,9 @@ def progress_percent(copied_bytes: int, total_bytes: int) -> str:
     return str(min(100, copied_bytes * 100 // total_bytes))
 
 
-def measure_pair(state: StateReading | None) -> dict[str, str | int | None]:
+def measure_pair(state: StateReading | None, was_suspended: bool = False) -> dict[str, str | int | None]:
     """The pair row's values that state what the production agent reported
-    (`None`: the agent cannot be reached)."""
+    (`None`: the agent cannot be reached; `was_suspended`: the row said suspended)."""
     if state is None:
         return {"fault_level": FAULT_PRODUCTION}
     status = state.replication_status
@@ -92,18 +104,24 @@ def measure_pair(state: StateReading | None) -> dict[str, str | int | None]:
         progress = "100"
     else:
         progress = None
-    if state.io_error:
+    suspended = state.arbitration is not None and state.arbitration.suspended
+    if state.io_error or suspended:
         fault = FAULT_PRODUCTION
     elif state.mirroring and not state.link_up:
         fault = FAULT_LINK
     else:
         fault = FAULT_NONE
-    return {
+    values: dict[str, str | int | None] = {
         "replication_status": None if status is None else str(status),
         "progress": progress,
         "fault_level": fault,
         "synced_bytes": state.resynced_bytes_total,
     }
+    if suspended:
+        values["failure_detail"] = FD_LINK
+    elif was_suspended:
+        values["failure_detail"] = None
+    return values
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class AgentWatcher:
             if health is not None:
                 row.nbd_host = health.nbd_host
                 row.nbd_port = health.nbd_port
+                row.witness_port = health.witness_port
                 row.capacity_bytes = health.capacity_bytes
 
     def check(self) -> dict[str, bool]:

@@ -29,7 +29,7 @@ from openevs.db.models import ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.replication import GROUP_MACHINE, GroupTrigger, Role
 from openevs.reconciler.driver import StepFailed
-from openevs.reconciler.roles import az_of, nbd_address, set_role
+from openevs.reconciler.roles import arbiter_for, az_of, nbd_address, set_role
 from openevs.runtime import Runtime
 from openevs.services.connections import regrant_exports
 
@@ -62,8 +62,23 @@ def to_flip(
     ]
 
 
-def promote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool) -> None:
+def group_epoch_after(group: ReplicationGroup) -> int:
+    """The group's arbitration epoch once its flip plan is carried out."""
+    plan = plan_of(group)
+    planned = plan.epoch if isinstance(plan, FailoverPlan | SwitchoverPlan) else 0
+    return planned or group.epoch + 1
+
+
+def promote(
+    runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool, unit_epoch: int,
+    arbitrated: bool = True,
+) -> None:  # fmt: skip
+    """The DR disk becomes primary; its arbiter is at `unit_epoch` (the group's);
+    `arbitrated=False`: none (a forced failover that could not reach the witness)."""
     host, port = nbd_address(runtime, az_of(runtime, flip.old_primary))
+    arbiter = None
+    if arbitrated:
+        arbiter = arbiter_for(runtime, pair, flip.new_primary, flip.old_primary, unit_epoch)
     request = ReplicationRequest(
         role=Role.PRIMARY,
         epoch=flip.epoch,
@@ -71,6 +86,7 @@ def promote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: 
         group_id=pair.group_id,
         peer=Peer(host=host, port=port, export=flip.link_export),
         mirroring=mirroring,
+        arbiter=arbiter,
     )
     set_role(runtime, flip.new_primary, request, primary=False)
 
@@ -113,6 +129,7 @@ def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger
         won = compare_and_set(
             session, ReplicationGroup, group.id, group.status, new,
             pending={}, priority_station=new_station, failure_detail=None,
+            epoch=group_epoch_after(group),
         )  # fmt: skip
         if not won:
             session.rollback()

@@ -17,14 +17,33 @@ import logging
 
 from sqlalchemy import delete, select, update
 
-from openevs.contract import AgentUnavailable, FailoverPlan, MembershipPlan, ReprotectPlan, SwitchoverPlan
+from openevs.contract import (
+    AgentUnavailable,
+    FailoverPlan,
+    MembershipPlan,
+    PairFlip,
+    ReprotectPlan,
+    SwitchoverPlan,
+)
 from openevs.db.models import ReplicationGroup, ReplicationPair, utcnow
 from openevs.domain import replication as rep
+from openevs.domain.arbitration import arbiter_key
+from openevs.domain.errors import Conflict
 from openevs.domain.measurement import aggregate_group
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger
 from openevs.reconciler.driver import Kind, Step, StepFailed
-from openevs.reconciler.flips import commit_flip, demote, flips, members, plan_of, promote, to_flip
+from openevs.reconciler.flips import (
+    commit_flip,
+    demote,
+    flips,
+    group_epoch_after,
+    members,
+    plan_of,
+    promote,
+    to_flip,
+)
 from openevs.reconciler.roles import (
+    az_of,
     configure_pair,
     dirty_of,
     primary_config,
@@ -34,6 +53,7 @@ from openevs.reconciler.roles import (
 )
 from openevs.reconciler.switchover import reverse
 from openevs.runtime import Runtime
+from openevs.services import arbitration
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +121,31 @@ def failover(runtime: Runtime, group: ReplicationGroup) -> None:
                 pair.id,
                 exc,
             )
+    epoch = group_epoch_after(group)
+    arbitrated = _witness_grants(runtime, group, todo, epoch)
     for pair, flip in todo:
-        promote(runtime, pair, flip, mirroring=False)
+        promote(runtime, pair, flip, mirroring=False, unit_epoch=epoch, arbitrated=arbitrated)
     commit_flip(runtime, group, GT.FAILED_OVER)
+
+
+def _witness_grants(
+    runtime: Runtime, group: ReplicationGroup, todo: list[tuple[ReplicationPair, PairFlip]], epoch: int
+) -> bool:
+    """The witness's grant of the group to the DR side, before anything is promoted
+    (services/arbitration.py); False: promote without an arbiter (static priority)."""
+    if not todo:
+        return True
+    plan = plan_of(group)
+    force = isinstance(plan, FailoverPlan) and plan.force
+    dr_az = az_of(runtime, todo[0][1].new_primary)
+    witness = arbitration.witness_of(runtime, group.priority_station, dr_az)
+    if witness is None:
+        return True  # static priority: promote_config carries no arbiter either
+    try:
+        key = arbiter_key(group.id, group.id)
+        return arbitration.secure_failover(witness, key, epoch, dr_az, force=force)
+    except Conflict as exc:
+        raise StepFailed(str(exc), rep.FD_INTERNAL) from exc
 
 
 def remove(runtime: Runtime, group: ReplicationGroup) -> None:
@@ -164,18 +206,24 @@ def aggregate(runtime: Runtime) -> None:
     for p in pairs:
         by_group.setdefault(p.group_id or "", []).append(p)
     for group in groups:
-        measured = aggregate_group(by_group.get(group.id, []))
-        now = (group.replication_status, group.fault_level, group.progress)
-        if now == (measured.replication_status, measured.fault_level, measured.progress):
+        member_rows = by_group.get(group.id, [])
+        measured = aggregate_group(member_rows)
+        values: dict[str, str | None] = {
+            "replication_status": measured.replication_status,
+            "fault_level": measured.fault_level,
+            "progress": measured.progress,
+        }
+        # A suspended member (cut from its peer and the witness) shows in the group's
+        # failure_detail too; it is cleared once none is (only where a suspension set it).
+        if any((p.arbitration or {}).get("suspended") for p in member_rows):
+            values["failure_detail"] = rep.FD_LINK
+        elif group.failure_detail == rep.FD_LINK and group.status == GroupStatus.AVAILABLE:
+            values["failure_detail"] = None
+        if all(getattr(group, k) == v for k, v in values.items()):
             continue
         with runtime.db.session() as session:
             session.execute(
                 update(ReplicationGroup)
-                .where(ReplicationGroup.id == group.id)
-                .values(
-                    replication_status=measured.replication_status,
-                    fault_level=measured.fault_level,
-                    progress=measured.progress,
-                    updated_at=utcnow(),
-                )
+                .where(ReplicationGroup.id == group.id, ReplicationGroup.status == group.status)
+                .values(updated_at=utcnow(), **values)
             )

@@ -14,6 +14,7 @@ import time
 
 from openevs.reconciler import groups, replications, volumes
 from openevs.reconciler.agents import AgentWatcher
+from openevs.reconciler.auto_failover import AutoFailover
 from openevs.reconciler.groups import GROUPS
 from openevs.reconciler.replications import PAIRS
 from openevs.reconciler.volumes import VOLUMES
@@ -26,6 +27,7 @@ class Reconciler:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.watcher = AgentWatcher(runtime)
+        self.auto_failover = AutoFailover(runtime)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_health = 0.0
@@ -36,6 +38,7 @@ class Reconciler:
         if observe:
             self._last_health = now
             self.watcher.check()
+            self.auto_failover.run()  # after the health check it reads; opt-in
         # Transitions first (a failover must not wait behind measurements),
         # then one batched measurement per agent of every pair, then groups.
         busy = VOLUMES.run(self.runtime)

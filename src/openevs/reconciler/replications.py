@@ -71,10 +71,18 @@ PAIRS: Kind[ReplicationPair] = Kind(
 )
 
 
+# What a pair row keeps of the primary's ArbitrationState: no counters that tick.
+ARBITRATION_KEPT = {"witness", "witness_reachable", "lease", "outdated", "refusal", "suspended"}
+
+
 def _record(runtime: Runtime, pair: ReplicationPair, state: ReplicationState | None) -> None:
     if state is not None and state.role is not Role.PRIMARY:
         return  # roles are being (re)configured; the next pass measures again
-    values = measure_pair(state)
+    was_suspended = bool((pair.arbitration or {}).get("suspended"))
+    values: dict[str, object] = dict(measure_pair(state, was_suspended))
+    if state is not None:
+        kept = state.arbitration.model_dump(include=ARBITRATION_KEPT) if state.arbitration else None
+        values["arbitration"] = kept
     changed = {k: v for k, v in values.items() if getattr(pair, k) != v}
     if not changed:
         return

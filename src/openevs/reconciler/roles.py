@@ -20,6 +20,7 @@ from openevs.contract import (
     AgentClient,
     AgentRequestFailed,
     AgentUnavailable,
+    Arbiter,
     DirtyRanges,
     Peer,
     ReplicationRequest,
@@ -27,10 +28,12 @@ from openevs.contract import (
 )
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume
 from openevs.domain import replication as rep
+from openevs.domain.arbitration import arbiter_key
 from openevs.domain.replication import GROUP_TRANSITIONAL, PairStatus, Role
 from openevs.reconciler.driver import StepFailed
 from openevs.runtime import Runtime
 from openevs.services.agent_errors import failure_detail
+from openevs.services.arbitration import witness_of
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,38 @@ def secondary_config(pair: ReplicationPair, initial: bool) -> ReplicationRequest
     )
 
 
+def unit_epoch_of(runtime: Runtime, pair: ReplicationPair) -> int:
+    """The epoch of the pair's arbitration unit: its group's, else its own."""
+    if pair.group_id is None:
+        return pair.epoch
+    with runtime.db.session() as session:
+        group = session.get(ReplicationGroup, pair.group_id)
+        return pair.epoch if group is None else group.epoch
+
+
+def arbiter_for(
+    runtime: Runtime, pair: ReplicationPair, primary_volume: str, dr_volume: str, epoch: int
+) -> Arbiter | None:
+    """The arbiter a primary config carries (None: static priority, two AZs)."""
+    primary_az, dr_az = az_of(runtime, primary_volume), az_of(runtime, dr_volume)
+    witness = witness_of(runtime, primary_az, dr_az)
+    if witness is None:
+        if len(runtime.settings.azs) > 2 or runtime.settings.witness:
+            log.warning("pair %s: no witness address known yet; static priority until one is", pair.id)
+        return None
+    return Arbiter(
+        key=arbiter_key(pair.id, pair.group_id), epoch=epoch, witness=witness,
+        suspend_timeout_s=runtime.settings.suspend_io_timeout_s,
+    )  # fmt: skip
+
+
 def primary_config(
     runtime: Runtime, pair: ReplicationPair, initial: bool, mirroring: bool = True
 ) -> ReplicationRequest:
     host, port = nbd_address(runtime, az_of(runtime, pair.dr_volume_id))
+    arbiter = arbiter_for(
+        runtime, pair, pair.production_volume_id, pair.dr_volume_id, unit_epoch_of(runtime, pair)
+    )
     return ReplicationRequest(
         role=Role.PRIMARY,
         epoch=pair.epoch,
@@ -76,6 +107,7 @@ def primary_config(
         peer=Peer(host=host, port=port, export=pair.link_export),
         mirroring=mirroring,
         initial_sync=initial,
+        arbiter=arbiter,
     )
 
 

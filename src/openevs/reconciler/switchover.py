@@ -19,8 +19,8 @@ from openevs.domain import replication as rep
 from openevs.domain.replication import GroupTrigger
 from openevs.domain.switchover import Action, Phase, decide_switchover_member, switchover_ready, view_of
 from openevs.reconciler.driver import StepFailed, timed_out
-from openevs.reconciler.flips import commit_flip, demote, flips, promote, to_flip
-from openevs.reconciler.roles import primary_config, resume, set_role, state_of
+from openevs.reconciler.flips import commit_flip, demote, flips, group_epoch_after, promote, to_flip
+from openevs.reconciler.roles import primary_config, resume, set_role, state_of, unit_epoch_of
 from openevs.runtime import Runtime
 from openevs.services.replications import new_link_export
 
@@ -35,7 +35,7 @@ def restore(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> PairFlip
     # The flip helpers with the roles swapped: the DR disk stays secondary.
     back = PairFlip(epoch=epoch, link_export=link, new_primary=flip.old_primary, old_primary=flip.new_primary)
     demote(runtime, pair, back)
-    promote(runtime, pair, back, mirroring=True)
+    promote(runtime, pair, back, mirroring=True, unit_epoch=unit_epoch_of(runtime, pair))
     with runtime.db.session() as session:
         session.execute(
             update(ReplicationPair)
@@ -107,5 +107,5 @@ def reverse(runtime: Runtime, group: ReplicationGroup) -> None:
             raise StepFailed("the primaries did not get in sync for the switchover in time", rep.FD_LINK)
         return
     for pair, flip in todo:
-        promote(runtime, pair, flip, mirroring=True)
+        promote(runtime, pair, flip, mirroring=True, unit_epoch=group_epoch_after(group))
     commit_flip(runtime, group, GroupTrigger.REVERSED)

@@ -23,11 +23,12 @@ from openevs.contract import FailoverPlan, MembershipPlan, PairFlip, ReprotectPl
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import codes
 from openevs.domain import replication as rep
-from openevs.domain.errors import Conflict, InvalidInput, InvalidState, NotFound
+from openevs.domain.arbitration import arbiter_key, arbitration_view
+from openevs.domain.errors import ChangedConcurrently, Conflict, InvalidInput, InvalidState, NotFound
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger, PairStatus, ReplicationStatus
 from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
-from openevs.services import unit_of_work
+from openevs.services import arbitration, unit_of_work
 from openevs.services.listing import Page, paginate
 from openevs.services.replications import new_link_export
 from openevs.services.unit_of_work import UnitOfWork
@@ -49,6 +50,7 @@ class NewGroup:
 class GroupDetail:
     group: ReplicationGroup
     replication_ids: list[str]
+    arbitration: dict[str, Any] | None = None  # domain/arbitration.py's view of the members
 
 
 def get_group(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
@@ -70,8 +72,14 @@ def members(session: Session, group_id: str) -> list[ReplicationPair]:
     )
 
 
+def members_view(session: Session, group_id: str) -> tuple[list[str], dict[str, Any] | None]:
+    """The members' ids and the group's arbitration view."""
+    pairs = members(session, group_id)
+    return [p.id for p in pairs], arbitration_view([p.arbitration for p in pairs])
+
+
 def detail(session: Session, group: ReplicationGroup) -> GroupDetail:
-    return GroupDetail(group, [p.id for p in members(session, group.id)])
+    return GroupDetail(group, *members_view(session, group.id))
 
 
 def transition(session: Session, group: ReplicationGroup, trigger: GroupTrigger, **values: Any) -> None:
@@ -319,16 +327,50 @@ def _flip_plan(pairs: list[ReplicationPair]) -> dict[str, PairFlip]:
     }
 
 
-def failover_group(runtime: Runtime, project_id: str, group_id: str) -> None:
-    """Record the new epoch and link of every member, then enter failovering."""
+def _failover_sides(
+    session: Session, group: ReplicationGroup, pairs: list[ReplicationPair]
+) -> tuple[str, str]:
+    """(primary AZ, DR AZ) of a group: priority_station and its members' DR disks."""
+    dr = _dr_azs(session, pairs) - {group.priority_station}
+    return group.priority_station, min(dr) if dr else group.priority_station
+
+
+def failover_group(runtime: Runtime, project_id: str, group_id: str, force: bool = False) -> None:
+    """Ask the witness for the DR side's grant at the next epoch (outside any
+    transaction), then record the new epoch and link of every member and enter
+    failovering (services/arbitration.py: 409 for a live lease, 400 for an
+    unreachable witness; `force` is openevs-force-failover's override)."""
     with UnitOfWork(runtime) as uow:
         group = get_group(uow.session, project_id, group_id)
         pairs = members(uow.session, group.id)
         if not pairs:
             raise InvalidState("the group has no replication pairs to fail over")
-        pending = dump_plan(FailoverPlan(pairs=_flip_plan(pairs)))
+        GROUP_MACHINE.next(group.status, GroupTrigger.FAILOVER)  # refuse a wrong status at once
+        seen = (group.status, group.epoch)
+        primary_az, dr_az = _failover_sides(uow.session, group, pairs)
+        agent = uow.session.get(Agent, primary_az)
+        primary_answers = agent is not None and agent.healthy
+    epoch = seen[1] + 1
+    witness = arbitration.witness_of(runtime, primary_az, dr_az)
+    if witness is not None:
+        arbitration.check_failover(
+            witness, arbiter_key(group_id, group_id=group_id), epoch, dr_az,
+            force=force, primary_answers=primary_answers,
+        )  # fmt: skip
+    with UnitOfWork(runtime) as uow:
+        group = get_group(uow.session, project_id, group_id)
+        if (group.status, group.epoch) != seen:
+            raise ChangedConcurrently(f"group {group_id} moved on while the witness was asked; retry")
+        pairs = members(uow.session, group.id)
+        pending = dump_plan(FailoverPlan(pairs=_flip_plan(pairs), epoch=epoch, force=force))
         transition(uow.session, group, GroupTrigger.FAILOVER, pending=pending)
         uow.wake_reconciler()
+
+
+def force_failover_group(runtime: Runtime, project_id: str, group_id: str) -> None:
+    """openevs-force-failover-replication-consistency-group: failover overriding the
+    witness (a live lease of the old primary, or an unreachable witness)."""
+    failover_group(runtime, project_id, group_id, force=True)
 
 
 def reverse_group(runtime: Runtime, project_id: str, group_id: str) -> None:
@@ -343,7 +385,7 @@ def reverse_group(runtime: Runtime, project_id: str, group_id: str) -> None:
             )
         if not pairs:
             raise InvalidState("the group has no replication pairs to switch over")
-        pending = dump_plan(SwitchoverPlan(pairs=_flip_plan(pairs)))
+        pending = dump_plan(SwitchoverPlan(pairs=_flip_plan(pairs), epoch=group.epoch + 1))
         transition(uow.session, group, GroupTrigger.REVERSE, pending=pending)
         uow.wake_reconciler()
 

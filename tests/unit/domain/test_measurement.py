@@ -6,9 +6,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from openevs.contract import ReplicationState, SyncProgress
+from openevs.contract import ArbitrationState, ReplicationState, SyncProgress
 from openevs.domain.measurement import GroupMeasurement, aggregate_group, measure_pair, progress_percent
-from openevs.domain.replication import FAULT_LINK, FAULT_NONE, FAULT_PRODUCTION, ReplicationStatus, Role
+from openevs.domain.replication import (
+    FAULT_LINK,
+    FAULT_NONE,
+    FAULT_PRODUCTION,
+    FD_LINK,
+    ReplicationStatus,
+    Role,
+)
 
 RS = ReplicationStatus
 
@@ -97,3 +104,21 @@ def test_group_progress() -> None:
     assert aggregate_group(copying).progress == "50"  # (50 + 0 + 100) // 3
     assert aggregate_group([Member("active"), Member("active")]).progress == "100"
     assert aggregate_group([Member("inactive", progress="70")]).progress is None
+
+
+def _arbitration(suspended: bool) -> ArbitrationState:
+    return ArbitrationState(witness="az3", witness_reachable=False, lease=False, suspended=suspended)
+
+
+def test_a_suspended_primary_is_fault_2_with_the_link_failure_detail() -> None:
+    state = primary(replication_status=RS.INACTIVE, link_up=False, arbitration=_arbitration(True))
+    values = measure_pair(state)
+    assert values["fault_level"] == FAULT_PRODUCTION and values["failure_detail"] == FD_LINK
+    assert values["replication_status"] == "inactive"
+
+
+def test_the_failure_detail_clears_when_it_resumes_and_only_then() -> None:
+    resumed = primary(replication_status=RS.INACTIVE, link_up=False, arbitration=_arbitration(False))
+    assert measure_pair(resumed, was_suspended=True)["failure_detail"] is None
+    assert "failure_detail" not in measure_pair(resumed, was_suspended=False)
+    assert measure_pair(resumed)["fault_level"] == FAULT_LINK
