@@ -48,8 +48,16 @@ class ControlledStack(PartitionStack):
 
     def start(self) -> ControlledStack:
         super().start()
-        self.serve.start()
+        self.serve.start(wait=False)
+        self.serve.wait_ready(timeout_s=180)  # a loaded machine may take a while
         return self
+
+    def ensure_up(self) -> None:
+        super().ensure_up()
+        if not self.serve.running:
+            self.serve.start(wait=False)
+            self.serve.wait_ready(timeout_s=180)
+            self._session = None
 
     @property
     def session(self) -> Session:

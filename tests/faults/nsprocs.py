@@ -22,8 +22,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class PartitionAgent(FaultAgent):
+    def start(self) -> None:
+        """Start and wait until it answers (a loaded machine may take a while)."""
+        self.launch()
+
+        def healthy() -> bool:
+            assert self.alive, f"agent {self.az} exited"
+            with self.client(2) as client:
+                client.health()
+            return True
+
+        wait_for(f"agent {self.az} to start", healthy, 90)
+
     def launch(self) -> None:
         """Start without waiting for health from here: the AZ may be isolated."""
+        if self.alive:
+            self.kill()  # never two on the same pool and ports
         self.runs += 1
         with (self.root / f"agent-{self.az}-{self.runs}.log").open("wb") as log:
             cmd = [

@@ -79,7 +79,21 @@ class PartitionStack:
         else:
             self.agents[side].kill()
 
-    def wait_healthy(self, side: str, timeout_s: float = 30) -> None:
+    def ensure_up(self) -> None:
+        """Between trials: every process running and answering (a trial that failed may
+        have left one down or half started); restart what does not answer."""
+        for side, agent in self.agents.items():
+            try:
+                assert agent.alive
+                self.wait_healthy(side, 10)
+            except AssertionError:
+                if agent.alive:
+                    agent.kill()
+                agent.start()
+        if not self.witness.alive:
+            self.witness.start()
+
+    def wait_healthy(self, side: str, timeout_s: float = 90) -> None:
         def healthy() -> bool:
             with self.agents[side].client(1) as client:
                 client.health()
@@ -226,7 +240,7 @@ class Trial:
     def acks(self) -> int:
         return sum(1 for e in self.history() if e["k"] == "ack")
 
-    def wait_acks(self, n: int, timeout_s: float = 30) -> None:
+    def wait_acks(self, n: int, timeout_s: float = 90) -> None:
         start = self.acks()
         wait_for(f"{n} more acknowledged writes", lambda: self.acks() >= start + n, timeout_s)
 

@@ -116,6 +116,7 @@ class Killer:
 
 
 def run(stack: PartitionStack, d: Draw) -> Result:
+    stack.ensure_up()
     trial = stack.trial(arbitrated=d.arbitrated, suspend_timeout_s=d.suspend_timeout_s).setup()
     try:
         trial.start_writers("a")
