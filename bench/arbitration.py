@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -94,30 +95,44 @@ def _held_up(sent: list[float], acks: list[float], t_cut: float) -> list[float]:
     return [a for s, a in done if a > t_cut and a - s > 0.5]
 
 
+async def _accepts_a_write(host: str, port: int, export: str) -> bool:
+    try:
+        client = await NbdClient.connect(host, port, export)
+        try:
+            await client.write(0, b"\x5a" * 4096)
+            return True
+        finally:
+            client.abort()
+    except Exception:  # noqa: BLE001 - not writable (yet)
+        return False
+
+
+def _until_all_writable(addresses: Callable[[str], tuple[str, int, str, bool]], disks: list[str]) -> None:
+    """Return when every disk accepted a write through the address `addresses` gives it now."""
+
+    async def writable(disk: str) -> None:
+        while True:
+            host, port, export, read_only = await asyncio.to_thread(addresses, disk)
+            if not read_only and await _accepts_a_write(host, port, export):
+                return
+            await asyncio.sleep(0.02)
+
+    async def all_writable() -> None:
+        await asyncio.gather(*(writable(d) for d in disks))
+
+    asyncio.run(all_writable())
+
+
 def failover_time(stack: PartitionStack, n_pairs: int) -> float:
-    """Primary AZ isolated -> every DR disk accepted a write."""
+    """Primary AZ isolated -> every DR disk accepted a write (the failover driven at the
+    agents the way the controller does it, asked at once)."""
     trial = stack.trial(n_pairs=n_pairs).setup(record=False)
     try:
         t0 = time.monotonic()
         stack.net.isolate("a")
         trial.failover()
-
-        async def writable(disk: str) -> None:
-            while True:
-                try:
-                    client = await NbdClient.connect(stack.net.host_b, NBD_PORT, trial.exports[disk])
-                    try:
-                        await client.write(0, b"\x5a" * 4096)
-                        return
-                    finally:
-                        client.abort()
-                except Exception:  # noqa: BLE001 - not yet writable: ask again
-                    await asyncio.sleep(0.01)
-
-        async def all_writable() -> None:
-            await asyncio.gather(*(writable(trial.disk(pid, "b")) for pid in trial.pairs))
-
-        asyncio.run(all_writable())
+        _until_all_writable(lambda d: (stack.net.host_b, NBD_PORT, trial.exports[d], False),
+                            [dr for _, dr in trial.pairs.values()])  # fmt: skip
         return time.monotonic() - t0
     finally:
         stack.net.heal()
@@ -128,30 +143,10 @@ def auto_failover_time(stack: ControlledStack, n_pairs: int) -> float:
     """`openevs serve` with automatic failover: primary AZ isolated -> every DR disk
     accepted a write (the failover decided and carried out by the controller)."""
     trial = stack.trial(n_pairs=n_pairs).setup(record=False)
-    s = stack.session
     try:
         t0 = time.monotonic()
         stack.net.isolate("a")
-
-        async def writable(disk: str) -> None:
-            while True:
-                host, port, export, read_only = await asyncio.to_thread(regrant, s, disk)
-                if not read_only:
-                    try:
-                        client = await NbdClient.connect(host, port, export)
-                        try:
-                            await client.write(0, b"\x5a" * 4096)
-                            return
-                        finally:
-                            client.abort()
-                    except Exception:  # noqa: BLE001 - not yet writable: ask again
-                        pass
-                await asyncio.sleep(0.02)
-
-        async def all_writable() -> None:
-            await asyncio.gather(*(writable(dr) for _, dr in trial.pairs.values()))
-
-        asyncio.run(all_writable())
+        _until_all_writable(lambda d: regrant(stack.session, d), [dr for _, dr in trial.pairs.values()])
         return time.monotonic() - t0
     finally:
         stack.net.heal()

@@ -23,8 +23,10 @@ import asyncio
 import contextlib
 import json
 import secrets
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from openevs.domain.replication import Role
 from openevs.witness.client import WitnessUnreachable, units
 from tests.faults import checker
 from tests.faults.harness import AZ_A, AZ_B, NBD_PORT
-from tests.faults.netlab import NetLab
+from tests.faults.netlab import NetLab, NetnsUnavailable
 from tests.faults.nsprocs import NsWitness, PartitionAgent, Probe
 from tests.faults.probe import BLOCK, SLOT, checksum
 from tests.support.waiting import wait_for
@@ -45,6 +47,22 @@ SIDE_OF = {AZ_A: "a", AZ_B: "b"}
 
 class FailoverRefused(Exception):
     """The witness did not grant the DR side a higher epoch (unreachable, or a live lease)."""
+
+
+def open_stack(make: Callable[[Path], PartitionStack], prefix: str) -> Iterator[PartitionStack]:
+    """A started stack in a fresh directory, closed at the end (fixtures); skips the test
+    where network namespaces cannot be made."""
+    import pytest
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        stack = make(root)
+    except (NetnsUnavailable, OSError) as exc:
+        pytest.skip(f"the partition matrix needs network namespaces: {exc}")
+    try:
+        yield stack.start()
+    finally:
+        stack.close()
 
 
 class PartitionStack:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.faults.controlled import FAILOVER, ControlledStack
 from tests.faults.harness import group_action
-from tests.faults.netlab import NetnsUnavailable
+from tests.faults.partitions import open_stack
 from tests.faults.scenarios import Draw, run
 from tests.faults.test_partitions import _passes
 
@@ -23,16 +21,11 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 @pytest.fixture(scope="module", params=["manual", "auto"])
 def stack(request: pytest.FixtureRequest) -> Iterator[ControlledStack]:
-    root = Path(tempfile.mkdtemp(prefix="oevs-ctl-"))
-    try:
-        s = ControlledStack(root, auto_failover=request.param == "auto", auto_failover_after_s=2.0)
-    except (NetnsUnavailable, OSError) as exc:
-        pytest.skip(f"the partition matrix needs network namespaces: {exc}")
-    try:
-        s.start()
+    auto = request.param == "auto"
+    for s in open_stack(lambda root: ControlledStack(root, auto_failover=auto, auto_failover_after_s=2.0),
+                        "oevs-ctl-"):  # fmt: skip
+        assert isinstance(s, ControlledStack)
         yield s
-    finally:
-        s.close()
 
 
 def _draw(stack: ControlledStack, scenario: str, **kw: object) -> Draw:
