@@ -21,9 +21,35 @@ WITNESS_PORT = 7000
 REPO = Path(__file__).resolve().parents[2]
 
 
+def terminate(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send `sig` to a running process; SIGKILL it if it has not ended 10 s later."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class PartitionAgent(FaultAgent):
+    def start(self) -> None:
+        """Start and wait until it answers (a loaded machine may take a while)."""
+        self.launch()
+
+        def healthy() -> bool:
+            assert self.alive, f"agent {self.az} exited"
+            with self.client(2) as client:
+                client.health()
+            return True
+
+        wait_for(f"agent {self.az} to start", healthy, 90)
+
     def launch(self) -> None:
         """Start without waiting for health from here: the AZ may be isolated."""
+        if self.alive:
+            self.kill()  # never two on the same pool and ports
         self.runs += 1
         with (self.root / f"agent-{self.az}-{self.runs}.log").open("wb") as log:
             cmd = [
@@ -69,14 +95,8 @@ class NsWitness:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.alive:
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            terminate(self.proc, signal.SIGTERM)
 
 
 class Probe:
@@ -90,10 +110,4 @@ class Probe:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, signal.SIGTERM)

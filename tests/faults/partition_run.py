@@ -1,9 +1,13 @@
 """The randomized partition runner behind `scripts/fault-run --partitions N`.
 
     python -m tests.faults.partition_run N [--seed S] [--replay SEED] [--out FILE.jsonl]
+                                           [--controller agents|manual|auto]
 
 Trial i draws its scenario, timings and kill from seed S+i (scenarios.draw),
-runs it on one long-lived PartitionStack, and appends its row to `--out`.
+runs it on one long-lived PartitionStack (the test drives the agents as the
+controller does), or with `--controller manual|auto` on a ControlledStack
+(`openevs serve` drives them; failover by the API or automatic, and the
+controller is one more kill target), and appends its row to `--out`.
 A trial that fails (the checker's verdict, or the harness could not carry
 it out) is reported with its seed; `--replay SEED` runs that one trial
 again; `--table ROWS.jsonl` prints the table of an earlier run. The logs of
@@ -25,6 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tests.faults.controlled import ControlledStack
 from tests.faults.partitions import PartitionStack
 from tests.faults.scenarios import SCENARIOS, draw, run
 
@@ -59,8 +64,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def one(stack: PartitionStack, seed: int) -> dict[str, Any]:
-    d = draw(random.Random(seed), seed)
+def one(stack: PartitionStack, seed: int, controller: str) -> dict[str, Any]:
+    kill_targets = "abw" if controller == "agents" else "abwh"
+    d = draw(random.Random(seed), seed, kill_targets, controller)
+    if isinstance(stack, ControlledStack):
+        d.suspend_timeout_s = stack.suspend_timeout_s
     started = time.monotonic()
     try:
         result = run(stack, d)
@@ -81,6 +89,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--replay", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--controller", choices=("agents", "manual", "auto"), default="agents",
+                    help="who drives: the test as the controller (agents), or `openevs serve` with"
+                         " manual or automatic failover")  # fmt: skip
     ap.add_argument("--table", metavar="ROWS.jsonl", default=None, help="only print the table of a run")
     args = ap.parse_args(argv)
     if args.table:
@@ -91,10 +102,13 @@ def main(argv: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="oevs-prun-"))
     print(f"partition trials: {len(seeds)}, seeds {seeds[0]}..{seeds[-1]}, rows in {out}, logs in {root}")
     rows: list[dict[str, Any]] = []
-    stack = PartitionStack(root).start()
+    if args.controller == "agents":
+        stack = PartitionStack(root).start()
+    else:
+        stack = ControlledStack(root, auto_failover=args.controller == "auto").start()
     try:
         for i, seed in enumerate(seeds):
-            row = one(stack, seed)
+            row = one(stack, seed, args.controller)
             rows.append(row)
             with out.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -23,8 +23,10 @@ import asyncio
 import contextlib
 import json
 import secrets
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from openevs.domain.replication import Role
 from openevs.witness.client import WitnessUnreachable, units
 from tests.faults import checker
 from tests.faults.harness import AZ_A, AZ_B, NBD_PORT
-from tests.faults.netlab import NetLab
+from tests.faults.netlab import NetLab, NetnsUnavailable
 from tests.faults.nsprocs import NsWitness, PartitionAgent, Probe
 from tests.faults.probe import BLOCK, SLOT, checksum
 from tests.support.waiting import wait_for
@@ -45,6 +47,22 @@ SIDE_OF = {AZ_A: "a", AZ_B: "b"}
 
 class FailoverRefused(Exception):
     """The witness did not grant the DR side a higher epoch (unreachable, or a live lease)."""
+
+
+def open_stack(make: Callable[[Path], PartitionStack], prefix: str) -> Iterator[PartitionStack]:
+    """A started stack in a fresh directory, closed at the end (fixtures); skips the test
+    where network namespaces cannot be made."""
+    import pytest
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        stack = make(root)
+    except (NetnsUnavailable, OSError) as exc:
+        pytest.skip(f"the partition matrix needs network namespaces: {exc}")
+    try:
+        yield stack.start()
+    finally:
+        stack.close()
 
 
 class PartitionStack:
@@ -79,7 +97,21 @@ class PartitionStack:
         else:
             self.agents[side].kill()
 
-    def wait_healthy(self, side: str, timeout_s: float = 30) -> None:
+    def ensure_up(self) -> None:
+        """Between trials: every process running and answering (a trial that failed may
+        have left one down or half started); restart what does not answer."""
+        for side, agent in self.agents.items():
+            try:
+                assert agent.alive
+                self.wait_healthy(side, 10)
+            except AssertionError:
+                if agent.alive:
+                    agent.kill()
+                agent.start()
+        if not self.witness.alive:
+            self.witness.start()
+
+    def wait_healthy(self, side: str, timeout_s: float = 90) -> None:
         def healthy() -> bool:
             with self.agents[side].client(1) as client:
                 client.health()
@@ -184,12 +216,17 @@ class Trial:
             self._set("b", pb, self._secondary(pid, "b", initial=True))
             self._set("a", pa, self._primary(pid, "a", True, initial_sync=True))
         self.wait_active("a")
-        for side in ("a", "b") if record else ():
+        if record:
+            self.start_recorders()
+        return self
+
+    def start_recorders(self) -> None:
+        """A history recorder inside each AZ's namespace, sampling its own agent."""
+        for side in ("a", "b"):
             disks = [self.disk(pid, side) for pid in self.pairs]
             spec = {"log": str(self.dir / f"sample-{side}.jsonl"), "az": self.stack.agents[side].az,
                     "agent": self.stack.agents[side].url, "volumes": disks, "sample_s": 0.05}  # fmt: skip
             self.probes.append(Probe(self.stack.net, side, "sample", spec, self.dir))
-        return self
 
     def wait_active(self, side: str, timeout_s: float = 60) -> None:
         disks = [self.disk(pid, side) for pid in self.pairs]
@@ -221,7 +258,7 @@ class Trial:
     def acks(self) -> int:
         return sum(1 for e in self.history() if e["k"] == "ack")
 
-    def wait_acks(self, n: int, timeout_s: float = 30) -> None:
+    def wait_acks(self, n: int, timeout_s: float = 90) -> None:
         start = self.acks()
         wait_for(f"{n} more acknowledged writes", lambda: self.acks() >= start + n, timeout_s)
 

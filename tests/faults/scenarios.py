@@ -7,8 +7,9 @@
     d  the witness isolated
     e  the controller isolated, and the link between the AZs cut meanwhile
     f  the link between the AZs flapping (cut and heal every 0.3..3 s)
-    g  any of them with a process (agent of either AZ, or the witness) SIGKILLed at a
-       random moment and restarted a little later
+    g  any of them with a process (agent of either AZ, the witness, or with the real
+       controller (controlled.py) the controller) SIGKILLed at a random moment and
+       restarted a little later; with the real controller, automatic failover on or off
 
 Every trial runs the writers against every production disk from before the
 fault to after the heal, and ends with `Trial.finish()`: the checker's
@@ -36,27 +37,30 @@ class Draw:
     scenario: str
     fault_s: float = 7.0
     failover_after_s: float = 6.5  # (b): the DR side is promoted this long after the isolation
-    kill: str | None = None  # "a" | "b" | "w"
+    kill: str | None = None  # "a" | "b" | "w" | "h" (the controller)
     kill_at_s: float = 0.0  # after the fault began
     restart_after_s: float = 1.0
     arbitrated: bool = True
     suspend_timeout_s: float = 3.0
     seed: int = 0
+    controller: str = "agents"  # who drives: the test ("agents"), or serve: "manual" | "auto" failover
 
     @property
     def label(self) -> str:
         kill = f"+kill {self.kill}" if self.kill else ""
-        return f"{self.scenario}{kill}{'' if self.arbitrated else ' (no witness)'}"
+        drive = "" if self.controller == "agents" else f" [{self.controller}]"
+        return f"{self.scenario}{kill}{'' if self.arbitrated else ' (no witness)'}{drive}"
 
 
-def draw(rng: random.Random, seed: int) -> Draw:
+def draw(rng: random.Random, seed: int, kill_targets: str = "abw", controller: str = "agents") -> Draw:
     """A random trial: the scenario, its timings, and (g) maybe a kill."""
     scenario = rng.choice(SCENARIOS)
-    d = Draw(scenario=scenario, seed=seed, suspend_timeout_s=round(rng.uniform(1.0, 8.0), 1))
+    d = Draw(scenario=scenario, seed=seed, suspend_timeout_s=round(rng.uniform(1.0, 8.0), 1),
+             controller=controller)  # fmt: skip
     d.fault_s = round(rng.uniform(10.0, 30.0) if scenario == "f" else rng.uniform(2.0, 12.0), 1)
     d.failover_after_s = round(rng.uniform(LINK_DOWN_S + 1.0, LINK_DOWN_S + 4.0), 1)
     if rng.random() < 0.5:
-        d.kill = rng.choice("abw")
+        d.kill = rng.choice(kill_targets)
         d.kill_at_s = round(rng.uniform(0.0, d.fault_s), 1)
         d.restart_after_s = round(rng.uniform(0.3, 3.0), 1)
     return d
@@ -112,6 +116,7 @@ class Killer:
 
 
 def run(stack: PartitionStack, d: Draw) -> Result:
+    stack.ensure_up()
     trial = stack.trial(arbitrated=d.arbitrated, suspend_timeout_s=d.suspend_timeout_s).setup()
     try:
         trial.start_writers("a")

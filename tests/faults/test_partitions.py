@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import record
-from tests.faults.netlab import NetnsUnavailable
-from tests.faults.partitions import PartitionStack
+from tests.faults.partitions import PartitionStack, open_stack
 from tests.faults.scenarios import Draw, Result, run
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -28,16 +25,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[PartitionStack]:
-    root = Path(tempfile.mkdtemp(prefix="oevs-part-"))
-    try:
-        s = PartitionStack(root)
-    except (NetnsUnavailable, OSError) as exc:
-        pytest.skip(f"the partition matrix needs network namespaces: {exc}")
-    try:
-        s.start()
-        yield s
-    finally:
-        s.close()
+    yield from open_stack(PartitionStack, "oevs-part-")
 
 
 def _passes(result: Result) -> Result:

@@ -145,6 +145,7 @@ class NbdServer:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _keepalive(sock)
             conn = Connection(self, sock)
             self._connections.add(conn)
             task = conn.task = asyncio.create_task(conn.run())
@@ -177,3 +178,19 @@ class NbdServer:
                 peers.discard(conn)
                 if not peers:
                     del self._by_name[conn.name]
+
+
+# A client that went silent (a black-holed network: no FIN, no RST) is dropped after
+# about idle + count * interval seconds, so a secondary learns its primary's link is
+# gone (its link connections close) and the automatic failover can see it.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 2, 1, 3
+
+
+def _keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    # Unacknowledged data counts too: the same bound while the server has replies in flight.
+    user_timeout_ms = (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT) * 1000
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
