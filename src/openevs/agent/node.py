@@ -22,6 +22,7 @@ from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer
 from openevs.agent.pool import FileVolumePool, validate_volume_id
 from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
+from openevs.security import redacted
 from openevs.security.pki import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ class StorageNode:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while any(count(n) for n in names):
             if asyncio.get_running_loop().time() > deadline:
-                log.warning("agent %s: connections to %s still open", self.az, names)
+                shown = ", ".join(redacted(n) for n in names)
+                log.warning("agent %s: connections to %s still open", self.az, shown)
                 return
             await asyncio.sleep(0.01)
 
