@@ -60,9 +60,14 @@ def wait_volume_gone(conn: Any, volume_id: str, timeout_s: float = 20) -> None:
 
 
 def test_serve_prints_and_writes_the_same_clouds_yaml(shared_serve: ServeProcess) -> None:
+    """The same but for the password the operator chose: written (0600), never printed."""
     printed = shared_serve.printed_clouds_yaml(run=1)
     written = shared_serve.written_clouds_yaml()
+    assert printed["clouds"]["openevs"]["auth"].pop("password") == "<the admin password>"
+    written_password = written["clouds"]["openevs"]["auth"].pop("password")
     assert printed == written
+    written["clouds"]["openevs"]["auth"]["password"] = written_password
+    assert ADMIN_PASSWORD not in shared_serve.log_paths(1)[0].read_text()
     cloud = written["clouds"]["openevs"]
     assert cloud["auth"]["auth_url"] == f"{shared_serve.base}/v3"
     assert cloud["auth"]["password"] == ADMIN_PASSWORD

@@ -11,14 +11,20 @@ stolen before it. Every attempt is refused; the agents' volumes, replication
 roles and epochs, export grants and the witness's records are the same before
 and after; the controller kept working through the rotation without a
 restart; and the agents still serve their users (NBD write and read back).
+
+Then the logs of the whole run (controller, agents, witness) are searched for
+every secret it made: the admin password, the session's token, the NBD
+export names of both disks, the link export of the pair, and every private key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -35,6 +41,7 @@ from openevs.security.identity import CertRole, Identity
 from openevs.security.pki import TlsFiles
 from openevs.witness.client import WitnessClient, units
 from tests.conftest import free_port
+from tests.e2e.conftest import ADMIN_PASSWORD
 from tests.faults.harness import AZ_A, AZ_B, FaultStack, make_group, record, wait_pair
 from tests.support.waiting import wait_for
 
@@ -141,6 +148,30 @@ def steal(files: TlsFiles, into: Path) -> TlsFiles:
     return TlsFiles(ca=files.ca, cert=into / files.cert.name, key=into / files.key.name)
 
 
+def secrets_of_the_run(stack: FaultStack) -> dict[str, str]:
+    found = {"admin password": ADMIN_PASSWORD, "token": stack.session.token}
+    with contextlib.closing(sqlite3.connect(stack.serve.data_dir / "openevs.db")) as db:
+        for (name,) in db.execute("SELECT export_name FROM attachments WHERE export_name IS NOT NULL"):
+            found[f"export {name[:8]}"] = name
+        for (name,) in db.execute("SELECT link_export FROM replication_pairs"):
+            found[f"link export {name[:8]}"] = name
+    for key in stack.root.rglob("*.key"):
+        body = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+        found[f"private key {key.name}"] = body[0]
+    assert sum(k.startswith("export") for k in found) >= 2 and any(k.startswith("link") for k in found)
+    return found
+
+
+def assert_no_secret_in_logs(stack: FaultStack) -> int:
+    logs = [p for p in stack.root.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")]
+    assert len(logs) >= 4, logs
+    text = {p: p.read_text(errors="replace") for p in logs}
+    secrets = secrets_of_the_run(stack)
+    leaks = [(what, str(p)) for what, secret in secrets.items() for p, t in text.items() if secret in t]
+    assert not leaks, f"secrets in the logs: {leaks}"
+    return len(secrets)
+
+
 def serves_users(stack: FaultStack, addr: tuple[str, int, str], tag: int) -> bool:
     async def probe() -> bool:
         client = await asyncio.wait_for(NbdClient.connect(*addr), 10)
@@ -213,7 +244,10 @@ def test_no_credential_no_access(fault_stack: FaultStack, tmp_path: Path) -> Non
         assert stack.serve.proc is not None and stack.serve.runs == 1  # no controller restart
         logs = [a.root / f"agent-{a.az}-1.log" for a in stack.agents.values()]
         refusals = sum(log.read_text().count("refused") for log in logs)
-        record("control_auth", mode=stack.mode, attempts=tries, routes=len(routes),
-               agent_log_refusals=refusals)  # fmt: skip
-    finally:
         witness.stop()
+        secrets = assert_no_secret_in_logs(stack)
+        record("control_auth", mode=stack.mode, attempts=tries, routes=len(routes),
+               agent_log_refusals=refusals, secrets_checked=secrets)  # fmt: skip
+    finally:
+        if witness.proc.poll() is None:
+            witness.stop()

@@ -43,7 +43,7 @@ from openevs.contract import (
     VolumeInfo,
     VolumeList,
 )
-from openevs.security import PeerRejected, PkiError
+from openevs.security import PeerRejected, PkiError, redacted
 from openevs.security.identity import CertRole
 from openevs.security.pki import TlsFiles
 from openevs.security.reloading import files_stamp
@@ -54,6 +54,12 @@ M = TypeVar("M", bound=BaseModel)
 
 def _quoted(name: str) -> str:
     return quote(name, safe="")
+
+
+def _shown(path: str) -> str:
+    """The path as errors (and so logs) show it: an export name is a secret."""
+    head, sep, name = path.partition("/exports/")
+    return f"{head}{sep}{redacted(name)}" if sep and name else path
 
 
 class HttpAgentClient:
@@ -122,7 +128,9 @@ class HttpAgentClient:
             except ValidationError:
                 reason, message = ErrorReason.BAD_ANSWER, response.text[:1024]
             raise AgentRequestFailed(
-                f"agent of {self.az}: {method} {path}: {message}", reason=reason, status=response.status_code
+                f"agent of {self.az}: {method} {_shown(path)}: {message}",
+                reason=reason,
+                status=response.status_code,
             )
         return response
 
@@ -143,7 +151,7 @@ class HttpAgentClient:
             return answer.model_validate_json(response.content)
         except ValidationError as exc:
             raise AgentRequestFailed(
-                f"agent of {self.az}: {method} {path}: the answer is not a {answer.__name__}: {exc}",
+                f"agent of {self.az}: {method} {_shown(path)}: the answer is not a {answer.__name__}: {exc}",
                 reason=ErrorReason.BAD_ANSWER,
             ) from exc
 

@@ -4,10 +4,19 @@ A grant names the volume an NBD client may open under an export name, and
 whether it may write. The file is replaced atomically (write a temporary
 file, fsync, rename, fsync the directory), so after a crash it holds either
 the old table or the new one, never a mix.
+
+An export name is the secret that opens a disk, so the file (mode 0600)
+holds only its SHA-256 (`sha256:<hex>`): a copy of the pool's bookkeeping
+opens nothing. Names are long random tokens, so a plain hash is enough (no
+salt, no stretching: there is nothing to guess). The names themselves live
+in memory only, learned from grants and from the clients that open them
+(every live connection's name is known, so it can be dropped); a grant
+whose name this process never saw is listed and revoked by its digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +26,7 @@ from openevs.agent.pool import InvalidVolumeRequest, PoolIOError, fsync_dir
 from openevs.contract import ExportGrant
 
 EXPORTS_FILE = "exports.json"
+DIGEST_PREFIX = "sha256:"
 # NBD allows up to 4096 bytes; a plain token keeps names safe in URIs and logs.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}")
 
@@ -29,18 +39,32 @@ def validate_export_name(name: str) -> str:
     return name
 
 
+def export_digest(name: str) -> str:
+    """What the grant file keeps of an export name."""
+    return DIGEST_PREFIX + hashlib.sha256(name.encode()).hexdigest()
+
+
 class GrantTable:
-    """export name -> ExportGrant, saved to disk on every change."""
+    """export name -> ExportGrant, saved (by digest) to disk on every change."""
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / EXPORTS_FILE
         self._tmp = Path(root) / f".tmp-{EXPORTS_FILE}"
-        self._grants: dict[str, ExportGrant] = self._load()
+        self._names: dict[str, str] = {}  # digest -> name, in memory only
+        self._grants: dict[str, ExportGrant] = self._load()  # digest -> grant
 
     def _load(self) -> dict[str, ExportGrant]:
         try:
             raw = json.loads(self.path.read_text())
-            return {str(name): ExportGrant.model_validate(g) for name, g in raw.get("exports", {}).items()}
+            grants = {}
+            for key, g in raw.get("exports", {}).items():
+                grant = ExportGrant.model_validate(g)
+                if str(key).startswith(DIGEST_PREFIX):
+                    grants[str(key)] = grant
+                else:  # a table written before names were hashed: hashed on the next save
+                    grants[export_digest(str(key))] = grant
+                    self._names[export_digest(str(key))] = str(key)
+            return grants
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
@@ -67,24 +91,41 @@ class GrantTable:
             raise PoolIOError(f"cannot save {self.path}: {exc.strerror or exc}") from exc
         self._grants = grants
 
+    def _key(self, name: str) -> str:
+        """The digest of a name, or the name itself when it is a digest this table holds."""
+        return name if name.startswith(DIGEST_PREFIX) and name in self._grants else export_digest(name)
+
+    def _shown(self, key: str) -> str:
+        return self._names.get(key, key)
+
     def get(self, name: str) -> ExportGrant | None:
-        return self._grants.get(name)
+        """The grant an NBD client opens with `name` (a name, never a digest)."""
+        key = export_digest(name)
+        grant = self._grants.get(key)
+        if grant is not None:
+            self._names[key] = name
+        return grant
 
     def items(self) -> list[tuple[str, ExportGrant]]:
-        return sorted(self._grants.items())
+        """(name, or digest if this process never saw the name, grant) of every grant."""
+        return sorted((self._shown(k), g) for k, g in self._grants.items())
 
     def names_for(self, volume_id: str) -> list[str]:
-        return sorted(n for n, g in self._grants.items() if g.volume_id == volume_id)
+        return sorted(self._shown(k) for k, g in self._grants.items() if g.volume_id == volume_id)
 
     def grant(self, name: str, grant: ExportGrant) -> bool:
         """Set the grant; return True when it changed (an old grant was replaced)."""
-        previous = self._grants.get(name)
+        key = export_digest(name)
+        self._names[key] = name
+        previous = self._grants.get(key)
         if previous == grant:
             return False
-        self._save({**self._grants, name: grant})
+        self._save({**self._grants, key: grant})
         return previous is not None
 
     def revoke(self, names: list[str]) -> None:
-        present = [n for n in names if n in self._grants]
+        present = {self._key(n) for n in names} & set(self._grants)
         if present:
-            self._save({n: g for n, g in self._grants.items() if n not in present})
+            self._save({k: g for k, g in self._grants.items() if k not in present})
+        for key in present:
+            self._names.pop(key, None)

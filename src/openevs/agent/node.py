@@ -25,6 +25,7 @@ from openevs.agent.pool import FileVolumePool, VolumeNotFound, validate_volume_i
 from openevs.agent.resources import open_fds
 from openevs.agent.snapshot_store import CowFileExport, SnapshotStore
 from openevs.contract import AgentHealth, ExportGrant, JobProgress, VolumeInfo
+from openevs.security import redacted
 from openevs.security.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ class StorageNode:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while any(count(n) for n in names):
             if asyncio.get_running_loop().time() > deadline:
-                log.warning("agent %s: connections to %s still open", self.az, names)
+                shown = ", ".join(redacted(n) for n in names)
+                log.warning("agent %s: connections to %s still open", self.az, shown)
                 return
             await asyncio.sleep(0.01)
 

@@ -10,7 +10,10 @@ Rules it keeps:
   before a new one starts, so two agents never share one pool;
 - a crashed child is restarted with exponential backoff (0.25 s doubling to
   30 s, reset once a child has lived for a minute);
-- logs go to `<data_dir>/agents/<az>.log`.
+- logs go to `<data_dir>/agents/<az>.log`;
+- a child's control socket is a unix socket of mode 0600 (its protection:
+  only serve's user connects), so a child never inherits a standalone
+  agent's `OPENEVS_AGENT_TLS_*` settings.
 
 AZs listed in `settings.agent_urls` are standalone agents: no child, only a
 client to that URL.
@@ -58,6 +61,10 @@ def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
+
+
+def _child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("OPENEVS_AGENT_TLS_")}
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -332,6 +339,7 @@ class AgentSupervisor:
         with child.log_file.open("ab") as log_fh:
             child.process = subprocess.Popen(
                 child.command,
+                env=_child_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,

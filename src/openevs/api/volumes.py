@@ -15,8 +15,9 @@ from openevs.api.list_query import ListQuery, Text
 from openevs.api.timefmt import evs_time
 from openevs.db.models import Attachment, Volume
 from openevs.domain import codes
-from openevs.domain.errors import InvalidInput, NotFound
+from openevs.domain.errors import Forbidden, InvalidInput, NotFound
 from openevs.services import connections, volumes
+from openevs.services.identity import TokenInfo
 
 router = APIRouter(prefix="/v2/{project_id}")
 
@@ -158,9 +159,11 @@ def create_volume(
 
 
 class VolumeListQuery(ListQuery):
-    """Query of GET /volumes and /volumes/detail: paging, Cinder's `sort`, three filters."""
+    """Query of GET /volumes and /volumes/detail: paging, Cinder's `sort`, three filters,
+    and Cinder's `all_tenants` (admins only, docs/roles.md)."""
 
     FILTERS = ("name", "status", "availability_zone")
+    all_tenants: Text = None
     offset: Text = None
     sort: Text = None  # Cinder's "sort=key:dir", read when sort_key is absent
     name: Text = None
@@ -179,27 +182,41 @@ class VolumeListQuery(ListQuery):
 VolumeListDep = Annotated[VolumeListQuery, Query()]
 
 
+def _every_project(token: TokenInfo, query: VolumeListQuery) -> bool:
+    """Whether the list spans every project: `all_tenants=1` (or true), for an admin only."""
+    wanted = (query.all_tenants or "").strip().lower() in ("1", "true", "yes")
+    if wanted and not token.is_admin:
+        raise Forbidden("all_tenants lists the volumes of every project: only an admin may ask for it")
+    return wanted
+
+
 def _list(
-    project_id: str, runtime: RuntimeDep, request: Request, detail: bool, query: VolumeListQuery
+    project_id: str,
+    token: TokenInfo,
+    runtime: RuntimeDep,
+    request: Request,
+    detail: bool,
+    query: VolumeListQuery,
 ) -> dict[str, Any]:
+    scope = None if _every_project(token, query) else project_id
     page = query.page(volumes.VOLUME_SORT_KEYS + ("size",))
     if page.sort_key == "size":
         page = type(page)(**{**page.__dict__, "sort_key": "size_gb"})
     url = base_url(runtime, request)
     with runtime.db.session() as session:
-        rows = volumes.list_volumes(session, project_id, page, query.filters())
+        rows = volumes.list_volumes(session, scope, page, query.filters())
         atts = volumes.attachments_of(session, [v.id for v in rows])
     if detail:
         items = [volume_view(v, atts[v.id], url) for v in rows]
     else:
         items = [
-            {"id": v.id, "name": v.name, "links": volume_links(url, project_id, v.id)} for v in rows
+            {"id": v.id, "name": v.name, "links": volume_links(url, v.project_id, v.id)} for v in rows
         ]
     result: dict[str, Any] = {"volumes": items}
     if rows and len(rows) == page.limit:
-        result["volumes_links"] = [
-            {"rel": "next", "href": f"{url}/v2/{project_id}/volumes?limit={page.limit}&marker={rows[-1].id}"}
-        ]
+        every = "&all_tenants=1" if scope is None else ""
+        href = f"{url}/v2/{project_id}/volumes?limit={page.limit}&marker={rows[-1].id}{every}"
+        result["volumes_links"] = [{"rel": "next", "href": href}]
     return result
 
 
@@ -207,14 +224,14 @@ def _list(
 def list_volumes(
     project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: VolumeListDep
 ) -> dict[str, Any]:
-    return _list(project_id, runtime, request, False, query)
+    return _list(project_id, token, runtime, request, False, query)
 
 
 @router.get("/volumes/detail")
 def list_volumes_detail(
     project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: VolumeListDep
 ) -> dict[str, Any]:
-    return _list(project_id, runtime, request, True, query)
+    return _list(project_id, token, runtime, request, True, query)
 
 
 @router.get("/volumes/{volume_id}")

@@ -214,12 +214,22 @@ def _announce(settings: Settings, created: str | None, metrics_url: str | None =
     snippet = clouds_yaml(settings, password)
     path = settings.data_dir / "clouds.yaml"
     if password:
-        path.write_text(snippet)
-        path.chmod(0o600)
-    print("clouds.yaml:\n" + snippet)
+        _write_private(path, snippet)
+    # A password the operator chose is theirs to know: it never goes to stdout (and so to
+    # the service's logs); only a generated one is shown, once, since nobody knows it yet.
+    shown = created if created and not settings.admin_password else None
+    print("clouds.yaml:\n" + clouds_yaml(settings, shown))
     if password:
         print(f"(also written to {path}: OS_CLIENT_CONFIG_FILE={path} OS_CLOUD=openevs)")
     sys.stdout.flush()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a credentials file readable by its owner only, from its first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
 
 
 class _ApiServer(uvicorn.Server):

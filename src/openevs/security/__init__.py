@@ -22,3 +22,12 @@ class PkiError(SecurityError):
 
 class PeerRejected(SecurityError):
     """The peer's certificate does not name the component this connection needs."""
+
+
+SHOWN_CHARS = 8
+
+
+def redacted(secret: str) -> str:
+    """How a secret name (an NBD export name, a link export) may appear in a log or an
+    error message: its first few characters, enough to tell two apart, never enough to use."""
+    return secret[:SHOWN_CHARS] + "..." if len(secret) > SHOWN_CHARS else "..."

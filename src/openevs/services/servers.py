@@ -29,6 +29,7 @@ from openevs.domain.states import (
 )
 from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
+from openevs.security import redacted
 from openevs.services.connections import revoke_attachment_export
 from openevs.services.listing import Page, paginate
 from openevs.services.unit_of_work import UnitOfWork, transition
@@ -222,7 +223,7 @@ def _revoke_after_commit(uow: UnitOfWork, az: str, atts: list[Attachment]) -> No
             except ServiceUnavailable as exc:
                 # The attachment is gone from the database; an agent that is down now
                 # drops the grant when the reconciler syncs exports after its restart.
-                log.warning("export %s of %s not revoked yet: %s", name, az, exc)
+                log.warning("export %s of %s not revoked yet: %s", redacted(name), az, exc)
                 runtime.kick()
 
     if names:

@@ -171,9 +171,12 @@ def _new_volume(
 
 
 def list_volumes(
-    session: Session, project_id: str, page: Page, filters: dict[str, str | None]
+    session: Session, project_id: str | None, page: Page, filters: dict[str, str | None]
 ) -> list[Volume]:
-    stmt = select(Volume).where(Volume.project_id == project_id)
+    """One page of a project's volumes (project_id None: of every project, for an admin)."""
+    stmt = select(Volume)
+    if project_id is not None:
+        stmt = stmt.where(Volume.project_id == project_id)
     if filters.get("name"):
         stmt = stmt.where(Volume.name == filters["name"])
     if filters.get("status"):

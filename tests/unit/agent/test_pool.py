@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from openevs.agent.grants import GrantTable, validate_export_name
+from openevs.agent.grants import GrantTable, export_digest, validate_export_name
 from openevs.agent.pool import (
     FileVolumePool,
     InvalidVolumeRequest,
@@ -144,14 +145,44 @@ def test_export_table_persists_atomically(tmp_path: Path) -> None:
     assert table.grant("e1", ExportGrant(volume_id="v1", read_only=False)) is False
     assert table.grant("e2", ExportGrant(volume_id="v1", read_only=True)) is False
     assert table.grant("e2", ExportGrant(volume_id="v2", read_only=True)) is True
-    reloaded = GrantTable(tmp_path)
-    assert reloaded.items() == [
+    assert table.items() == [
         ("e1", ExportGrant(volume_id="v1", read_only=False)),
         ("e2", ExportGrant(volume_id="v2", read_only=True)),
     ]
+    reloaded = GrantTable(tmp_path)
+    assert reloaded.items() == sorted([
+        (export_digest("e1"), ExportGrant(volume_id="v1", read_only=False)),
+        (export_digest("e2"), ExportGrant(volume_id="v2", read_only=True)),
+    ])  # fmt: skip
+    assert reloaded.get("e2") == ExportGrant(volume_id="v2", read_only=True)
+    assert reloaded.names_for("v2") == ["e2"]  # learned from the client that opened it
+    assert reloaded.get(export_digest("e1")) is None  # a digest opens nothing
     reloaded.revoke(["e1", "missing"])
     assert GrantTable(tmp_path).names_for("v1") == []
     assert not (tmp_path / ".tmp-exports.json").exists()
+
+
+def test_export_names_are_not_kept_on_disk(tmp_path: Path) -> None:
+    secret = "att-" + "s3cr3t" * 6
+    table = GrantTable(tmp_path)
+    table.grant(secret, ExportGrant(volume_id="v1", read_only=False))
+    text = (tmp_path / "exports.json").read_text()
+    assert secret not in text and export_digest(secret) in text
+    assert (tmp_path / "exports.json").stat().st_mode & 0o077 == 0
+    reloaded = GrantTable(tmp_path)
+    [(shown, _)] = reloaded.items()
+    reloaded.revoke([shown])  # the controller revokes a grant it only knows by digest
+    assert GrantTable(tmp_path).items() == []
+
+
+def test_a_table_of_plain_names_is_read_and_hashed_on_the_next_save(tmp_path: Path) -> None:
+    old = {"exports": {"old-name": {"volume_id": "v1", "read_only": True}}}
+    (tmp_path / "exports.json").write_text(json.dumps(old))
+    table = GrantTable(tmp_path)
+    assert table.get("old-name") == ExportGrant(volume_id="v1", read_only=True)
+    table.grant("new-name", ExportGrant(volume_id="v2", read_only=False))
+    assert "old-name" not in (tmp_path / "exports.json").read_text()
+    assert GrantTable(tmp_path).get("old-name") == ExportGrant(volume_id="v1", read_only=True)
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "../x", "x" * 256, " e"])
