@@ -294,6 +294,40 @@ class DirtyRanges(Model):
     ranges: list[tuple[int, int]]
 
 
+# -- online verify (agent/verify.py) ------------------------------------------------
+
+VERIFY_MAX_BYTES = 64 << 20  # one hash request covers at most this much
+
+
+class HashRequest(Model):
+    """Hash [offset, offset+length) region by region (64 KiB) with a keyed BLAKE2b."""
+
+    offset: StrictInt = Field(ge=0)
+    length: StrictInt = Field(gt=0, le=VERIFY_MAX_BYTES)
+    key: str = Field(pattern=r"^[0-9a-f]{32}$")  # 16 bytes, hex: new for every verify
+
+
+class RegionHashes(Model):
+    first_region: int
+    digests: list[str]  # one per region, in order
+    # Primary only: its write counter when hashing began, and the regions that were
+    # being written, dirty or being copied then (their hashes prove nothing).
+    write_seq: int = 0
+    busy: list[int] = Field(default_factory=list)
+
+
+class ChangesRequest(Model):
+    offset: StrictInt = Field(ge=0)
+    length: StrictInt = Field(gt=0, le=VERIFY_MAX_BYTES)
+    since_seq: StrictInt = Field(ge=0)
+
+
+class RegionChanges(Model):
+    """Regions of the range written since `since_seq`, or busy (writing, dirty, copying) now."""
+
+    regions: list[int]
+
+
 # -- group plans (controller side, stored in the group row) ------------------------
 
 
@@ -405,5 +439,15 @@ class AgentClient(Protocol):
         ...
 
     def resume_group(self, group_id: str) -> ReplicationStates: ...
+
+    def hash_regions(self, volume_id: str, request: HashRequest) -> RegionHashes:
+        """Online verify: keyed digests of a range, region by region (never the data)."""
+        ...
+
+    def region_changes(self, volume_id: str, request: ChangesRequest) -> RegionChanges: ...
+
+    def mark_dirty(self, volume_id: str, ranges: DirtyRanges) -> ReplicationState:
+        """Mark ranges of a primary dirty (a verify found them different); the sync copies them."""
+        ...
 
     def close(self) -> None: ...

@@ -17,12 +17,16 @@ from openevs.contract import (
     AgentHealth,
     AgentRequestFailed,
     AgentUnavailable,
+    ChangesRequest,
     DirtyRanges,
     ErrorBody,
     ErrorReason,
     Export,
     ExportGrant,
     ExportList,
+    HashRequest,
+    RegionChanges,
+    RegionHashes,
     ReplicationRequest,
     ReplicationState,
     ReplicationStates,
@@ -148,6 +152,15 @@ class HttpAgentClient:
 
     def resume_group(self, group_id: str) -> ReplicationStates:
         return self._call(ReplicationStates, "POST", f"/groups/{_quoted(group_id)}/resume")
+
+    def hash_regions(self, volume_id: str, request: HashRequest) -> RegionHashes:
+        return self._call(RegionHashes, "POST", self._repl_path(volume_id, "/hash"), request)
+
+    def region_changes(self, volume_id: str, request: ChangesRequest) -> RegionChanges:
+        return self._call(RegionChanges, "POST", self._repl_path(volume_id, "/changes"), request)
+
+    def mark_dirty(self, volume_id: str, ranges: DirtyRanges) -> ReplicationState:
+        return self._call(ReplicationState, "POST", self._repl_path(volume_id, "/dirty"), ranges)
 
     def metrics_text(self) -> bytes:
         """The agent's `/metrics` as it wrote it (Prometheus text format, no contract model)."""

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from openevs.agent.metrics import metrics_router
 from openevs.agent.node import StorageNode
 from openevs.agent.pool import PoolError
+from openevs.agent.verify import verify_router
 from openevs.contract import (
     AgentHealth,
     DirtyRanges,
@@ -79,6 +80,7 @@ def create_control_app(agent: StorageNode) -> FastAPI:
         return _error(ErrorReason.INVALID_INPUT, "method not allowed", status=405)
 
     app.include_router(metrics_router(agent))  # GET /metrics (Prometheus text, not a contract model)
+    app.include_router(verify_router(agent))  # online verify: hash, changes, dirty
 
     @app.get("/health")
     async def health() -> AgentHealth:

@@ -18,7 +18,8 @@ from openevs.api.auth import RuntimeDep, ScopedDep
 from openevs.api.list_query import LongListQuery, LongText
 from openevs.api.timefmt import evs_time
 from openevs.db.models import ReplicationPair
-from openevs.services import replications
+from openevs.domain.verify import VerifyRun
+from openevs.services import replications, verify
 
 router = APIRouter(prefix="/v2/{project_id}")
 
@@ -59,6 +60,8 @@ def pair_view(pair: ReplicationPair) -> dict[str, Any]:
         "failure_detail": pair.failure_detail,
         "record_metadata": record_metadata(pair),
         "fault_level": pair.fault_level,
+        # openevs extension (docs/monitoring.md): the last online verify, if any
+        "verify": VerifyRun.load(pair.verify).view() if pair.verify else None,
     }
 
 
@@ -104,6 +107,13 @@ def list_pairs(
 @router.get("/os-vendor-replications/{replication_id}")
 def show_pair(project_id: str, replication_id: str, token: ScopedDep, runtime: RuntimeDep) -> dict[str, Any]:
     return {"replication": pair_view(replications.show_pair(runtime, project_id, replication_id))}
+
+
+@router.post("/os-vendor-replications/{replication_id}/verify", status_code=202)
+def verify_pair(project_id: str, replication_id: str, token: ScopedDep, runtime: RuntimeDep) -> JSONResponse:
+    """openevs extension: compare the DR disk with the production disk while writes go on."""
+    pair = verify.verify_pair(runtime, project_id, replication_id)
+    return JSONResponse({"replication": pair_view(pair)}, status_code=202)
 
 
 @router.delete("/os-vendor-replications/{replication_id}", status_code=202)

@@ -188,6 +188,7 @@ class ReplicationPair(Base):
     volume_type: Mapped[str] = mapped_column(String(64))
     multiattach: Mapped[bool] = mapped_column(Boolean, default=False)
     synced_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    verify: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # domain/verify.py
     fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from openevs.reconciler import groups, replications, volumes
+from openevs.reconciler import groups, replications, verify, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.reconciler.groups import GROUPS
 from openevs.reconciler.replications import PAIRS
@@ -49,6 +49,7 @@ class Reconciler:
             backlog.labels(name).set(seen)
             busy += seen
         volumes.finish_pair_grows(self.runtime)
+        busy += verify.run_verifies(self.runtime)
         if replications.observe_all(self.runtime):
             busy += 1
         groups.aggregate(self.runtime)
