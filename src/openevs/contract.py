@@ -297,12 +297,13 @@ class DirtyRanges(Model):
 # -- online verify (agent/verify.py) ------------------------------------------------
 
 VERIFY_MAX_BYTES = 64 << 20  # one hash request covers at most this much
+VERIFY_REGION_BYTES = 64 << 10  # the agents' region (agent/mirror/engine.py REGION_BYTES)
 
 
 class HashRequest(Model):
     """Hash [offset, offset+length) region by region (64 KiB) with a keyed BLAKE2b."""
 
-    offset: StrictInt = Field(ge=0)
+    offset: StrictInt = Field(ge=0, multiple_of=VERIFY_REGION_BYTES)
     length: StrictInt = Field(gt=0, le=VERIFY_MAX_BYTES)
     key: str = Field(pattern=r"^[0-9a-f]{32}$")  # 16 bytes, hex: new for every verify
 

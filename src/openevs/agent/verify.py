@@ -24,6 +24,7 @@ from fastapi import APIRouter
 from openevs.agent.mirror.engine import REGION_BYTES, MirrorState
 from openevs.agent.mirror.replica import Replica
 from openevs.agent.node import StorageNode
+from openevs.agent.pool import data_extents
 from openevs.contract import (
     ChangesRequest,
     DirtyRanges,
@@ -37,17 +38,33 @@ from openevs.domain.replication import Role
 DIGEST_BYTES = 16
 
 
+READ_BYTES = 4 << 20
+
+
 def hash_regions(path: str, offset: int, length: int, key: bytes) -> list[str]:
-    """Blocking: the keyed digest of every region of [offset, offset+length) (zeros past the end)."""
-    digests = []
+    """Blocking: the keyed digest of every region of [offset, offset+length) (zeros past
+    the end). Holes are not read: a region with no data has the digest of zeros."""
+
+    def digest(data: bytes | memoryview) -> str:
+        return hashlib.blake2b(data, digest_size=DIGEST_BYTES, key=key).hexdigest()
+
+    zero = digest(bytes(REGION_BYTES))
+    digests: list[str] = []
+    buffer = bytearray(READ_BYTES)
     fd = os.open(path, os.O_RDONLY)
     try:
-        for start in range(offset, offset + length, REGION_BYTES):
-            size = min(REGION_BYTES, offset + length - start)
-            data = os.pread(fd, size, start)
-            if len(data) < size:
-                data += bytes(size - len(data))
-            digests.append(hashlib.blake2b(data, digest_size=DIGEST_BYTES, key=key).hexdigest())
+        extents = data_extents(fd, offset, length)
+        end = offset + length
+        for start in range(offset, end, READ_BYTES):
+            size = min(READ_BYTES, end - start)
+            sizes = [min(REGION_BYTES, size - i) for i in range(0, size, REGION_BYTES)]
+            if not any(o < start + size and start < o + n for o, n in extents):
+                digests.extend(zero if n == REGION_BYTES else digest(bytes(n)) for n in sizes)
+                continue
+            view = memoryview(buffer)[:size]
+            got = os.preadv(fd, [view], start)
+            view[got:] = bytes(size - got)  # past the end of the file: zeros
+            digests.extend(digest(view[i * REGION_BYTES : i * REGION_BYTES + n]) for i, n in enumerate(sizes))
     finally:
         os.close(fd)
     return digests
