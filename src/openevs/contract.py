@@ -200,6 +200,8 @@ class ReplicationConfig(Model):
     link_export: str | None = Field(default=None, max_length=NAME_MAX)  # secondary: what the primary opens
     mirroring: StrictBool = True
     arbiter: Arbiter | None = None  # primary: None is static priority
+    # primary: the sync copies at most this many bytes/s (0: no limit but the agent's own)
+    resync_rate_bytes_per_s: StrictInt = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -321,6 +323,12 @@ class ChangesRequest(Model):
     offset: StrictInt = Field(ge=0)
     length: StrictInt = Field(gt=0, le=VERIFY_MAX_BYTES)
     since_seq: StrictInt = Field(ge=0)
+
+
+class ResyncRate(Model):
+    """A pair's resync limit on its primary (bytes/s, 0: only the agent's own limit)."""
+
+    resync_rate_bytes_per_s: StrictInt = Field(ge=0, le=1 << 40)
 
 
 class RegionChanges(Model):
@@ -446,6 +454,10 @@ class AgentClient(Protocol):
         ...
 
     def region_changes(self, volume_id: str, request: ChangesRequest) -> RegionChanges: ...
+
+    def set_resync_rate(self, volume_id: str, rate: ResyncRate) -> ReplicationState:
+        """Change a primary's resync limit (kept in its persisted config)."""
+        ...
 
     def mark_dirty(self, volume_id: str, ranges: DirtyRanges) -> ReplicationState:
         """Mark ranges of a primary dirty (a verify found them different); the sync copies them."""

@@ -27,6 +27,9 @@ def agent(
         str,
         typer.Option(help='Volumes whose NBD traffic /metrics shows apart: ids, comma-separated, or "all".'),
     ] = "",
+    resync_rate: Annotated[
+        int, typer.Option(min=0, help="Bytes/s all syncs of this agent copy at most (0: no limit).")
+    ] = 0,
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
@@ -42,7 +45,7 @@ def agent(
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port, metrics_volumes)
+    run_agent(az, pool, listen, nbd_host, nbd_port, metrics_volumes, resync_rate)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,7 @@ from openevs.contract import (
     ReplicationRequest,
     ReplicationState,
     ReplicationStates,
+    ResyncRate,
     SizeRequest,
     VolumeInfo,
     VolumeList,
@@ -158,6 +159,9 @@ class HttpAgentClient:
 
     def region_changes(self, volume_id: str, request: ChangesRequest) -> RegionChanges:
         return self._call(RegionChanges, "POST", self._repl_path(volume_id, "/changes"), request)
+
+    def set_resync_rate(self, volume_id: str, rate: ResyncRate) -> ReplicationState:
+        return self._call(ReplicationState, "PUT", self._repl_path(volume_id, "/resync-rate"), rate)
 
     def mark_dirty(self, volume_id: str, ranges: DirtyRanges) -> ReplicationState:
         return self._call(ReplicationState, "POST", self._repl_path(volume_id, "/dirty"), ranges)

@@ -31,7 +31,7 @@ class StorageNode:
 
     def __init__(
         self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
-        metrics_volumes: frozenset[str] = frozenset(),
+        metrics_volumes: frozenset[str] = frozenset(), resync_rate_bytes_per_s: int = 0,
     ) -> None:  # fmt: skip
         self.az = az
         # Volumes whose NBD traffic gets series of their own ("all": every one).
@@ -43,7 +43,10 @@ class StorageNode:
         self.nbd = NbdServer(self.resolve_export, nbd_host, nbd_port, counted_volume=self._counted_volume)
         self._open: dict[tuple[str, bool], FileExport] = {}  # (volume_id, read_only) -> export
         self._lock = asyncio.Lock()
-        self.replication = ReplicationManager(self.pool, self._drop_export, self._connection_count, side=az)
+        self.replication = ReplicationManager(
+            self.pool, self._drop_export, self._connection_count, side=az,
+            resync_rate_bytes_per_s=resync_rate_bytes_per_s,
+        )  # fmt: skip
         # link export name -> the session names its primary's connections used
         self._link_sessions: dict[str, set[str]] = {}
 

@@ -81,13 +81,14 @@ async def serve_agent(
     *,
     stop: asyncio.Event | None = None,
     metrics_volumes: frozenset[str] = frozenset(),
+    resync_rate_bytes_per_s: int = 0,
 ) -> None:
     """Serve until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = StorageNode(az, pool_dir, nbd_host, nbd_port, metrics_volumes)
+    agent = StorageNode(az, pool_dir, nbd_host, nbd_port, metrics_volumes, resync_rate_bytes_per_s)
     sock: socket.socket | None = None
     inode: int | None = None
     try:
@@ -143,11 +144,12 @@ def parse_metrics_volumes(value: str) -> frozenset[str]:
 
 def run_agent(
     az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
-    metrics_volumes: str = "",
+    metrics_volumes: str = "", resync_rate_bytes_per_s: int = 0,
 ) -> None:  # fmt: skip
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     volumes = parse_metrics_volumes(metrics_volumes)
-    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, metrics_volumes=volumes))
+    asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, metrics_volumes=volumes,
+                            resync_rate_bytes_per_s=resync_rate_bytes_per_s))  # fmt: skip

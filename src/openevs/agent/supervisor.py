@@ -166,6 +166,8 @@ class AgentSupervisor:
                     f"{settings.nbd_host}:{port}",
                     "--metrics-volumes",
                     settings.metrics_volumes,
+                    "--resync-rate",
+                    str(settings.resync_rate_bytes_per_s),
                 ],
                 pool_dir=pool,
                 pid_file=agent_dir / f"{az}.pid",

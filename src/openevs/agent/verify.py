@@ -1,4 +1,4 @@
-"""Online verify on the agent: hash a replicated volume region by region, say what changed.
+"""Operator extensions on the agent: online verify, and a pair's resync rate.
 
 DRBD's verify-alg: the controller asks both agents of a pair to hash the
 same range (keyed BLAKE2b, 16 bytes per 64 KiB region, a new key for every
@@ -32,6 +32,7 @@ from openevs.contract import (
     RegionChanges,
     RegionHashes,
     ReplicationState,
+    ResyncRate,
 )
 from openevs.domain.replication import Role
 
@@ -106,6 +107,10 @@ def verify_router(node: StorageNode) -> APIRouter:
         regions = _regions(body.offset, body.length)
         changed = set(r.activity.written_since(body.since_seq, regions)) | set(busy_regions(r.state, regions))
         return RegionChanges(regions=sorted(changed))
+
+    @router.put("/volumes/{volume_id}/replication/resync-rate")
+    async def set_resync_rate(volume_id: str, body: ResyncRate) -> ReplicationState:
+        return await repl.set_resync_rate(volume_id, body.resync_rate_bytes_per_s)
 
     @router.post("/volumes/{volume_id}/replication/dirty")
     async def mark_dirty(volume_id: str, body: DirtyRanges) -> ReplicationState:

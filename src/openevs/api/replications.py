@@ -62,6 +62,11 @@ def pair_view(pair: ReplicationPair) -> dict[str, Any]:
         "fault_level": pair.fault_level,
         # openevs extension (docs/monitoring.md): the last online verify, if any
         "verify": VerifyRun.load(pair.verify).view() if pair.verify else None,
+        # openevs extensions: the resync as the production agent last measured it, and its limit
+        "dirty_bytes": pair.dirty_bytes or 0,
+        "resync_rate_bytes_per_s": pair.resync_rate_bytes_per_s or 0.0,
+        "resync_eta_s": pair.resync_eta_s,
+        "resync_rate_limit_bytes_per_s": pair.resync_rate_limit_bytes_per_s or 0,
     }
 
 
@@ -114,6 +119,20 @@ def verify_pair(project_id: str, replication_id: str, token: ScopedDep, runtime:
     """openevs extension: compare the DR disk with the production disk while writes go on."""
     pair = verify.verify_pair(runtime, project_id, replication_id)
     return JSONResponse({"replication": pair_view(pair)}, status_code=202)
+
+
+class ResyncRateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    resync_rate_bytes_per_s: int = Field(ge=0, le=1 << 40)
+
+
+@router.put("/os-vendor-replications/{replication_id}/resync-rate")
+def set_resync_rate(
+    project_id: str, replication_id: str, body: ResyncRateBody, token: ScopedDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    """openevs extension: this pair's resync limit in bytes/s (0: only the agent's own)."""
+    pair = verify.set_resync_rate(runtime, project_id, replication_id, body.resync_rate_bytes_per_s)
+    return {"replication": pair_view(pair)}
 
 
 @router.delete("/os-vendor-replications/{replication_id}", status_code=202)

@@ -60,6 +60,15 @@ class StateReading(Protocol):
     @property
     def resynced_bytes_total(self) -> int: ...
 
+    @property
+    def dirty_bytes(self) -> int: ...
+
+    @property
+    def resync_rate_bytes_per_s(self) -> float: ...
+
+    @property
+    def resync_eta_s(self) -> float | None: ...
+
 
 class MemberReading(Protocol):
     """A member pair as its row states it (`db.models.ReplicationPair` is one)."""
@@ -80,7 +89,7 @@ def progress_percent(copied_bytes: int, total_bytes: int) -> str:
     return str(min(100, copied_bytes * 100 // total_bytes))
 
 
-def measure_pair(state: StateReading | None) -> dict[str, str | int | None]:
+def measure_pair(state: StateReading | None) -> dict[str, str | int | float | None]:
     """The pair row's values that state what the production agent reported
     (`None`: the agent cannot be reached)."""
     if state is None:
@@ -103,6 +112,9 @@ def measure_pair(state: StateReading | None) -> dict[str, str | int | None]:
         "progress": progress,
         "fault_level": fault,
         "synced_bytes": state.resynced_bytes_total,
+        "dirty_bytes": state.dirty_bytes,
+        "resync_rate_bytes_per_s": state.resync_rate_bytes_per_s,
+        "resync_eta_s": state.resync_eta_s,
     }
 
 

@@ -76,6 +76,7 @@ def primary_config(
         peer=Peer(host=host, port=port, export=pair.link_export),
         mirroring=mirroring,
         initial_sync=initial,
+        resync_rate_bytes_per_s=pair.resync_rate_limit_bytes_per_s or 0,
     )
 
 

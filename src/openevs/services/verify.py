@@ -1,4 +1,4 @@
-"""Online verify use cases: start a verify of a pair, or of every pair of a group.
+"""Operator use cases beyond EVS: verify a pair or a group; set a pair's resync rate.
 
 A verify is an openevs extension (the EVS API has none; docs/monitoring.md,
 "Online verify"). Starting one stores a new run (domain/verify.py) with a
@@ -12,11 +12,13 @@ import secrets
 
 from sqlalchemy.orm import Session
 
-from openevs.db.models import ReplicationGroup, ReplicationPair, utcnow
-from openevs.domain.errors import InvalidState
+from openevs.contract import ResyncRate
+from openevs.db.models import ReplicationGroup, ReplicationPair, Volume, utcnow
+from openevs.domain.errors import InvalidInput, InvalidState
 from openevs.domain.replication import PairStatus
 from openevs.domain.verify import VerifyRun
 from openevs.runtime import Runtime
+from openevs.services.agent_errors import call_agent
 from openevs.services.groups import get_group, members
 from openevs.services.replications import get_pair
 from openevs.services.unit_of_work import UnitOfWork
@@ -38,6 +40,26 @@ def verify_pair(runtime: Runtime, project_id: str, pair_id: str) -> ReplicationP
         _start(uow.session, pair)
         uow.session.flush()
         uow.wake_reconciler()
+        return pair
+
+
+def set_resync_rate(runtime: Runtime, project_id: str, pair_id: str, rate_bytes_per_s: int) -> ReplicationPair:  # noqa: E501
+    """Saved in the pair row (every role the controller sends carries it), then set on
+    the production agent at once; 503 if that agent cannot be reached (the row keeps
+    it and the next role push delivers it)."""
+    if not 0 <= rate_bytes_per_s <= 1 << 40:
+        raise InvalidInput("resync_rate_bytes_per_s must be between 0 (no limit) and 2**40")
+    with UnitOfWork(runtime) as uow:
+        pair = get_pair(uow.session, project_id, pair_id)
+        if pair.status != PairStatus.AVAILABLE:
+            raise InvalidState(f"cannot change replication pair {pair.id} in status {pair.status}")
+        pair.resync_rate_limit_bytes_per_s = rate_bytes_per_s
+        prod = uow.session.get(Volume, pair.production_volume_id)
+        assert prod is not None
+        az, vid, rate = prod.availability_zone, pair.production_volume_id, ResyncRate(
+            resync_rate_bytes_per_s=rate_bytes_per_s)  # fmt: skip
+        uow.after_commit(lambda: call_agent(runtime, az, lambda a: a.set_resync_rate(vid, rate)))
+        uow.session.flush()
         return pair
 
 
