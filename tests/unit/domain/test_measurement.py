@@ -48,7 +48,8 @@ def test_measure_pair(
 
 def test_measure_pair_carries_the_resync_figures() -> None:
     values = measure_pair(primary(dirty_bytes=4096, resync_rate_bytes_per_s=1e6, resync_eta_s=12.5))
-    assert (values["dirty_bytes"], values["resync_rate_bytes_per_s"], values["resync_eta_s"]) == (4096, 1e6, 12.5)
+    figures = (values["dirty_bytes"], values["resync_rate_bytes_per_s"], values["resync_eta_s"])
+    assert figures == (4096, 1e6, 12.5)
 
 
 @pytest.mark.parametrize(
