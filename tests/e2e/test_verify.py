@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 from openevs.agent.nbd.client import NbdClient
 from tests.e2e.agents import StandaloneAgent
 from tests.e2e.conftest import ServeProcess, Session
+from tests.e2e.test_cli import ok
 from tests.e2e.test_metrics import create_pair
 from tests.e2e.test_replication import MIB, digest, nbd_address, write_blocks
 from tests.support.api import make_disk, wait_json
@@ -93,8 +95,12 @@ def test_verify_finds_exactly_the_changed_regions_and_the_sync_repairs_them(
     # They were marked dirty: the sync copies them back, the pair is active again.
     path = f"/v2/{{p}}/os-vendor-replications/{pair_id}"
     wait_json(session, path, "replication", lambda p: p["replication_status"] == "active")
-    again = run_verify(session, pair_id)
+    # The second one through the CLI, as an operator runs it.
+    done = ok(serve.client_env(), "replication", "verify", pair_id, "--wait", "-f", "json")
+    again = json.loads(done.stdout)["verify"]
+    assert again["status"] == "finished" and again["checked_bytes"] + again["skipped_bytes"] == GIB
     assert again["mismatched_bytes"] == 0 and again["mismatched_ranges"] == []
+    assert "0 mismatched" in done.stderr, done.stderr
     dr_addr = nbd_address(session, dr, DR_AZ)
     assert asyncio.run(digest(dr_addr)) == asyncio.run(digest(prod_addr))
 
