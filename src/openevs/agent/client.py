@@ -17,24 +17,20 @@ from openevs.contract import (
     AgentHealth,
     AgentRequestFailed,
     AgentUnavailable,
-    ChangesRequest,
     DirtyRanges,
     ErrorBody,
     ErrorReason,
     Export,
     ExportGrant,
     ExportList,
-    HashRequest,
-    RegionChanges,
-    RegionHashes,
     ReplicationRequest,
     ReplicationState,
     ReplicationStates,
-    ResyncRate,
     SizeRequest,
     VolumeInfo,
     VolumeList,
 )
+from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -25,15 +25,8 @@ from openevs.agent.mirror.engine import REGION_BYTES, MirrorState
 from openevs.agent.mirror.replica import Replica
 from openevs.agent.node import StorageNode
 from openevs.agent.pool import data_extents
-from openevs.contract import (
-    ChangesRequest,
-    DirtyRanges,
-    HashRequest,
-    RegionChanges,
-    RegionHashes,
-    ReplicationState,
-    ResyncRate,
-)
+from openevs.contract import DirtyRanges, ReplicationState
+from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
 from openevs.domain.replication import Role
 
 DIGEST_BYTES = 16

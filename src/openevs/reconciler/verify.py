@@ -18,7 +18,8 @@ import time
 
 from sqlalchemy import select, update
 
-from openevs.contract import AgentError, ChangesRequest, DirtyRanges, HashRequest
+from openevs.contract import AgentError, DirtyRanges
+from openevs.contract_ops import ChangesRequest, HashRequest
 from openevs.db.models import ReplicationPair, utcnow
 from openevs.domain.replication import PairStatus
 from openevs.domain.verify import VerifyRun, add_slice, compare_slice

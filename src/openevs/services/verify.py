@@ -12,7 +12,7 @@ import secrets
 
 from sqlalchemy.orm import Session
 
-from openevs.contract import ResyncRate
+from openevs.contract_ops import ResyncRate
 from openevs.db.models import ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain.errors import InvalidInput, InvalidState
 from openevs.domain.replication import PairStatus
