@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     # their own (ids, comma-separated, or "all"; default none: one series per operation).
     metrics_listen: str = "127.0.0.1:9776"
     metrics_volumes: str = ""
+    # Resync bandwidth of each embedded agent, all its pairs together (bytes/s, 0: no limit);
+    # a pair's own limit is set through the API (docs/monitoring.md, "Resync rate").
+    resync_rate_bytes_per_s: int = 0
 
     @classmethod
     def settings_customise_sources(

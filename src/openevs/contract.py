@@ -25,11 +25,14 @@ Rules this module keeps:
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, model_validator
 
 from openevs.domain.errors import OpenEvsError
+
+if TYPE_CHECKING:
+    from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
 from openevs.domain.replication import ReplicationStatus, Role
 
 NAME_MAX = 255  # export names and hosts
@@ -209,6 +212,8 @@ class ReplicationConfig(Model):
     link_export: str | None = Field(default=None, max_length=NAME_MAX)  # secondary: what the primary opens
     mirroring: StrictBool = True
     arbiter: Arbiter | None = None  # primary: None is static priority
+    # primary: the sync copies at most this many bytes/s (0: no limit but the agent's own)
+    resync_rate_bytes_per_s: StrictInt = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -489,5 +494,19 @@ class AgentClient(Protocol):
     def grant_snapshot_export(self, export_name: str, volume_id: str, snapshot_id: str) -> None: ...
 
     def revoke_snapshot_export(self, export_name: str) -> None: ...
+
+    def hash_regions(self, volume_id: str, request: HashRequest) -> RegionHashes:
+        """Online verify: keyed digests of a range, region by region (never the data)."""
+        ...
+
+    def region_changes(self, volume_id: str, request: ChangesRequest) -> RegionChanges: ...
+
+    def set_resync_rate(self, volume_id: str, rate: ResyncRate) -> ReplicationState:
+        """Change a primary's resync limit (kept in its persisted config)."""
+        ...
+
+    def mark_dirty(self, volume_id: str, ranges: DirtyRanges) -> ReplicationState:
+        """Mark ranges of a primary dirty (a verify found them different); the sync copies them."""
+        ...
 
     def close(self) -> None: ...

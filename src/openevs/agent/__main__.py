@@ -57,6 +57,9 @@ def agent(
         str,
         typer.Option(help='Volumes whose NBD traffic /metrics shows apart: ids, comma-separated, or "all".'),
     ] = "",
+    resync_rate: Annotated[
+        int, typer.Option(min=0, help="Bytes/s all syncs of this agent copy at most (0: no limit).")
+    ] = 0,
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
@@ -98,7 +101,10 @@ def agent(
     except (ConfigError, SecurityError, ValueError) as exc:
         typer.echo(f"{PROG}: {exc}", err=True)
         raise typer.Exit(2) from None
-    run_agent(az, pool, listen, nbd_host, nbd_port, witness, tls, metrics_volumes)
+    run_agent(
+        az, pool, listen, nbd_host, nbd_port,
+        witness=witness, tls=tls, metrics_volumes=metrics_volumes, resync_rate_bytes_per_s=resync_rate,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,7 @@ from openevs.contract import (
     VolumeInfo,
     VolumeList,
 )
+from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
 from openevs.security import PeerRejected, PkiError, redacted
 from openevs.security.identity import CertRole
 from openevs.security.pki import TlsFiles
@@ -217,6 +218,18 @@ class HttpAgentClient:
 
     def resume_group(self, group_id: str) -> ReplicationStates:
         return self._call(ReplicationStates, "POST", f"/groups/{_quoted(group_id)}/resume")
+
+    def hash_regions(self, volume_id: str, request: HashRequest) -> RegionHashes:
+        return self._call(RegionHashes, "POST", self._repl_path(volume_id, "/hash"), request)
+
+    def region_changes(self, volume_id: str, request: ChangesRequest) -> RegionChanges:
+        return self._call(RegionChanges, "POST", self._repl_path(volume_id, "/changes"), request)
+
+    def set_resync_rate(self, volume_id: str, rate: ResyncRate) -> ReplicationState:
+        return self._call(ReplicationState, "PUT", self._repl_path(volume_id, "/resync-rate"), rate)
+
+    def mark_dirty(self, volume_id: str, ranges: DirtyRanges) -> ReplicationState:
+        return self._call(ReplicationState, "POST", self._repl_path(volume_id, "/dirty"), ranges)
 
     def metrics_text(self) -> bytes:
         """The agent's `/metrics` as it wrote it (Prometheus text format, no contract model)."""

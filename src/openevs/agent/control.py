@@ -22,6 +22,7 @@ from openevs.agent.node import StorageNode
 from openevs.agent.pool import PoolError
 from openevs.agent.resources import SHORTAGE_LOG, shortage_of
 from openevs.agent.snapshot_control import add_snapshot_routes
+from openevs.agent.verify import verify_router
 from openevs.contract import (
     AgentHealth,
     DirtyRanges,
@@ -92,6 +93,7 @@ def create_control_app(agent: StorageNode) -> FastAPI:
         return _error(ErrorReason.INVALID_INPUT, "method not allowed", status=405)
 
     app.include_router(metrics_router(agent))  # GET /metrics (Prometheus text, not a contract model)
+    app.include_router(verify_router(agent))  # online verify: hash, changes, dirty
 
     @app.get("/health")
     async def health() -> AgentHealth:

@@ -38,6 +38,7 @@ class StorageNode:
         self, az: str, pool_dir: Path, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
         tls: AgentTls | None = None,
         metrics_volumes: frozenset[str] = frozenset(),
+        resync_rate_bytes_per_s: int = 0,
     ) -> None:  # fmt: skip
         self.az = az
         self.tls = tls
@@ -64,6 +65,7 @@ class StorageNode:
             self.pool, self._drop_export, self._connection_count, side=az,
             link_tls=tls.link_context() if tls is not None else None,
             tls=tls.files if tls is not None else None,
+            resync_rate_bytes_per_s=resync_rate_bytes_per_s,
         )  # fmt: skip
         self.witness_port = 0  # the witness this agent also serves (runner.py), 0: none
         self.snapshots = SnapshotStore(self.pool, self._drop_export)

@@ -126,6 +126,7 @@ async def serve_agent(
     witness: WitnessOptions | None = None,
     tls: AgentTls | None = None,
     metrics_volumes: frozenset[str] = frozenset(),
+    resync_rate_bytes_per_s: int = 0,
 ) -> None:
     """Serve until `stop` is set or SIGTERM/SIGINT arrives (with `witness`: also a
     witness for the pairs of other AZs, on its own port and state directory).
@@ -142,7 +143,10 @@ async def serve_agent(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     quiet_accept_errors(loop)
-    agent = StorageNode(az, pool_dir, nbd_host, nbd_port, tls=tls, metrics_volumes=metrics_volumes)
+    agent = StorageNode(
+        az, pool_dir, nbd_host, nbd_port,
+        tls=tls, metrics_volumes=metrics_volumes, resync_rate_bytes_per_s=resync_rate_bytes_per_s,
+    )  # fmt: skip
     agent.fd_limits = raise_nofile_limit()
     sock: socket.socket | None = None
     inode: int | None = None
@@ -210,7 +214,8 @@ def parse_metrics_volumes(value: str) -> frozenset[str]:
 
 def run_agent(
     az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
-    witness: WitnessOptions | None = None, tls: AgentTls | None = None, metrics_volumes: str = "",
+    *, witness: WitnessOptions | None = None, tls: AgentTls | None = None, metrics_volumes: str = "",
+    resync_rate_bytes_per_s: int = 0,
 ) -> None:  # fmt: skip
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
     logging.basicConfig(
@@ -219,6 +224,7 @@ def run_agent(
     volumes = parse_metrics_volumes(metrics_volumes)
     asyncio.run(
         serve_agent(
-            az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness, tls=tls, metrics_volumes=volumes
+            az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness, tls=tls, metrics_volumes=volumes,
+            resync_rate_bytes_per_s=resync_rate_bytes_per_s,
         )
-    )
+    )  # fmt: skip

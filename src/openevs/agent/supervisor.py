@@ -182,6 +182,8 @@ class AgentSupervisor:
                     *_pki_args(settings, az),
                     "--metrics-volumes",
                     settings.metrics_volumes,
+                    "--resync-rate",
+                    str(settings.resync_rate_bytes_per_s),
                 ],
                 pool_dir=pool,
                 pid_file=agent_dir / f"{az}.pid",

@@ -17,7 +17,7 @@ from openevs.db.models import ReplicationGroup
 from openevs.domain import codes
 from openevs.domain.errors import InvalidInput
 from openevs.runtime import Runtime
-from openevs.services import group_actions, groups
+from openevs.services import group_actions, groups, verify
 from openevs.services.arbitration import FORCE_ACTION
 
 router = APIRouter(prefix="/v2/{project_id}")
@@ -155,6 +155,13 @@ def update_group(
 def delete_group(project_id: str, group_id: str, token: ScopedDep, runtime: RuntimeDep) -> Response:
     groups.delete_group(runtime, project_id, group_id)
     return Response(status_code=202)
+
+
+@router.post(BASE + "/{group_id}/verify", status_code=202)
+def verify_group(project_id: str, group_id: str, token: ScopedDep, runtime: RuntimeDep) -> JSONResponse:
+    """openevs extension: verify every member pair (each pair view shows its `verify`)."""
+    verify.verify_group(runtime, project_id, group_id)
+    return JSONResponse(_body(groups.show_group(runtime, project_id, group_id)), status_code=202)
 
 
 # The actions without arguments, each one use case.

@@ -19,7 +19,8 @@ from openevs.api.list_query import LongListQuery, LongText
 from openevs.api.timefmt import evs_time
 from openevs.db.models import ReplicationPair
 from openevs.domain.arbitration import arbitration_view
-from openevs.services import replications
+from openevs.domain.verify import VerifyRun
+from openevs.services import replications, verify
 
 router = APIRouter(prefix="/v2/{project_id}")
 
@@ -63,6 +64,13 @@ def pair_view(pair: ReplicationPair) -> dict[str, Any]:
         # An openevs extension (docs/decisions.md "Arbitration"): the witness and whether
         # the primary's I/O is suspended; null under static priority.
         "arbitration": arbitration_view([pair.arbitration]),
+        # openevs extension (docs/monitoring.md): the last online verify, if any
+        "verify": VerifyRun.load(pair.verify).view() if pair.verify else None,
+        # openevs extensions: the resync as the production agent last measured it, and its limit
+        "dirty_bytes": pair.dirty_bytes or 0,
+        "resync_rate_bytes_per_s": pair.resync_rate_bytes_per_s or 0.0,
+        "resync_eta_s": pair.resync_eta_s,
+        "resync_rate_limit_bytes_per_s": pair.resync_rate_limit_bytes_per_s or 0,
     }
 
 
@@ -108,6 +116,27 @@ def list_pairs(
 @router.get("/os-vendor-replications/{replication_id}")
 def show_pair(project_id: str, replication_id: str, token: ScopedDep, runtime: RuntimeDep) -> dict[str, Any]:
     return {"replication": pair_view(replications.show_pair(runtime, project_id, replication_id))}
+
+
+@router.post("/os-vendor-replications/{replication_id}/verify", status_code=202)
+def verify_pair(project_id: str, replication_id: str, token: ScopedDep, runtime: RuntimeDep) -> JSONResponse:
+    """openevs extension: compare the DR disk with the production disk while writes go on."""
+    pair = verify.verify_pair(runtime, project_id, replication_id)
+    return JSONResponse({"replication": pair_view(pair)}, status_code=202)
+
+
+class ResyncRateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    resync_rate_bytes_per_s: int = Field(ge=0, le=1 << 40)
+
+
+@router.put("/os-vendor-replications/{replication_id}/resync-rate")
+def set_resync_rate(
+    project_id: str, replication_id: str, body: ResyncRateBody, token: ScopedDep, runtime: RuntimeDep
+) -> dict[str, Any]:
+    """openevs extension: this pair's resync limit in bytes/s (0: only the agent's own)."""
+    pair = verify.set_resync_rate(runtime, project_id, replication_id, body.resync_rate_bytes_per_s)
+    return {"replication": pair_view(pair)}
 
 
 @router.delete("/os-vendor-replications/{replication_id}", status_code=202)

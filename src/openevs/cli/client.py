@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import typer
 
-from openevs.cli import client_groups, client_replication, client_servers, client_volumes
+from openevs.cli import client_groups, client_replication, client_servers, client_verify, client_volumes
+
+EXTENSIONS = (client_verify,)  # they add their commands to the families above
 
 FAMILIES: list[tuple[str, typer.Typer]] = [
     ("volume", client_volumes.app),

@@ -168,8 +168,13 @@ def percent_of(value: Any) -> float | None:
 
 
 def replication_state(item: dict[str, Any]) -> str:
-    """`status / replication_status [N%]` of a pair or a group, for progress lines."""
-    return f"{item.get('status')} / {replication_cell(item) or '-'}"
+    """`status / replication_status [N%] [rate, ETA]` of a pair or a group, for progress lines."""
+    text = f"{item.get('status')} / {replication_cell(item) or '-'}"
+    rate, eta = item.get("resync_rate_bytes_per_s"), item.get("resync_eta_s")
+    if item.get("replication_status") == "copying" and rate:
+        text += f", {rate / (1 << 20):.1f} MiB/s"
+        text += f", ETA {eta:.0f} s" if eta is not None else ", ETA unknown"
+    return text
 
 
 def replication_cell(item: dict[str, Any]) -> str | None:

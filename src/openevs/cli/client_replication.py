@@ -74,9 +74,24 @@ SHAPE = Shape(
         "id", "name", "description", "status", "replication_consistency_group_id", "volume_ids",
         "priority_station", "created_at", "updated_at", "replication_model", "replication_status",
         "progress", "failure_detail", "record_metadata", "fault_level", "arbitration",
+        # openevs extensions (docs/monitoring.md)
+        "verify", "dirty_bytes", "resync_rate_bytes_per_s", "resync_eta_s", "resync_rate_limit_bytes_per_s",
     ),
-    cells={"volume_ids": volume_id_list},
+    cells={"volume_ids": volume_id_list, "verify": lambda v: verify_summary(v)},
 )
+
+def verify_summary(verify: dict[str, Any] | None) -> str:
+    """One line of a pair's `verify` extra (also its cell in `replication show`)."""
+    if not verify:
+        return "never verified"
+    text = (f"{verify['status']} {verify['progress']}%: {verify['checked_bytes']} bytes checked, "
+            f"{verify['mismatched_bytes']} mismatched, {verify['skipped_bytes']} skipped")  # fmt: skip
+    if verify.get("mismatched_ranges"):
+        text += " at " + ", ".join(f"{o}+{n}" for o, n in verify["mismatched_ranges"][:8])
+    if verify.get("error"):
+        text += f" ({verify['error']})"
+    return text
+
 
 PairId = Annotated[str, typer.Argument(help="The replication pair's ID.")]
 Columns = Annotated[list[str] | None, SHAPE.column_option()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -200,6 +200,12 @@ class ReplicationPair(Base):
     # What the production disk's agent last reported of its arbitration
     # (contract.ArbitrationState as JSON; null: static priority or not measured).
     arbitration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    verify: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # domain/verify.py
+    resync_rate_limit_bytes_per_s: Mapped[int] = mapped_column(BigInteger, default=0)  # 0: none of its own
+    # What the production agent last measured (reconciler/replications.py), for the pair view.
+    dirty_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    resync_rate_bytes_per_s: Mapped[float] = mapped_column(Float, default=0.0)
+    resync_eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

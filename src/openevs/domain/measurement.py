@@ -71,6 +71,13 @@ class StateReading(Protocol):
 
     @property
     def arbitration(self) -> ArbitrationReading | None: ...
+    def dirty_bytes(self) -> int: ...
+
+    @property
+    def resync_rate_bytes_per_s(self) -> float: ...
+
+    @property
+    def resync_eta_s(self) -> float | None: ...
 
 
 class MemberReading(Protocol):
@@ -92,7 +99,9 @@ def progress_percent(copied_bytes: int, total_bytes: int) -> str:
     return str(min(100, copied_bytes * 100 // total_bytes))
 
 
-def measure_pair(state: StateReading | None, was_suspended: bool = False) -> dict[str, str | int | None]:
+def measure_pair(
+    state: StateReading | None, was_suspended: bool = False
+) -> dict[str, str | int | float | None]:
     """The pair row's values that state what the production agent reported
     (`None`: the agent cannot be reached; `was_suspended`: the row said suspended)."""
     if state is None:
@@ -116,6 +125,9 @@ def measure_pair(state: StateReading | None, was_suspended: bool = False) -> dic
         "progress": progress,
         "fault_level": fault,
         "synced_bytes": state.resynced_bytes_total,
+        "dirty_bytes": state.dirty_bytes,
+        "resync_rate_bytes_per_s": state.resync_rate_bytes_per_s,
+        "resync_eta_s": state.resync_eta_s,
     }
     if suspended:
         values["failure_detail"] = FD_LINK

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from openevs.reconciler import groups, replications, volumes
+from openevs.reconciler import groups, replications, verify, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.reconciler.auto_failover import AutoFailover
 from openevs.reconciler.groups import GROUPS
@@ -55,6 +55,7 @@ class Reconciler:
             if kind is SNAPSHOTS:
                 settle_rollbacks(self.runtime)
         volumes.finish_pair_grows(self.runtime)
+        busy += verify.run_verifies(self.runtime)
         if replications.observe_all(self.runtime):
             busy += 1
         groups.aggregate(self.runtime)

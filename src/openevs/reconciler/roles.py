@@ -109,6 +109,7 @@ def primary_config(
         mirroring=mirroring,
         initial_sync=initial,
         arbiter=arbiter,
+        resync_rate_bytes_per_s=pair.resync_rate_limit_bytes_per_s or 0,
     )
 
 

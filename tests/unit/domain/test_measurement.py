@@ -49,7 +49,14 @@ def test_measure_pair(
 ) -> None:
     values = measure_pair(primary(resynced_bytes_total=512, **fields))
     assert values == {"replication_status": status, "progress": progress, "fault_level": fault,
-                      "synced_bytes": 512}  # fmt: skip
+                      "synced_bytes": 512, "dirty_bytes": 0, "resync_rate_bytes_per_s": 0.0,
+                      "resync_eta_s": None}  # fmt: skip
+
+
+def test_measure_pair_carries_the_resync_figures() -> None:
+    values = measure_pair(primary(dirty_bytes=4096, resync_rate_bytes_per_s=1e6, resync_eta_s=12.5))
+    figures = (values["dirty_bytes"], values["resync_rate_bytes_per_s"], values["resync_eta_s"])
+    assert figures == (4096, 1e6, 12.5)
 
 
 @pytest.mark.parametrize(

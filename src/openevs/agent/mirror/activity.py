@@ -110,6 +110,22 @@ class ActivityLog:
     def _last_extent(self) -> int:
         return (self._size_bytes() - 1) // engine.REGION_BYTES // engine.HOT_EXTENT_REGIONS
 
+    @property
+    def write_seq(self) -> int:
+        """How many forwarded writes have begun (online verify: written since?)."""
+        return self._write_seq
+
+    def written_since(self, seq: int, regions: range) -> list[int]:
+        """Regions of hot extents with a forwarded write begun after `seq`. Exact for
+        writes less than COOL_INTERVAL_S old (an extent cools no sooner)."""
+        hot = self.hot
+        out: list[int] = []
+        for extent in engine.hot_extents_of(regions):
+            if hot.get(extent, NEVER_WRITTEN) > seq:
+                span = engine.extent_regions(extent)
+                out.extend(range(max(span.start, regions.start), min(span.stop, regions.stop)))
+        return out
+
     def forward_started(self, regions: range) -> None:
         """A write to `regions` is being forwarded (their extents are hot)."""
         self._write_seq += 1

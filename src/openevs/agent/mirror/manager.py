@@ -30,6 +30,7 @@ from openevs.agent.mirror.groups import Groups
 from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.plan import Action, plan_config_change
 from openevs.agent.mirror.quorum import Quorum
+from openevs.agent.mirror.ratelimit import TokenBucket
 from openevs.agent.mirror.replica import Replica
 from openevs.agent.mirror.user_export import MirroredExport
 from openevs.agent.nbd.export import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FileExport, fallocate
@@ -60,6 +61,7 @@ class ReplicationManager:
         side: str = "",
         link_tls: ssl.SSLContext | None = None,
         tls: TlsFiles | None = None,  # this agent's certificate: for its calls to witnesses
+        resync_rate_bytes_per_s: int = 0,
     ) -> None:
         self.pool = pool
         self._drop_export = drop_export
@@ -72,6 +74,7 @@ class ReplicationManager:
         self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
         self._lock = asyncio.Lock()
+        self.resync_bucket = TokenBucket(resync_rate_bytes_per_s)  # the agent's limit, over all syncs
 
     def _new_replica(self, volume_id: str, config: ReplicationConfig) -> Replica:
         return Replica(
@@ -81,6 +84,7 @@ class ReplicationManager:
             link_connections=self._connection_count,
             link_pools=self.link_pools,
             quorum=self.quorum,
+            resync_bucket=self.resync_bucket,
         )  # fmt: skip
 
     # -- arbitration (quorum.py, solo.py) ----------------------------------
@@ -321,6 +325,15 @@ class ReplicationManager:
             await self._drop_export(link_export)
         replica.remove_bitmap()
         await asyncio.to_thread(remove_config, self.pool.root, volume_id)
+
+    async def set_resync_rate(self, volume_id: str, rate_bytes_per_s: int) -> ReplicationState:
+        """A pair's resync limit: saved with its config, read by its sync per chunk."""
+        async with self._lock:
+            replica = self._replica(volume_id)
+            config = replica.config.replace(resync_rate_bytes_per_s=rate_bytes_per_s)
+            await asyncio.to_thread(save_config, self.pool.root, volume_id, config)
+            replica.config = config
+            return replica.describe()
 
     async def set_mirroring(self, volume_ids: list[str], on: bool) -> None:
         """Pause or resume: every member's state changes in this one step."""

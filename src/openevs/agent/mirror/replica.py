@@ -29,6 +29,7 @@ from openevs.agent.mirror.link import LinkDown, PeerLink
 from openevs.agent.mirror.link_pool import LinkPools
 from openevs.agent.mirror.meter import lag_s
 from openevs.agent.mirror.quorum import Quorum
+from openevs.agent.mirror.ratelimit import TokenBucket
 from openevs.agent.mirror.replica_link import ReplicaLink
 from openevs.agent.mirror.solo import SoloGate
 from openevs.agent.mirror.sync import Sync
@@ -50,6 +51,7 @@ class Replica:
         link_connections: Callable[[str], int],
         link_pools: LinkPools,
         quorum: Quorum,
+        resync_bucket: TokenBucket | None = None,
     ) -> None:  # fmt: skip
         self.volume_id = volume_id
         self.config = config
@@ -70,7 +72,10 @@ class Replica:
             volume_id, st, self.activity, changes, tasks, self._size, link_pools,
             on_up=lambda: on_link_up(self), on_lost=lambda reason: on_link_lost(self, reason),
         )  # fmt: skip
-        self.sync = Sync(volume_id, st, self.activity, changes, self._current_link, self._rfd, self._size)
+        self.sync = Sync(
+            volume_id, st, self.activity, changes, self._current_link, self._rfd, self._size,
+            pair_rate=lambda: self.config.resync_rate_bytes_per_s, agent_bucket=resync_bucket,
+        )  # fmt: skip
         self._quorum = quorum
         self.gate = SoloGate(volume_id, st, quorum, self._arbiter, changes, self._peer_flush)
         self.writes = WritePath(volume_id, st, self.activity, self.link, changes, tasks, self.gate)

@@ -32,6 +32,7 @@ from openevs.agent.mirror.activity import ActivityLog
 from openevs.agent.mirror.engine import REGION_BYTES, MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
 from openevs.agent.mirror.meter import ResyncMeter
+from openevs.agent.mirror.ratelimit import TokenBucket
 from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.mirror.tasks import Changes
 from openevs.agent.pool import data_extents
@@ -46,6 +47,7 @@ class Sync:
     def __init__(
         self, volume_id: str, state: MirrorState, activity: ActivityLog, changes: Changes,
         current_link: Callable[[], PeerLink | None], fd: int, size_bytes: Callable[[], int],
+        pair_rate: Callable[[], int] = lambda: 0, agent_bucket: TokenBucket | None = None,
     ) -> None:  # fmt: skip
         self._volume_id = volume_id
         self._state = state
@@ -62,6 +64,15 @@ class Sync:
         self.peer_blank = False  # the peer was punched: all-zero chunks need no request
         self.io_error = False
         self.meter = ResyncMeter()
+        self._pair_rate = pair_rate  # this pair's limit (its config), read per chunk
+        self._pair_bucket = TokenBucket()
+        self._agent_bucket = agent_bucket or TokenBucket()  # shared by every sync of the agent
+
+    def _throttle(self, nbytes: int) -> float:
+        """Seconds to wait before copying nbytes, under the pair's and the agent's limits."""
+        now = time.monotonic()
+        self._pair_bucket.set_rate(self._pair_rate())
+        return max(self._pair_bucket.reserve(now, nbytes), self._agent_bucket.reserve(now, nbytes))
 
     def left_bytes(self) -> int:
         """Bytes still to copy (dirty, or being copied)."""
@@ -103,6 +114,12 @@ class Sync:
                 if not chunk:
                     slots.release()
                     continue
+                delay = self._throttle(len(chunk) * REGION_BYTES)
+                if delay > 0:  # the regions stay dirty while we wait: writes go on meanwhile
+                    await asyncio.sleep(delay)
+                    if not st.in_sync_path or any(r not in st.dirty or r in st.writing for r in chunk):
+                        slots.release()
+                        continue  # the state moved on; the next pass plans again
                 # One step: the regions leave `dirty` and enter `copying` before the read.
                 st.dirty.difference_update(chunk)
                 st.copying.update(chunk)
