@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -159,6 +159,8 @@ class ReplicationPair(Base):
     """An EVS replication pair: a production disk and its DR disk in another AZ."""
 
     __tablename__ = "replication_pairs"
+    # The measurement's "rows changed lately" (reconciler/measurements.py).
+    __table_args__ = (Index("ix_replication_pairs_status_updated_at", "status", "updated_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True

@@ -12,9 +12,10 @@ import logging
 import threading
 import time
 
-from openevs.reconciler import groups, replications, volumes
+from openevs.reconciler import groups, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.reconciler.groups import GROUPS
+from openevs.reconciler.measurements import Measurements
 from openevs.reconciler.replications import PAIRS
 from openevs.reconciler.volumes import VOLUMES
 from openevs.runtime import Runtime
@@ -26,6 +27,7 @@ class Reconciler:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.watcher = AgentWatcher(runtime)
+        self.measurements = Measurements(runtime)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_health = 0.0
@@ -42,7 +44,7 @@ class Reconciler:
         busy += PAIRS.run(self.runtime)
         busy += GROUPS.run(self.runtime)
         volumes.finish_pair_grows(self.runtime)
-        if replications.observe_all(self.runtime):
+        if self.measurements.observe():
             busy += 1
         groups.aggregate(self.runtime)
         return busy

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from openevs.agent.grants import validate_export_name
 from openevs.agent.mirror import engine
+from openevs.agent.mirror.changes import ChangeLog
 from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
 from openevs.agent.mirror.groups import Groups
 from openevs.agent.mirror.link_pool import LinkPools
@@ -62,6 +63,7 @@ class ReplicationManager:
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
         self.link_pools = LinkPools()  # the connections to peer agents, shared by the pairs
+        self.changes = ChangeLog()
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed)
         self.quorum.still_needed = self._lease_needed
@@ -74,6 +76,7 @@ class ReplicationManager:
             on_link_lost=self._link_lost,
             link_connections=self._connection_count,
             link_pools=self.link_pools,
+            on_change=self.changes.touch,
             quorum=self.quorum,
         )  # fmt: skip
 
@@ -196,7 +199,12 @@ class ReplicationManager:
                 initial_sync=request.initial_sync,
                 fenced=current is not None and current.state.fenced,
             )  # fmt: skip
-            await self._carry_out(volume_id, current, config, actions)
+            try:
+                await self._carry_out(volume_id, current, config, actions)
+            finally:
+                self.changes.touch(volume_id)
+                if (changed := self.replicas.get(volume_id)) is not None:
+                    changed.notify()  # the sync and housekeeping wait for changes, not time
             replica = self.replicas.get(volume_id)
             if replica is None:
                 return self.describe(volume_id)  # standalone now
@@ -298,6 +306,7 @@ class ReplicationManager:
     async def delete(self, volume_id: str) -> None:
         async with self._lock:
             await self._remove(volume_id)
+            self.changes.touch(volume_id)
 
     async def _remove(self, volume_id: str) -> None:
         replica = self.replicas.pop(volume_id, None)
@@ -325,7 +334,7 @@ class ReplicationManager:
                 replica.set_mirroring(on)
                 replica.config = config
             for replica in replicas:
-                replica.update_link()
+                replica.update_link()  # notifies: the change log has them
             for gid in {r.config.group_id for r in replicas if r.config.group_id}:
                 self.groups.regroup(gid)
             for replica in replicas:
