@@ -159,8 +159,8 @@ class ReplicationPair(Base):
     """An EVS replication pair: a production disk and its DR disk in another AZ."""
 
     __tablename__ = "replication_pairs"
-    # The measurement's "rows changed lately" (reconciler/measurements.py).
-    __table_args__ = (Index("ix_replication_pairs_status_updated_at", "status", "updated_at"),)
+    # "Rows changed lately": the measurement and the group aggregate (reconciler/).
+    __table_args__ = (Index("ix_replication_pairs_updated_at", "updated_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True

@@ -46,7 +46,7 @@ class Reconciler:
         volumes.finish_pair_grows(self.runtime)
         if self.measurements.observe():
             busy += 1
-        groups.aggregate(self.runtime)
+        groups.aggregate(self.runtime, self.measurements.changed_since())
         return busy
 
     def run_forever(self) -> None:

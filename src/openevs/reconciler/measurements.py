@@ -54,11 +54,18 @@ class Measurements:
         self._cursors: dict[str, _Cursor] = {}
         self._last_full = float("-inf")
         self._recent_since: datetime | None = None  # None: look at every available pair
+        self._full_pass = True
+        self._looked_since: datetime | None = None  # what this pass's "lately" meant
+
+    def changed_since(self) -> datetime | None:
+        """Rows whose updated_at is before this need no look after this pass (None: all do)."""
+        return None if self._full_pass else self._looked_since
 
     def observe(self) -> bool:
         """Measure; True while some primary copies (the loop then polls fast)."""
         started = utcnow()
-        if time.monotonic() - self._last_full >= FULL_EVERY_S:
+        self._full_pass = time.monotonic() - self._last_full >= FULL_EVERY_S
+        if self._full_pass:
             self._last_full = time.monotonic()
             for cursor in self._cursors.values():
                 cursor.version = None
@@ -71,6 +78,7 @@ class Measurements:
             elif got is not False:
                 changed |= self._take(az, got)
         pairs = self._rows(changed)
+        self._looked_since = self._recent_since
         self._recent_since = started - RECENT_MARGIN
         for pair in pairs:
             state = self.states.get(pair.production_volume_id)

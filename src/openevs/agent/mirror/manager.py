@@ -64,6 +64,7 @@ class ReplicationManager:
         self.replicas: dict[str, Replica] = {}
         self.link_pools = LinkPools()  # the connections to peer agents, shared by the pairs
         self.changes = ChangeLog()
+        self._by_link_export: dict[str, str] = {}  # link export -> volume (the lookup per OPEN)
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed)
         self.quorum.still_needed = self._lease_needed
@@ -131,6 +132,7 @@ class ReplicationManager:
             # An old primary must not accept writes before the controller confirms it.
             replica.state.fenced = config.role is Role.PRIMARY
             self.replicas[volume_id] = replica
+            self._index_link_export(replica, None)
             self.groups.join(replica)
             replica.start()
             log.info(
@@ -150,14 +152,23 @@ class ReplicationManager:
 
     def link_export_volume(self, name: str) -> str | None:
         """The volume a secondary serves to its primary under export `name`."""
-        for volume_id, replica in self.replicas.items():
-            if (
-                replica.state.role is Role.SECONDARY
-                and replica.link_open
-                and replica.config.link_export == name
-            ):
-                return volume_id
+        volume_id = self._by_link_export.get(name)
+        replica = self.replicas.get(volume_id) if volume_id is not None else None
+        if (
+            replica is not None
+            and replica.state.role is Role.SECONDARY
+            and replica.link_open
+            and replica.config.link_export == name
+        ):
+            return volume_id
         return None
+
+    def _index_link_export(self, replica: Replica, old: ReplicationConfig | None) -> None:
+        previous = old.link_export if old is not None else None
+        if previous and self._by_link_export.get(previous) == replica.volume_id:
+            del self._by_link_export[previous]
+        if replica.config.link_export:
+            self._by_link_export[replica.config.link_export] = replica.volume_id
 
     def wrap(self, volume_id: str, inner: FileExport) -> MirroredExport:
         return MirroredExport(self.replicas, volume_id, inner)
@@ -273,6 +284,7 @@ class ReplicationManager:
                 await asyncio.to_thread(save_config, self.pool.root, replica.volume_id, new)
                 replica.config = new
                 replica.link_open = True
+                self._index_link_export(replica, old)
                 self._arbitrate(replica, old)
             case Action.START:
                 self.replicas[replica.volume_id] = replica
@@ -315,6 +327,8 @@ class ReplicationManager:
             return
         self.groups.leave(replica, replica.config.group_id)
         link_export = replica.config.link_export
+        if link_export and self._by_link_export.get(link_export) == volume_id:
+            del self._by_link_export[link_export]
         if (arbiter := replica.arbiter) is not None and not any(
             r.arbiter == arbiter for r in self.replicas.values()
         ):
