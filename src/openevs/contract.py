@@ -300,6 +300,11 @@ class ReplicationState(Model):
 
 class ReplicationStates(Model):
     volumes: list[ReplicationState]
+    # GET /replication?since=V: only the volumes whose state changed after version V
+    # (`changed_only`); `version` is the agent's counter now, valid for `boot_id`.
+    version: int = 0
+    boot_id: str = ""
+    changed_only: bool = False
 
 
 class DirtyRanges(Model):
@@ -450,6 +455,9 @@ class AgentClient(Protocol):
     def get_replication(self, volume_id: str) -> ReplicationState: ...
 
     def get_replication_dirty(self, volume_id: str) -> DirtyRanges: ...
+
+    def replication_changes(self, since: int | None) -> ReplicationStates:
+        """Every replication state (`since` None), or those changed after version `since`."""
 
     def list_replication(self) -> dict[str, ReplicationState]:
         """volume_id -> state of every replicated volume of the agent (one call)."""

@@ -201,6 +201,11 @@ class HttpAgentClient:
     def list_replication(self) -> dict[str, ReplicationState]:
         return {s.volume_id: s for s in self._call(ReplicationStates, "GET", "/replication").volumes}
 
+    def replication_changes(self, since: int | None) -> ReplicationStates:
+        """Every state (`since` None), or only those changed after version `since`."""
+        path = "/replication" if since is None else f"/replication?since={int(since)}"
+        return self._call(ReplicationStates, "GET", path)
+
     def get_replication_dirty(self, volume_id: str) -> DirtyRanges:
         return self._call(DirtyRanges, "GET", self._repl_path(volume_id, "/dirty"))
 

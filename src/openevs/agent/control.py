@@ -151,9 +151,20 @@ def create_control_app(agent: StorageNode) -> FastAPI:
         return repl.describe(volume_id)
 
     @app.get("/replication")
-    async def list_replication() -> ReplicationStates:
-        """The state of every replicated volume, in one call (the controller's poll)."""
-        return ReplicationStates(volumes=[repl.describe(v) for v in sorted(repl.replicas)])
+    async def list_replication(since: int | None = None) -> ReplicationStates:
+        """The state of every replicated volume in one call (the controller's measurement),
+        or with `since` only of those changed after that version (mirror/changes.py)."""
+        version = repl.changes.version
+        changed_only = since is not None and 0 <= since <= version
+        if changed_only:
+            assert since is not None
+            ids = [v for v in repl.changes.changed_since(since) if v in repl.replicas]
+        else:
+            ids = sorted(repl.replicas)
+        return ReplicationStates(
+            volumes=[repl.describe(v) for v in ids], version=version, boot_id=agent.boot_id,
+            changed_only=changed_only,
+        )  # fmt: skip
 
     @app.get("/volumes/{volume_id}/replication/dirty")
     async def get_replication_dirty(volume_id: str) -> DirtyRanges:

@@ -154,7 +154,7 @@ class StorageNode:
 
     async def health(self) -> AgentHealth:
         capacity, free = await asyncio.to_thread(self.pool.capacity)
-        volumes = await asyncio.to_thread(self.pool.list)
+        volume_count = await asyncio.to_thread(self.pool.count)
         return AgentHealth(
             az=self.az,
             nbd_host=self.nbd_host,
@@ -164,7 +164,7 @@ class StorageNode:
             boot_id=self.boot_id,
             capacity_bytes=capacity,
             free_bytes=free,
-            volume_count=len(volumes),
+            volume_count=volume_count,
             replica_count=len(self.replication.replicas),
             peer_connections=self.replication.link_pools.connection_count,
             fd_soft_limit=self.fd_limits[0],

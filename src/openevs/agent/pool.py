@@ -179,6 +179,14 @@ class FileVolumePool:
             raise _translate(exc, f"stat volume {volume_id}") from exc
         return _info(volume_id, st)
 
+    def count(self) -> int:
+        """How many volumes the pool holds (names only: no stat per volume)."""
+        with os.scandir(self.root) as entries:
+            return sum(
+                1 for e in entries
+                if e.name.endswith(_SUFFIX) and _ID_RE.fullmatch(e.name[: -len(_SUFFIX)])
+            )  # fmt: skip
+
     def list(self) -> list[VolumeInfo]:
         result = []
         for entry in sorted(self.root.glob(f"*{_SUFFIX}")):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -168,6 +168,8 @@ class ReplicationPair(Base):
     """An EVS replication pair: a production disk and its DR disk in another AZ."""
 
     __tablename__ = "replication_pairs"
+    # "Rows changed lately": the measurement and the group aggregate (reconciler/).
+    __table_args__ = (Index("ix_replication_pairs_updated_at", "updated_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True

@@ -14,8 +14,9 @@ resumes with the same plan.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 
 from openevs.contract import (
     AgentUnavailable,
@@ -197,11 +198,21 @@ GROUPS: Kind[ReplicationGroup] = Kind(
 )
 
 
-def aggregate(runtime: Runtime) -> None:
-    """Group replication_status, progress and fault_level from the members' measurements."""
+def aggregate(runtime: Runtime, since: datetime | None = None) -> None:
+    """Group replication_status, progress and fault_level from the members' measurements:
+    of every group, or (`since`) only of groups whose row or a member's row changed since."""
     with runtime.db.session() as session:
-        groups = list(session.scalars(select(ReplicationGroup)))
-        pairs = list(session.scalars(select(ReplicationPair).where(ReplicationPair.group_id.is_not(None))))
+        query = select(ReplicationGroup)
+        if since is not None:
+            touched = select(ReplicationPair.group_id).where(
+                ReplicationPair.updated_at >= since, ReplicationPair.group_id.is_not(None)
+            )
+            query = query.where(
+                or_(ReplicationGroup.updated_at >= since, ReplicationGroup.id.in_(touched))
+            )  # fmt: skip
+        groups = list(session.scalars(query))
+        members = select(ReplicationPair).where(ReplicationPair.group_id.in_([g.id for g in groups]))
+        pairs = list(session.scalars(members)) if groups else []
     by_group: dict[str, list[ReplicationPair]] = {}
     for p in pairs:
         by_group.setdefault(p.group_id or "", []).append(p)

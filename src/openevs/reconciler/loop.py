@@ -12,10 +12,11 @@ import logging
 import threading
 import time
 
-from openevs.reconciler import groups, replications, verify, volumes
+from openevs.reconciler import groups, verify, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.reconciler.auto_failover import AutoFailover
 from openevs.reconciler.groups import GROUPS
+from openevs.reconciler.measurements import Measurements
 from openevs.reconciler.replications import PAIRS
 from openevs.reconciler.snapshots import SNAPSHOTS, settle_rollbacks
 from openevs.reconciler.volumes import VOLUMES
@@ -29,6 +30,7 @@ class Reconciler:
         self.runtime = runtime
         self.watcher = AgentWatcher(runtime)
         self.auto_failover = AutoFailover(runtime)
+        self.measurements = Measurements(runtime)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_health = 0.0
@@ -56,9 +58,9 @@ class Reconciler:
                 settle_rollbacks(self.runtime)
         volumes.finish_pair_grows(self.runtime)
         busy += verify.run_verifies(self.runtime)
-        if replications.observe_all(self.runtime):
+        if self.measurements.observe():
             busy += 1
-        groups.aggregate(self.runtime)
+        groups.aggregate(self.runtime, self.measurements.changed_since())
         return busy
 
     def run_forever(self) -> None:

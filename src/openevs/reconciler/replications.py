@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 
 from openevs.contract import AgentRequestFailed, AgentUnavailable, ReplicationState
-from openevs.db.models import ReplicationClaim, ReplicationPair, Volume, utcnow
+from openevs.db.models import ReplicationClaim, ReplicationPair, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.measurement import measure_pair
 from openevs.domain.replication import PAIR_MACHINE, PairStatus, PairTrigger, Role
@@ -75,7 +75,8 @@ PAIRS: Kind[ReplicationPair] = Kind(
 ARBITRATION_KEPT = {"witness", "witness_reachable", "lease", "outdated", "refusal", "suspended"}
 
 
-def _record(runtime: Runtime, pair: ReplicationPair, state: ReplicationState | None) -> None:
+def record(runtime: Runtime, pair: ReplicationPair, state: ReplicationState | None) -> None:
+    """Write the measured values of `state` into the pair's row, only those that changed."""
     if state is not None and state.role is not Role.PRIMARY:
         return  # roles are being (re)configured; the next pass measures again
     was_suspended = bool((pair.arbitration or {}).get("suspended"))
@@ -92,41 +93,3 @@ def _record(runtime: Runtime, pair: ReplicationPair, state: ReplicationState | N
             .where(ReplicationPair.id == pair.id, ReplicationPair.status == pair.status)
             .values(updated_at=utcnow(), **changed)
         )
-
-
-def observe_all(runtime: Runtime) -> bool:
-    """Measure every available pair, one call per production AZ; True if any copies."""
-    with runtime.db.session() as session:
-        pairs = list(
-            session.scalars(select(ReplicationPair).where(ReplicationPair.status == PairStatus.AVAILABLE))
-        )
-        ids = [p.production_volume_id for p in pairs]
-        azs: dict[str, str] = {
-            vid: az
-            for vid, az in session.execute(
-                select(Volume.id, Volume.availability_zone).where(Volume.id.in_(ids))
-            ).tuples()
-        }
-    states: dict[str, dict[str, ReplicationState] | None] = {}
-    for az in sorted(set(azs.values())):
-        try:
-            states[az] = runtime.agent(az).list_replication()
-        except AgentUnavailable:
-            states[az] = None
-        except AgentRequestFailed as exc:
-            log.warning("agent of %s: cannot read replication states: %s", az, exc)
-    copying = False
-    for pair in pairs:
-        prod_az = azs.get(pair.production_volume_id)
-        if prod_az is None or prod_az not in states:
-            continue
-        by_volume = states[prod_az]
-        state = None if by_volume is None else by_volume.get(pair.production_volume_id)
-        if by_volume is not None and state is None:
-            continue  # the agent does not know it yet: being configured
-        try:
-            _record(runtime, pair, state)
-        except Exception:
-            log.exception("pair %s: observe failed", pair.id)
-        copying = copying or (state is not None and state.replication_status is rep.ReplicationStatus.COPYING)
-    return copying

@@ -61,6 +61,7 @@ class ActivityLog:
         # sync once it flushes, dirty if the link is lost before.
         self._unflushed: set[int] = set()
         self.io_error = False
+        self._work = asyncio.Event()  # set when there is something to cool (housekeeping)
 
     def load(self) -> set[int]:
         """Every region whose bit is on disk (on start, all of them are dirty)."""
@@ -102,6 +103,7 @@ class ActivityLog:
             self.hot_pending.difference_update(extents)
         for extent in extents:
             self.hot.setdefault(extent, NEVER_WRITTEN)
+        self._work.set()
 
     def ahead(self, extents: range) -> list[int]:
         """Extents to make hot ahead of a sequential writer (engine.hot_ahead)."""
@@ -136,6 +138,7 @@ class ActivityLog:
 
     def forward_reached(self, regions: range) -> None:
         self._unflushed.update(regions)
+        self._work.set()
 
     async def forward_lost(self, regions: range) -> None:
         """The forward did not reach the peer (the link, and the group, went down
@@ -152,6 +155,7 @@ class ActivityLog:
 
     def copied(self, chunk: list[int]) -> None:
         self._unflushed.update(chunk)
+        self._work.set()
 
     def release_hot(self, extents: Iterable[int]) -> None:
         """After a link loss, hot extents with no write in flight are done with:
@@ -187,9 +191,14 @@ class ActivityLog:
     # -- flushing the peer, then clearing -----------------------------------
 
     async def housekeeping(self, current_link: Callable[[], PeerLink | None]) -> None:
-        """Every COOL_INTERVAL_S: flush the peer, then clear (lazily) the bits of what it
-        now holds durably: copied regions and hot extents idle since the previous round."""
+        """Every COOL_INTERVAL_S while there is something to cool: flush the peer, then
+        clear (lazily) the bits of what it now holds durably: copied regions and hot
+        extents idle since the previous round. Idle (nothing hot or unflushed), it
+        waits for work without a timer."""
         while True:
+            if not self.hot and not self._unflushed:
+                self._work.clear()
+                await self._work.wait()
             await asyncio.sleep(COOL_INTERVAL_S)
             link = current_link()
             if not self._state.in_sync_path or link is None:

@@ -123,6 +123,7 @@ class PeerLink:
         if pool is None or self._closed or self.up:
             return
         name = f"{self.peer.export}{SESSION_SEP}{secrets.token_hex(6)}"
+        session = pool.session
         try:
             reply = await pool.send("open", Kind.OPEN, length=len(name), payload=name.encode())
             opened = self._opened(reply)
@@ -131,8 +132,8 @@ class PeerLink:
             self.retry_at = asyncio.get_running_loop().time() + BACKOFF_S[-1]
             self._failures += 1
             return
-        if self._closed or pool is not self._pool or not pool.up:
-            return
+        if self._closed or pool is not self._pool or not pool.up or pool.session != session:
+            return  # closed meanwhile, or the handle is of a session gone since: open again
         self._handle = opened.handle
         self.peer_size_bytes = opened.size_bytes
         self.up = True

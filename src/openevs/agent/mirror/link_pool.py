@@ -153,6 +153,7 @@ class LinkPool:
         self._conns: list[LinkConnection] = []
         self._next = itertools.count()
         self.up = False
+        self.session = 0  # bumped at every (re)connection: handles belong to one session
         self.last_error = ""
         self._closed = False
         self._wake = asyncio.Event()
@@ -233,6 +234,7 @@ class LinkPool:
                     attempt += 1
                     continue
                 attempt = 0
+                self.session += 1
                 self.up = True
                 self.last_error = ""
                 log.info("replication link to %s up (%d pairs)", self.label, len(self.links))

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from openevs.agent.grants import validate_export_name
 from openevs.agent.mirror import engine
+from openevs.agent.mirror.changes import ChangeLog
 from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
 from openevs.agent.mirror.groups import Groups
 from openevs.agent.mirror.link_pool import LinkPools
@@ -70,6 +71,8 @@ class ReplicationManager:
         # the connections to peer agents, shared by the pairs; with `link_tls` (agent/nbd_tls.py)
         # mutual TLS to agents only
         self.link_pools = LinkPools(tls=link_tls)
+        self.changes = ChangeLog()
+        self._by_link_export: dict[str, str] = {}  # link export -> volume (the lookup per OPEN)
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
@@ -83,6 +86,7 @@ class ReplicationManager:
             on_link_lost=self._link_lost,
             link_connections=self._connection_count,
             link_pools=self.link_pools,
+            on_change=self.changes.touch,
             quorum=self.quorum,
             resync_bucket=self.resync_bucket,
         )  # fmt: skip
@@ -138,6 +142,7 @@ class ReplicationManager:
             # An old primary must not accept writes before the controller confirms it.
             replica.state.fenced = config.role is Role.PRIMARY
             self.replicas[volume_id] = replica
+            self._index_link_export(replica, None)
             self.groups.join(replica)
             replica.start()
             log.info(
@@ -157,14 +162,23 @@ class ReplicationManager:
 
     def link_export_volume(self, name: str) -> str | None:
         """The volume a secondary serves to its primary under export `name`."""
-        for volume_id, replica in self.replicas.items():
-            if (
-                replica.state.role is Role.SECONDARY
-                and replica.link_open
-                and replica.config.link_export == name
-            ):
-                return volume_id
+        volume_id = self._by_link_export.get(name)
+        replica = self.replicas.get(volume_id) if volume_id is not None else None
+        if (
+            replica is not None
+            and replica.state.role is Role.SECONDARY
+            and replica.link_open
+            and replica.config.link_export == name
+        ):
+            return volume_id
         return None
+
+    def _index_link_export(self, replica: Replica, old: ReplicationConfig | None) -> None:
+        previous = old.link_export if old is not None else None
+        if previous and self._by_link_export.get(previous) == replica.volume_id:
+            del self._by_link_export[previous]
+        if replica.config.link_export:
+            self._by_link_export[replica.config.link_export] = replica.volume_id
 
     def wrap(self, volume_id: str, inner: FileExport) -> MirroredExport:
         return MirroredExport(self.replicas, volume_id, inner)
@@ -206,7 +220,12 @@ class ReplicationManager:
                 initial_sync=request.initial_sync,
                 fenced=current is not None and current.state.fenced,
             )  # fmt: skip
-            await self._carry_out(volume_id, current, config, actions)
+            try:
+                await self._carry_out(volume_id, current, config, actions)
+            finally:
+                self.changes.touch(volume_id)
+                if (changed := self.replicas.get(volume_id)) is not None:
+                    changed.notify()  # the sync and housekeeping wait for changes, not time
             replica = self.replicas.get(volume_id)
             if replica is None:
                 return self.describe(volume_id)  # standalone now
@@ -275,6 +294,7 @@ class ReplicationManager:
                 await asyncio.to_thread(save_config, self.pool.root, replica.volume_id, new)
                 replica.config = new
                 replica.link_open = True
+                self._index_link_export(replica, old)
                 self._arbitrate(replica, old)
             case Action.START:
                 self.replicas[replica.volume_id] = replica
@@ -308,6 +328,7 @@ class ReplicationManager:
     async def delete(self, volume_id: str) -> None:
         async with self._lock:
             await self._remove(volume_id)
+            self.changes.touch(volume_id)
 
     async def _remove(self, volume_id: str) -> None:
         replica = self.replicas.pop(volume_id, None)
@@ -316,6 +337,8 @@ class ReplicationManager:
             return
         self.groups.leave(replica, replica.config.group_id)
         link_export = replica.config.link_export
+        if link_export and self._by_link_export.get(link_export) == volume_id:
+            del self._by_link_export[link_export]
         if (arbiter := replica.arbiter) is not None and not any(
             r.arbiter == arbiter for r in self.replicas.values()
         ):
@@ -344,7 +367,7 @@ class ReplicationManager:
                 replica.set_mirroring(on)
                 replica.config = config
             for replica in replicas:
-                replica.update_link()
+                replica.update_link()  # notifies: the change log has them
             for gid in {r.config.group_id for r in replicas if r.config.group_id}:
                 self.groups.regroup(gid)
             for replica in replicas:

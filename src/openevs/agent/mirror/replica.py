@@ -52,6 +52,7 @@ class Replica:
         link_pools: LinkPools,
         quorum: Quorum,
         resync_bucket: TokenBucket | None = None,
+        on_change: Callable[[str], None] = lambda _v: None,
     ) -> None:  # fmt: skip
         self.volume_id = volume_id
         self.config = config
@@ -60,7 +61,7 @@ class Replica:
         self._rfd = os.open(self.image_path, os.O_RDONLY)
         self._link_connections = link_connections
         self.link_open = True  # secondary: the link export may be opened
-        self._changes = changes = Changes()
+        self._changes = changes = Changes(lambda: on_change(volume_id))
         self._tasks = tasks = TaskSet()
         try:  # short of descriptors: nothing of it stays open
             self.activity = ActivityLog(st, bitmap_path, changes, self._size)

@@ -84,7 +84,7 @@ class Sync:
             if not engine.sync_candidates(self._state):
                 if self.running and not self._state.copying:
                     self._finish()
-                await self._changes.wait(1.0)
+                await self._changes.wait()  # idle: no timer, a state change wakes it
                 continue
             if not self.running:
                 self.running = True

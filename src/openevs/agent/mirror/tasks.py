@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
 
 class Changes:
     """Wakes everything waiting for a state change of one volume (writes waiting for
-    a copy, the sync, a link being retired)."""
+    a copy, the sync, a link being retired), and tells `on_change` (the manager's
+    change log, what the controller's batched measurement reads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self._event = asyncio.Event()
+        self._on_change = on_change
 
     def notify(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+        self._on_change()
 
     async def wait(self, timeout_s: float | None = None) -> None:
         """Until the next `notify()`, or `timeout_s`."""

@@ -150,6 +150,7 @@ class FrameReader:
                 self._fail(f"bad request magic {magic:#x}")
             if kind not in Kind._value2member_map_:
                 self._fail(f"unknown request kind {kind}")
+            kind = Kind(kind)
             carried = length if kind in (Kind.WRITE, Kind.OPEN) else 0
             limit = MAX_NAME_BYTES if kind is Kind.OPEN else MAX_PAYLOAD_BYTES
             if carried > limit:
