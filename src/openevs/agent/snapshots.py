@@ -3,12 +3,14 @@
 `chain.json` lists the snapshots, oldest first, and is the one truth after a
 crash (files it does not name are leftovers, removed on load). Each snapshot
 has a sparse `<id>.delta` (the preserved regions at their own offsets) and
-a `<id>.bitmap` (`BitmapFile`, one bit per preserved region).
+a `<id>.bitmap` (`BitmapFile`). A region holding data is recorded by the
+delta's allocation itself (one fdatasync per copy); an all-zero region is
+not copied and recorded by its bit instead.
 
 Rules this module keeps:
 
-- a region's bit is set only once its copy in the delta is durable, and
-  the disk's new data is written only once the bit is durable;
+- a region counts as preserved once its copy (or bit) is durable, and the
+  disk's new data is written only after that;
 - only the newest snapshot preserves; `chain.json` names a snapshot before
   any write preserves into it;
 - reads of the chain from another thread (copies) re-check, after reading
@@ -26,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openevs.agent.mirror.bitmap import BitmapFile
 from openevs.agent.mirror.engine import REGION_BYTES
-from openevs.agent.pool import PoolIOError, VolumeNotFound, fsync_dir, validate_volume_id
+from openevs.agent.pool import PoolIOError, VolumeNotFound, data_extents, fsync_dir, validate_volume_id
 from openevs.agent.snapshot_chain import (
     LIVE,
     Layer,
@@ -109,7 +111,7 @@ class Snapshot:
         self.delta_path = directory / f"{entry.id}.delta"
         self.bitmap = BitmapFile(directory / f"{entry.id}.bitmap")
         self.fd = os.open(self.delta_path, os.O_RDWR | os.O_CREAT, 0o600)
-        self.layer = Layer(entry.id, entry.size_bytes, self.bitmap.load())
+        self.layer = Layer(entry.id, entry.size_bytes, self.bitmap.load() | self._copied_regions())
         self.delta_sync = SharedSync(self.fd)
         self.inflight: dict[int, asyncio.Future[None]] = {}  # region -> its copy being made durable
         self.deleting = False
@@ -117,6 +119,18 @@ class Snapshot:
     @property
     def snapshot_id(self) -> str:
         return self.entry.id
+
+    def _copied_regions(self) -> set[int]:
+        """Regions the delta holds in full: a region's copy is written whole and durable
+        before the disk is overwritten, and the filesystem shows no block as data before
+        its bytes are written (ext4 data=ordered, xfs), so allocation is the record."""
+        size, regions = self.entry.size_bytes, set[int]()
+        for offset, length in data_extents(self.fd, 0, size):
+            end = offset + length
+            first = -(-offset // REGION_BYTES)
+            last = end // REGION_BYTES if end < size else -(-end // REGION_BYTES)
+            regions.update(range(first, last))
+        return regions
 
     def close(self) -> None:
         self.bitmap.close()
@@ -131,6 +145,19 @@ class Snapshot:
 
     def allocated_bytes(self) -> int:
         return os.fstat(self.fd).st_blocks * 512
+
+
+async def record(snap: Snapshot, copied: bool, zero: list[int]) -> None:
+    """Make copies pwritten into the delta (`copied`) and bits of all-zero regions durable.
+
+    Each region is recorded by one of the two, so both syncs run at once."""
+    syncs = []
+    if copied:
+        snap.delta_sync.generation += 1
+        syncs.append(snap.delta_sync.sync())
+    if zero and snap.bitmap.set_now(zero):
+        syncs.append(snap.bitmap.sync())
+    await asyncio.gather(*syncs)
 
 
 class VolumeChain:
@@ -215,18 +242,15 @@ class VolumeChain:
             snap.inflight[region] = done
         try:
             fd, size = self.volume_fd(), snap.layer.size_bytes
-            wrote = False
+            zero: list[int] = []
             for region in regions:
                 start = region * REGION_BYTES
                 data = pread_full(fd, start, min(REGION_BYTES, size - start))
-                if data.count(0) != len(data):  # an all-zero region stays a hole in the delta
-                    os.pwrite(snap.fd, data, start)
-                    wrote = True
-            if wrote:
-                snap.delta_sync.generation += 1
-                await snap.delta_sync.sync()
-            snap.bitmap.set_now(regions)
-            await snap.bitmap.sync()
+                if data.count(0) == len(data):
+                    zero.append(region)  # recorded by a bit: the delta stays a hole there
+                else:
+                    os.pwrite(snap.fd, data, start)  # recorded by its allocation
+            await record(snap, len(zero) < len(regions), zero)
             snap.layer.preserved.update(regions)
             done.set_result(None)
         except BaseException as exc:
@@ -301,17 +325,19 @@ class VolumeChain:
             return
         older = self.snaps[index - 1]
 
-        def copy() -> None:
+        def copy() -> list[int]:
+            zero = []
             for region in sorted(regions):
                 start = region * REGION_BYTES
                 data = pread_full(snap.fd, start, min(REGION_BYTES, older.layer.size_bytes - start))
-                if data.count(0) != len(data):
+                if data.count(0) == len(data):
+                    zero.append(region)
+                else:
                     os.pwrite(older.fd, data, start)
-            os.fdatasync(older.fd)
+            return zero
 
-        await asyncio.to_thread(copy)
-        older.bitmap.set_now(regions)
-        await older.bitmap.sync()
+        zero = await asyncio.to_thread(copy)
+        await record(older, len(zero) < len(regions), zero)
         older.layer.preserved.update(regions)
 
     # -- reads ---------------------------------------------------------------
