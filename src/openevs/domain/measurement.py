@@ -71,6 +71,8 @@ class StateReading(Protocol):
 
     @property
     def arbitration(self) -> ArbitrationReading | None: ...
+
+    @property
     def dirty_bytes(self) -> int: ...
 
     @property
@@ -120,7 +122,7 @@ def measure_pair(
         fault = FAULT_LINK
     else:
         fault = FAULT_NONE
-    values: dict[str, str | int | None] = {
+    values: dict[str, str | int | float | None] = {
         "replication_status": None if status is None else str(status),
         "progress": progress,
         "fault_level": fault,
