@@ -25,15 +25,16 @@ from openevs.domain.arbitration import AutoFailoverReading, arbiter_key, auto_fa
 from openevs.domain.errors import OpenEvsError
 from openevs.domain.replication import GroupStatus
 from openevs.runtime import Runtime
+from openevs.security.pki import TlsFiles
 from openevs.services import arbitration, groups
-from openevs.witness.client import WitnessClient, WitnessFailed, WitnessUnreachable
+from openevs.witness.client import WitnessFailed, WitnessUnreachable
 from openevs.witness.protocol import RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
 
-def _witness_would_grant(witness: WitnessAddress, key: str, dr_az: str) -> bool:
-    client = WitnessClient(witness.host, witness.port, dr_az, timeout_s=arbitration.REQUEST_TIMEOUT_S)
+def _witness_would_grant(witness: WitnessAddress, key: str, dr_az: str, tls: TlsFiles | None) -> bool:
+    client = arbitration.client_of(witness, dr_az, tls)
     try:
         reply = client.status([key])
     except (WitnessUnreachable, WitnessFailed, RemoteProtocolError):
@@ -93,7 +94,9 @@ class AutoFailover:
             )
             witness = arbitration.witness_of(self.runtime, primary_az, dr_az)
             key = arbiter_key(group.id, group.id)
-            witness_ok = link_down and witness is not None and _witness_would_grant(witness, key, dr_az)
+            witness_ok = link_down and witness is not None and _witness_would_grant(
+                witness, key, dr_az, self.runtime.settings.control_tls_files()
+            )
         reading = AutoFailoverReading(primary_reachable, link_down, witness_ok)
         due, since = auto_failover_due(
             reading, self.since.get(group.id), time.monotonic(), self.runtime.settings.auto_failover_after_s

@@ -144,7 +144,9 @@ def _witness_grants(
         return True  # static priority: promote_config carries no arbiter either
     try:
         key = arbiter_key(group.id, group.id)
-        return arbitration.secure_failover(witness, key, epoch, dr_az, force=force)
+        return arbitration.secure_failover(
+            witness, key, epoch, dr_az, force=force, tls=runtime.settings.control_tls_files()
+        )
     except Conflict as exc:
         raise StepFailed(str(exc), rep.FD_INTERNAL) from exc
 

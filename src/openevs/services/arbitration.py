@@ -32,6 +32,7 @@ from openevs.db.models import Agent
 from openevs.domain.arbitration import choose_witness, is_loopback
 from openevs.domain.errors import Conflict, InvalidState
 from openevs.runtime import Runtime
+from openevs.security.pki import TlsFiles
 from openevs.witness.arbiter import Refusal
 from openevs.witness.client import WitnessClient, WitnessFailed, WitnessUnreachable, units
 from openevs.witness.protocol import Grant, RemoteProtocolError
@@ -72,8 +73,16 @@ def witness_of(runtime: Runtime, primary_az: str, dr_az: str) -> WitnessAddress 
     return WitnessAddress(host=choice.host, port=choice.port, name=choice.name)
 
 
-def _acquire(witness: WitnessAddress, key: str, epoch: int, side: str, force: bool) -> Grant:
-    client = WitnessClient(witness.host, witness.port, side, timeout_s=REQUEST_TIMEOUT_S)
+def client_of(witness: WitnessAddress, side: str, tls: TlsFiles | None) -> WitnessClient:
+    """The controller's client of a witness, speaking for `side`; with the controller's
+    certificate (`Settings.control_tls_files()`) mutual TLS, as the witness demands then."""
+    return WitnessClient(witness.host, witness.port, side, timeout_s=REQUEST_TIMEOUT_S, tls=tls)
+
+
+def _acquire(
+    witness: WitnessAddress, key: str, epoch: int, side: str, force: bool, tls: TlsFiles | None
+) -> Grant:
+    client = client_of(witness, side, tls)
     [grant] = client.acquire(units([(key, epoch)]), force=force)
     return grant
 
@@ -87,13 +96,14 @@ def _lease_words(grant: Grant) -> str:
 
 
 def check_failover(
-    witness: WitnessAddress, key: str, epoch: int, side: str, *, force: bool, primary_answers: bool
-) -> None:
+    witness: WitnessAddress, key: str, epoch: int, side: str, *, force: bool, primary_answers: bool,
+    tls: TlsFiles | None = None,
+) -> None:  # fmt: skip
     """At request time: may the DR side (`side`) take unit `key` at `epoch`? Raises
     Conflict (a live lease, or the witness is past this epoch) or InvalidState (the
     witness cannot be reached); returns when the failover may be accepted."""
     try:
-        grant = _acquire(witness, key, epoch, side, force)
+        grant = _acquire(witness, key, epoch, side, force, tls)
     except (WitnessUnreachable, WitnessFailed, RemoteProtocolError) as exc:
         if force:
             log.warning("forced failover of %s: witness %s not reached (%s)", key, witness.label, exc)
@@ -119,12 +129,14 @@ def check_failover(
     )
 
 
-def secure_failover(witness: WitnessAddress, key: str, epoch: int, side: str, *, force: bool) -> bool:
+def secure_failover(
+    witness: WitnessAddress, key: str, epoch: int, side: str, *, force: bool, tls: TlsFiles | None = None
+) -> bool:
     """In the failover step, before promoting: the witness's grant to `side`. True:
     granted (promote with the arbiter); False: forced without a reachable witness
     (promote without one). Raises WitnessNotGranted to wait, Conflict for good."""
     try:
-        grant = _acquire(witness, key, epoch, side, force)
+        grant = _acquire(witness, key, epoch, side, force, tls)
     except (WitnessUnreachable, WitnessFailed, RemoteProtocolError) as exc:
         if force:
             log.warning(

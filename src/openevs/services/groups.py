@@ -339,7 +339,7 @@ def failover_group(runtime: Runtime, project_id: str, group_id: str, force: bool
     if witness is not None:
         arbitration.check_failover(
             witness, arbiter_key(group_id, group_id=group_id), epoch, dr_az,
-            force=force, primary_answers=primary_answers,
+            force=force, primary_answers=primary_answers, tls=runtime.settings.control_tls_files(),
         )  # fmt: skip
     with UnitOfWork(runtime) as uow:
         group = get_group(uow.session, project_id, group_id)
