@@ -18,7 +18,7 @@ SORT_KEYS = ("created_at", "name")
 @pytest.mark.parametrize(
     ("model", "params", "filters", "longest"),
     [
-        (VolumeListQuery, {"offset", "sort"}, {"name", "status", "availability_zone"}, 255),
+        (VolumeListQuery, {"offset", "sort", "all_tenants"}, {"name", "status", "availability_zone"}, 255),
         (ServerListQuery, set(), {"name", "status"}, 255),
         (
             PairListQuery, {"offset"},
