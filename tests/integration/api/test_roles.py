@@ -21,7 +21,7 @@ PUBLIC = {"GET /", "GET /v2", "GET /v2/", "GET /v3", "GET /v3/", "GET /openapi.j
           "GET /docs/oauth2-redirect"}  # fmt: skip
 LOGIN = "POST /v3/auth/tokens"
 TOKENS = {"GET /v3/auth/tokens", "HEAD /v3/auth/tokens", "DELETE /v3/auth/tokens"}
-PROJECT_PATH = re.compile(r"^/v2(\.1)?/\{project_id\}/")
+PROJECT_PATH = re.compile(r"^/v(2|2\.1|3)/\{project_id\}/")
 MEMBER_PASSWORD = "member-a-password"
 
 
@@ -42,7 +42,7 @@ def documented_routes() -> list[str]:
 
 
 def fill(path: str, project_id: str) -> str:
-    names = ("volume_id", "server_id", "replication_id", "group_id", "type_id")
+    names = ("volume_id", "server_id", "replication_id", "group_id", "type_id", "snapshot_id", "key")
     ids = {name: uuid.uuid4().hex for name in names}
     return path.format(project_id=project_id, **ids)
 
