@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.agents import StandaloneAgent
+from tests.e2e.agents import StandaloneAgent, serve_with_standalone_agent
 from tests.e2e.conftest import ServeProcess, Session
 from tests.e2e.test_replication import MIB, nbd_address, write_blocks
 from tests.support.api import get_json, make_disk, wait_json
@@ -31,18 +31,8 @@ PROD_AZ, DR_AZ = "az1.dc1", "az3.dc3"
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, Session]]:
-    agent = StandaloneAgent(tmp_path, DR_AZ)
-    serve = ServeProcess(
-        tmp_path / "serve",
-        extra_env={"OPENEVS_AGENT_URLS": f"{DR_AZ}={agent.url}", "OPENEVS_METRICS_VOLUMES": "all"},
-    )
-    try:
-        agent.start()
-        serve.start()
+    with serve_with_standalone_agent(tmp_path, DR_AZ, {"OPENEVS_METRICS_VOLUMES": "all"}) as (serve, agent):
         yield serve, agent, serve.login()
-    finally:
-        serve.close()
-        agent.stop()
 
 
 def create_pair(session: Session, prod: str, dr: str) -> str:
