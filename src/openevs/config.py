@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # Resync bandwidth of each embedded agent, all its pairs together (bytes/s, 0: no limit);
     # a pair's own limit is set through the API (docs/monitoring.md, "Resync rate").
     resync_rate_bytes_per_s: int = 0
+    # Log lines of every server-side process: "text" or "json" (logs.py).
+    log_format: str = "text"
 
     @classmethod
     def settings_customise_sources(
@@ -140,6 +142,13 @@ class Settings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("OPENEVS_TLS_CERT and OPENEVS_TLS_KEY go together: set both or neither")
         return self
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("text", "json"):
+            raise ValueError('must be "text" or "json"')
+        return value
 
     @field_validator("listen")
     @classmethod

@@ -30,6 +30,7 @@ def agent(
     resync_rate: Annotated[
         int, typer.Option(min=0, help="Bytes/s all syncs of this agent copy at most (0: no limit).")
     ] = 0,
+    log_format: Annotated[str, typer.Option(help='Log lines: "text" or "json".')] = "text",
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
@@ -45,7 +46,9 @@ def agent(
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
-    run_agent(az, pool, listen, nbd_host, nbd_port, metrics_volumes, resync_rate)
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter('must be "text" or "json"', param_hint="'--log-format'")
+    run_agent(az, pool, listen, nbd_host, nbd_port, metrics_volumes, resync_rate, log_format)
 
 
 def main(argv: list[str] | None = None) -> None:

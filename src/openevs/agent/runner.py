@@ -22,6 +22,7 @@ import uvicorn
 
 from openevs.agent.control import create_control_app
 from openevs.agent.node import StorageNode
+from openevs.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +145,10 @@ def parse_metrics_volumes(value: str) -> frozenset[str]:
 
 def run_agent(
     az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
-    metrics_volumes: str = "", resync_rate_bytes_per_s: int = 0,
+    metrics_volumes: str = "", resync_rate_bytes_per_s: int = 0, log_format: str = "text",
 ) -> None:  # fmt: skip
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_format)
     volumes = parse_metrics_volumes(metrics_volumes)
     asyncio.run(serve_agent(az, Path(pool_dir), listen, nbd_host, nbd_port, metrics_volumes=volumes,
                             resync_rate_bytes_per_s=resync_rate_bytes_per_s))  # fmt: skip
