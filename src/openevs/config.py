@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     # Resync bandwidth of each embedded agent, all its pairs together (bytes/s, 0: no limit);
     # a pair's own limit is set through the API (docs/monitoring.md, "Resync rate").
     resync_rate_bytes_per_s: int = 0
+    # Log lines of every server-side process: "text" or "json" (logs.py).
+    log_format: str = "text"
 
     @classmethod
     def settings_customise_sources(
@@ -199,6 +201,13 @@ class Settings(BaseSettings):
         if self.witness_az and self.witness_az not in self.azs:
             raise ValueError(f"OPENEVS_WITNESS_AZ {self.witness_az!r} is not one of OPENEVS_AZS")
         return self
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in ("text", "json"):
+            raise ValueError('must be "text" or "json"')
+        return value
 
     @field_validator("listen")
     @classmethod

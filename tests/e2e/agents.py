@@ -3,13 +3,16 @@ restart on the same pool and ports: an AZ whose node really goes down."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from openevs.agent.client import HttpAgentClient
 from tests.conftest import free_port
+from tests.e2e.conftest import ServeProcess
 from tests.support.waiting import wait_for
 
 
@@ -75,3 +78,21 @@ def _healthy(client: HttpAgentClient) -> bool:
         return True
     except Exception:  # noqa: BLE001 - not up yet
         return False
+
+
+@contextlib.contextmanager
+def serve_with_standalone_agent(
+    root: Path, az: str, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[ServeProcess, StandaloneAgent]]:
+    """`openevs serve` whose AZ `az` is a standalone agent (so it can really die);
+    every process is stopped at the end, also when the set-up itself fails."""
+    agent = StandaloneAgent(root, az)
+    serve = ServeProcess(root / "serve", extra_env={"OPENEVS_AGENT_URLS": f"{az}={agent.url}",
+                                                    **(extra_env or {})})  # fmt: skip
+    try:
+        agent.start()
+        serve.start()
+        yield serve, agent
+    finally:
+        serve.close()
+        agent.stop()

@@ -10,6 +10,8 @@ figures follow: agent down, fault level 5, dirty bytes and lag above 0.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.agents import StandaloneAgent
+from tests.e2e.agents import StandaloneAgent, serve_with_standalone_agent
 from tests.e2e.conftest import ServeProcess, Session
 from tests.e2e.test_replication import MIB, nbd_address, write_blocks
 from tests.support.api import get_json, make_disk, wait_json
@@ -31,18 +33,9 @@ PROD_AZ, DR_AZ = "az1.dc1", "az3.dc3"
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, Session]]:
-    agent = StandaloneAgent(tmp_path, DR_AZ)
-    serve = ServeProcess(
-        tmp_path / "serve",
-        extra_env={"OPENEVS_AGENT_URLS": f"{DR_AZ}={agent.url}", "OPENEVS_METRICS_VOLUMES": "all"},
-    )
-    try:
-        agent.start()
-        serve.start()
+    with serve_with_standalone_agent(tmp_path, DR_AZ, {"OPENEVS_METRICS_VOLUMES": "all",
+                                                       "OPENEVS_LOG_FORMAT": "json"}) as (serve, agent):
         yield serve, agent, serve.login()
-    finally:
-        serve.close()
-        agent.stop()
 
 
 def create_pair(session: Session, prod: str, dr: str) -> str:
@@ -149,3 +142,15 @@ def test_metrics_of_controller_and_agents_follow_a_real_pair(
     assert httpx.get(agents[PROD_AZ]).status_code == 200
     with pytest.raises(httpx.TransportError):
         httpx.get(agents[DR_AZ], timeout=5)
+    logs_are_json(serve)
+
+
+def logs_are_json(serve: ServeProcess) -> None:
+    """OPENEVS_LOG_FORMAT=json: serve's and its agents' own lines are JSON, naming their resources."""
+    texts = [serve.log_paths()[1].read_text(), (serve.data_dir / "agents" / f"{PROD_AZ}.log").read_text()]
+    for text in texts:
+        ours = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert ours and all(set(line) >= {"ts", "level", "logger", "message"} for line in ours), text[-2000:]
+        plain = [line for line in text.splitlines() if re.match(r"^\d{4}-\d\d-\d\d .* openevs\.", line)]
+        assert not plain, plain
+    assert any("ids" in json.loads(line) for line in texts[0].splitlines() if line.startswith("{"))

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.e2e.agents import StandaloneAgent
+from tests.e2e.agents import StandaloneAgent, serve_with_standalone_agent
 from tests.e2e.conftest import ServeProcess, Session
 from tests.e2e.test_metrics import create_pair
 from tests.e2e.test_replication import nbd_address, write_blocks
@@ -111,18 +111,13 @@ class Prometheus:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, Session, Prometheus]]:
-    agent = StandaloneAgent(tmp_path, DR_AZ)
-    serve = ServeProcess(tmp_path / "serve", extra_env={"OPENEVS_AGENT_URLS": f"{DR_AZ}={agent.url}"})
-    prometheus = Prometheus(tmp_path, serve.data_dir / "prometheus-targets.json")
-    try:
-        agent.start()
-        serve.start()
-        prometheus.start()
-        yield serve, agent, serve.login(), prometheus
-    finally:
-        prometheus.stop()
-        serve.close()
-        agent.stop()
+    with serve_with_standalone_agent(tmp_path, DR_AZ) as (serve, agent):
+        prometheus = Prometheus(tmp_path, serve.data_dir / "prometheus-targets.json")
+        try:
+            prometheus.start()
+            yield serve, agent, serve.login(), prometheus
+        finally:
+            prometheus.stop()
 
 
 def test_prometheus_scrapes_serve_and_sees_a_cut_link(

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from openevs.agent.nbd.client import NbdClient
-from tests.e2e.agents import StandaloneAgent
+from tests.e2e.agents import StandaloneAgent, serve_with_standalone_agent
 from tests.e2e.conftest import ServeProcess, Session
 from tests.e2e.test_cli import ok
 from tests.e2e.test_metrics import create_pair
@@ -37,15 +37,8 @@ GIB = 1 << 30
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, Session]]:
-    agent = StandaloneAgent(tmp_path, DR_AZ)
-    serve = ServeProcess(tmp_path / "serve", extra_env={"OPENEVS_AGENT_URLS": f"{DR_AZ}={agent.url}"})
-    try:
-        agent.start()
-        serve.start()
+    with serve_with_standalone_agent(tmp_path, DR_AZ) as (serve, agent):
         yield serve, agent, serve.login()
-    finally:
-        serve.close()
-        agent.stop()
 
 
 def run_verify(session: Session, pair_id: str) -> dict[str, Any]:

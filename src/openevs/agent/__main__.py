@@ -60,6 +60,7 @@ def agent(
     resync_rate: Annotated[
         int, typer.Option(min=0, help="Bytes/s all syncs of this agent copy at most (0: no limit).")
     ] = 0,
+    log_format: Annotated[str, typer.Option(help='Log lines: "text" or "json".')] = "text",
 ) -> None:
     """Run one standalone storage agent (a storage node of one AZ).
 
@@ -81,6 +82,8 @@ def agent(
         nbd_host, nbd_port = parse_hostport(nbd, "--nbd")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--nbd'") from exc
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter('must be "text" or "json"', param_hint="'--log-format'")
     witness: WitnessOptions | None = None
     if witness_listen:
         try:
@@ -104,6 +107,7 @@ def agent(
     run_agent(
         az, pool, listen, nbd_host, nbd_port,
         witness=witness, tls=tls, metrics_volumes=metrics_volumes, resync_rate_bytes_per_s=resync_rate,
+        log_format=log_format,
     )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from openevs.agent.control_tls import PeerCheckedH11Protocol
 from openevs.agent.nbd_tls import AgentTls, is_loopback
 from openevs.agent.node import StorageNode
 from openevs.agent.resources import quiet_accept_errors, raise_nofile_limit
+from openevs.logs import configure_logging
 from openevs.security import PkiError
 from openevs.security.pki import TlsFiles
 from openevs.security.reloading import ReloadingServerContext
@@ -215,12 +216,10 @@ def parse_metrics_volumes(value: str) -> frozenset[str]:
 def run_agent(
     az: str, pool_dir: Path, listen: str, nbd_host: str = "127.0.0.1", nbd_port: int = 0,
     *, witness: WitnessOptions | None = None, tls: AgentTls | None = None, metrics_volumes: str = "",
-    resync_rate_bytes_per_s: int = 0,
+    resync_rate_bytes_per_s: int = 0, log_format: str = "text",
 ) -> None:  # fmt: skip
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_format)
     volumes = parse_metrics_volumes(metrics_volumes)
     asyncio.run(
         serve_agent(

@@ -184,6 +184,8 @@ class AgentSupervisor:
                     settings.metrics_volumes,
                     "--resync-rate",
                     str(settings.resync_rate_bytes_per_s),
+                    "--log-format",
+                    settings.log_format,
                 ],
                 pool_dir=pool,
                 pid_file=agent_dir / f"{az}.pid",

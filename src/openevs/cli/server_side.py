@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import ssl
 import sys
@@ -21,6 +20,7 @@ from rich.console import Console
 from openevs.agent.__main__ import agent
 from openevs.config import ConfigError, Settings, load_settings
 from openevs.db.session import Database, upgrade
+from openevs.logs import configure_logging
 from openevs.runtime import Runtime
 from openevs.security import SecurityError
 from openevs.security.pki import CA_CERT, bundle_that_issued
@@ -70,11 +70,8 @@ def _check_control_tls(settings: Settings) -> None:
         raise typer.Exit(2)
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _logging(settings: Settings) -> None:
+    configure_logging(settings.log_format)
 
 
 def api_ca_file(settings: Settings) -> Path | None:
@@ -287,8 +284,8 @@ def serve() -> None:
     from openevs.agent.supervisor import AgentSupervisor
     from openevs.reconciler.loop import Reconciler
 
-    _logging()
     settings = controller_settings_or_exit()
+    _logging(settings)
     tls = api_tls_context(settings)
     db, created = prepare(settings)
     supervisor = AgentSupervisor(settings)
@@ -315,8 +312,8 @@ def serve() -> None:
 
 def api() -> None:
     """Run the HTTP(S) API only (with `openevs worker` elsewhere, on PostgreSQL)."""
-    _logging()
     settings = controller_settings_or_exit()
+    _logging(settings)
     tls = api_tls_context(settings)
     db, created = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
@@ -334,8 +331,8 @@ def worker() -> None:
     """Run the reconciler only: drives every resource in a transitional state."""
     from openevs.reconciler.loop import Reconciler
 
-    _logging()
     settings = controller_settings_or_exit()
+    _logging(settings)
     db, _ = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
     reconciler = Reconciler(runtime)
