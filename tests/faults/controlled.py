@@ -137,7 +137,7 @@ class ControlledTrial(Trial):
     def wait_active(self, side: str, timeout_s: float = 90) -> None:
         self._group(lambda g: g["status"] == "available" and g["replication_status"] == "active", timeout_s)
 
-    def failover(self, timeout_s: float = 60) -> float:
+    def failover(self, timeout_s: float = 180) -> float:
         """The operator's failover through the API, or (automatic failover on) the
         controller's own; returns when the group is failovered and the DR disks granted."""
         s = self.stack.session
