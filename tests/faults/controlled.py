@@ -97,7 +97,7 @@ class ControlledStack(PartitionStack):
         """Start it again; the controller re-sends an agent's roles by itself."""
         if side == "h":
             self.serve.start(wait=False)
-            wait_for("the controller back", self.serve.login, 60)
+            wait_for("the controller back", self.serve.login, 180)
         elif side == "w":
             self.witness.start(wait=False)
         else:
