@@ -14,6 +14,10 @@ the base Trial's.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -54,10 +58,15 @@ class ControlledStack(PartitionStack):
 
     def ensure_up(self) -> None:
         super().ensure_up()
-        if not self.serve.running:
-            self.serve.start(wait=False)
-            self.serve.wait_ready(timeout_s=180)
-            self._session = None
+        if self.serve.running:
+            try:
+                wait_for("the controller to answer", self.serve.login, 10)
+                return
+            except AssertionError:
+                self.kill("h")  # running but not answering: start it again
+        self.serve.start(wait=False)
+        self.serve.wait_ready(timeout_s=180)
+        self._session = None
 
     @property
     def session(self) -> Session:
@@ -72,16 +81,23 @@ class ControlledStack(PartitionStack):
         super().close()
 
     def kill(self, side: str) -> None:
-        if side == "h":
-            self.serve.kill()
-        else:
+        """SIGKILL; the controller with its embedded agent (unused here: its AZ holds no
+        disk of the trials), as when the controller's host dies."""
+        if side != "h":
             super().kill(side)
+            return
+        assert self.serve.proc is not None
+        children = subprocess.run(["pgrep", "-P", str(self.serve.proc.pid)], capture_output=True, text=True)
+        self.serve.kill()
+        for pid in children.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
     def restart(self, side: str, trial: Trial) -> bool:
         """Start it again; the controller re-sends an agent's roles by itself."""
         if side == "h":
             self.serve.start(wait=False)
-            wait_for("the controller back", self.serve.login, 60)
+            wait_for("the controller back", self.serve.login, 180)
         elif side == "w":
             self.witness.start(wait=False)
         else:
@@ -96,7 +112,7 @@ class ControlledStack(PartitionStack):
 
 def _retrying(fn: Any) -> Any:
     """The API may be restarting (a controller kill): ask again until it answers."""
-    return wait_for("the API to answer", lambda: fn() or True, 60)
+    return wait_for("the API to answer", lambda: fn() or True, 120)
 
 
 class ControlledTrial(Trial):
@@ -121,25 +137,25 @@ class ControlledTrial(Trial):
     def wait_active(self, side: str, timeout_s: float = 90) -> None:
         self._group(lambda g: g["status"] == "available" and g["replication_status"] == "active", timeout_s)
 
-    def failover(self, timeout_s: float = 60) -> float:
+    def failover(self, timeout_s: float = 180) -> float:
         """The operator's failover through the API, or (automatic failover on) the
         controller's own; returns when the group is failovered and the DR disks granted."""
         s = self.stack.session
         if not self.stack.auto_failover:
-            deadline = time.monotonic() + timeout_s
-            while group_action(s, self.group, FAILOVER, expect=None) != 200:
-                assert time.monotonic() < deadline, "the failover was refused until the deadline"
-                time.sleep(0.5)  # refused (e.g. 409 for a live lease): the operator asks again
+            # Refused (409 for a live lease) or the controller restarting: the operator asks again.
+            wait_for("the failover to be accepted",
+                     lambda: group_action(self.stack.session, self.group, FAILOVER, expect=None) == 200,
+                     timeout_s, interval_s=0.5)  # fmt: skip
         self._group(lambda g: g["status"] == "failovered" and g["priority_station"] == AZ_B, timeout_s)
         promoted = time.monotonic()
         for _, dr in self.pairs.values():
-            self.exports[dr] = regrant(s, dr)[2]
+            self.exports[dr] = _retrying(lambda dr=dr: regrant(s, dr))[2]
         self.primary = "b"
         self.failovers += 1
         return promoted
 
     def reprotect(self, timeout_s: float = 90) -> None:
-        group_action(self.stack.session, self.group, REPROTECT)
+        _retrying(lambda: group_action(self.stack.session, self.group, REPROTECT))
         self.wait_active("b", timeout_s)
 
     def cleanup(self) -> None:

@@ -59,6 +59,7 @@ def test_controller_killed_at_a_random_moment(stack: ControlledStack) -> None:
 def test_failover_with_the_witness_unreachable_is_refused(stack: ControlledStack) -> None:
     if stack.auto_failover:
         pytest.skip("the operator's request only")
+    stack.ensure_up()
     trial = stack.trial().setup(record=False)
     try:
         stack.net.isolate("a")
