@@ -69,7 +69,7 @@ def test_out_of_descriptors_the_control_api_says_so_and_recovers(limited: Limite
     client = agent.client
     made: list[str] = []
     refused: AgentRequestFailed | None = None
-    for i in range(FD_LIMIT):  # each replicated volume holds its data file and its bitmap open
+    for i in range(4 * FD_LIMIT):  # each replicated volume holds its data file and its bitmap open
         vid = f"v{i}"
         client.create_volume(vid, MiB)
         try:
