@@ -17,6 +17,8 @@ Run: .venv/bin/python bench/scale_agents.py [--steps 100,10000] [--idle-s 10]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import sys
 import tempfile
 import threading
@@ -36,6 +38,7 @@ from openevs.domain.replication import Role  # noqa: E402
 AZ_A, AZ_B = "az1.dc1", "az2.dc2"
 GB = 10**9
 WORKERS = 4
+FD_LIMIT = 65536
 
 
 def configure(agents: dict[str, StandaloneAgent], first: int, count: int, size_gb: int) -> None:
@@ -82,6 +85,11 @@ def main() -> None:
     parser.add_argument("--size-gb", type=int, default=10)
     args = parser.parse_args()
     counts = [int(x) for x in args.steps.split(",")]
+    # 10,000 pairs need ~20,000 descriptors per agent (2 per pair): raise the limit the
+    # agents inherit when we may (root), as a deployment of that size would.
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+    print(f"descriptor limit of the agents: {resource.getrlimit(resource.RLIMIT_NOFILE)}")
 
     root = Path(tempfile.mkdtemp(prefix="openevs-bench-agents-"))
     agents = {az: StandaloneAgent(root, az) for az in (AZ_A, AZ_B)}

@@ -57,7 +57,14 @@ def create_control_app(agent: StorageNode) -> FastAPI:
     app = FastAPI(title=f"openevs agent {agent.az}", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(PoolError)
-    async def _pool_error(_: Request, exc: PoolError) -> JSONResponse:
+    async def _pool_error(request: Request, exc: PoolError) -> JSONResponse:
+        cause = exc.__cause__
+        what = shortage_of(cause) if cause is not None else None
+        if what is not None and exc.reason is ErrorReason.IO_ERROR:  # the pool is fine, the agent is short
+            assert cause is not None
+            SHORTAGE_LOG.report(what, f"{request.method} {request.url.path}", cause)
+            message = f"agent {agent.az} is short of {what}: {exc.message}"
+            return _error(ErrorReason.RESOURCE_SHORTAGE, message)
         return _error(exc.reason, exc.message)
 
     @app.exception_handler(RequestValidationError)

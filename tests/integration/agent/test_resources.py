@@ -54,7 +54,9 @@ def limited(short_dir: Path) -> Iterator[Callable[[int, int], LimitedAgent]]:
 
 
 def secondary(epoch: int = 1) -> ReplicationRequest:
-    return ReplicationRequest(role=Role.SECONDARY, epoch=epoch, pair_id="p", link_export="link-x")
+    """A secondary with a dirty region: its bitmap file is open from then on."""
+    return ReplicationRequest(role=Role.SECONDARY, epoch=epoch, pair_id="p", link_export="link-x",
+                              add_dirty=[(0, 65536)])  # fmt: skip
 
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one_and_reported(limited: Limited) -> None:
@@ -69,7 +71,7 @@ def test_out_of_descriptors_the_control_api_says_so_and_recovers(limited: Limite
     client = agent.client
     made: list[str] = []
     refused: AgentRequestFailed | None = None
-    for i in range(FD_LIMIT):  # each replicated volume holds its data file and its bitmap open
+    for i in range(4 * FD_LIMIT):  # each holds its bitmap open
         vid = f"v{i}"
         client.create_volume(vid, MiB)
         try:

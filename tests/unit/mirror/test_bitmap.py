@@ -79,3 +79,17 @@ def test_concurrent_syncs_share_one_fdatasync(
 
     asyncio.run(main())
     assert calls == 1
+
+
+def test_a_bitmap_never_written_holds_no_file_and_no_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "v.bitmap"
+    bitmap = BitmapFile(path)
+    assert bitmap.load() == set()
+    bitmap.clear_all()
+    asyncio.run(bitmap.sync())
+    assert not path.exists() and bitmap._fd < 0
+    bitmap.set_now([5])  # the first bit opens (and creates) it
+    asyncio.run(bitmap.sync())
+    assert path.exists() and bitmap._fd >= 0
+    bitmap.close()
+    assert BitmapFile(path).load() == {5}

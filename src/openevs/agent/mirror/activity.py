@@ -38,6 +38,7 @@ from openevs.agent.mirror.engine import NEVER_WRITTEN, MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
 from openevs.agent.mirror.tasks import Changes
 
+SHORT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 COOL_INTERVAL_S = 2.0  # hot extents idle this long are flushed on the peer and cleared
 RETIRE_WAIT_ROUNDS = 60  # x 0.1 s: forwards in flight end within the request timeout
 
@@ -79,7 +80,8 @@ class ActivityLog:
             self.bitmap.set_now(regions)
             await self.bitmap.sync()
         except OSError as exc:
-            self.io_error = True
+            if exc.errno not in SHORT_OF_DESCRIPTORS:  # the agent is short, not the storage broken
+                self.io_error = True
             raise OSError(exc.errno or errno.EIO, f"dirty bitmap: {exc.strerror}") from exc
 
     async def clear(self) -> None:

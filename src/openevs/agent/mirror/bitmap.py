@@ -11,6 +11,11 @@ being forwarded there). `persist(regions)` makes newly set bits durable
 (pwrite + fdatasync) before it returns; concurrent callers share one
 fdatasync (group commit). Clearing is lazy: a cleared bit that did not
 reach the disk before a crash only costs a resync of that region.
+
+The file is opened (and created) only when a bit is first written, so a
+replica that never had a dirty region holds no descriptor for it; the sync
+after a creation also fsyncs the pool directory, so the file's name is as
+durable as its bits.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from time import perf_counter
 
 from openevs.agent.mirror.stats import MIRROR_STATS
-from openevs.agent.pool import data_extents
+from openevs.agent.pool import data_extents, fsync_dir
 
 
 class BitmapFile:
@@ -31,17 +36,33 @@ class BitmapFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = -1  # opened at the first write (or load of a file with bits)
+        self._created = False  # created since the last sync: its name needs a directory fsync
         self.on_disk: set[int] = set()  # regions whose bit is set in the file
         self._sync_lock = asyncio.Lock()
         self._generation = 0  # bumped by every pwrite
         self._synced = 0  # generation known durable
 
+    def _open(self) -> int:
+        if self._fd < 0:
+            existed = self.path.exists()
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._created = self._created or not existed
+        return self._fd
+
     def load(self) -> set[int]:
         """Every region whose bit is set in the file."""
         regions: set[int] = set()
-        for offset, length in data_extents(self._fd, 0, os.fstat(self._fd).st_size):
-            data = os.pread(self._fd, length, offset)
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = 0
+        if not size:
+            self.on_disk = set()
+            return regions
+        fd = self._open()
+        for offset, length in data_extents(fd, 0, size):
+            data = os.pread(fd, length, offset)
             for i, byte in enumerate(data):
                 if byte:
                     base = (offset + i) * 8
@@ -80,7 +101,7 @@ class BitmapFile:
                     if region in add or (region in on_disk and region not in drop):
                         value |= 1 << bit
                 values[k - i] = value
-            os.pwrite(self._fd, values, indexes[i])
+            os.pwrite(self._open(), values, indexes[i])
             for k in range(i, j):
                 value = values[k - i]
                 base = indexes[k] * 8
@@ -111,9 +132,10 @@ class BitmapFile:
         self._write_bytes((r // 8 for r in drop), set(), set(drop))
 
     def clear_all(self) -> None:
-        os.ftruncate(self._fd, 0)
+        if self._fd >= 0 or self.path.exists():
+            os.ftruncate(self._open(), 0)
+            self._generation += 1
         self.on_disk.clear()
-        self._generation += 1
 
     async def sync(self) -> None:
         """Make every pwrite done before this call durable (shared fdatasync)."""
@@ -125,9 +147,19 @@ class BitmapFile:
                 return  # another caller's fdatasync covered us
             current = self._generation
             started = perf_counter()
-            await asyncio.to_thread(os.fdatasync, self._fd)
+            created, self._created = self._created, False
+            try:
+                await asyncio.to_thread(self._durable, self._fd, created)
+            except BaseException:
+                self._created = self._created or created
+                raise
             MIRROR_STATS.bitmap_sync.observe(0, perf_counter() - started)
             self._synced = max(self._synced, current)
+
+    def _durable(self, fd: int, created: bool) -> None:
+        os.fdatasync(fd)
+        if created:
+            fsync_dir(self.path.parent)
 
 
 def bitmap_error(exc: OSError) -> bool:

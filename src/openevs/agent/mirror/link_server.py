@@ -15,6 +15,7 @@ Rules this module keeps:
   landed before the new session began or is refused (ESTALE);
 - `revoke(export)` (a demotion, a deletion) does the same without a new
   handle; when the last connection of a session closes, its handles go;
+- requests run eagerly (a Task only for one that suspends: FUA, FLUSH);
 - a connection stops reading while its requests in flight carry more than
   MAX_IN_FLIGHT_BYTES (backpressure); a protocol error drops it;
 - with `tls` (the agent has a certificate) an upgraded connection is mutual
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 from openevs.agent.mirror import wire
 from openevs.agent.mirror.wire import FrameReader, Kind, LinkRequest
+from openevs.agent.nbd.eager import start_eagerly
 from openevs.agent.nbd.export import FileExport
 from openevs.security import PeerRejected
 from openevs.security.identity import CertRole
@@ -266,9 +268,12 @@ class _ServerConnection(asyncio.Protocol):
     def _start(self, request: LinkRequest) -> None:
         size = len(request.payload)
         self._in_flight_bytes += size
-        task = asyncio.get_running_loop().create_task(self._answer(request, size))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # A write into the page cache never suspends: answered inline, no Task.
+        done, task = start_eagerly(self._answer(request, size), asyncio.get_running_loop())
+        if not done:
+            assert isinstance(task, asyncio.Task)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, request: LinkRequest, size: int) -> None:
         try:

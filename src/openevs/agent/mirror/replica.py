@@ -58,23 +58,21 @@ class Replica:
         self.config = config
         self.state = st = MirrorState(role=config.role, mirroring=config.mirroring)
         self.image_path = os.fspath(image_path)
-        self._rfd = os.open(self.image_path, os.O_RDONLY)
+        # The data file, read-only, for a primary's sync and size: opened when first
+        # needed, so a secondary holds only its bitmap (and the link's writable file).
+        self._rfd = -1
         self._link_connections = link_connections
         self.link_open = True  # secondary: the link export may be opened
         self._changes = changes = Changes(lambda: on_change(volume_id))
         self._tasks = tasks = TaskSet()
-        try:  # short of descriptors: nothing of it stays open
-            self.activity = ActivityLog(st, bitmap_path, changes, self._size)
-        except BaseException:
-            os.close(self._rfd)
-            raise
+        self.activity = ActivityLog(st, bitmap_path, changes, self._size)
         st.dirty = self.activity.load()  # on start, every persisted bit is dirty
         self.link = ReplicaLink(
             volume_id, st, self.activity, changes, tasks, self._size, link_pools,
             on_up=lambda: on_link_up(self), on_lost=lambda reason: on_link_lost(self, reason),
         )  # fmt: skip
         self.sync = Sync(
-            volume_id, st, self.activity, changes, self._current_link, self._rfd, self._size,
+            volume_id, st, self.activity, changes, self._current_link, self._data_fd, self._size,
             pair_rate=lambda: self.config.resync_rate_bytes_per_s, agent_bucket=resync_bucket,
         )  # fmt: skip
         self._quorum = quorum
@@ -103,8 +101,15 @@ class Replica:
             os.close(self._rfd)
             self._rfd = -1
 
+    def _data_fd(self) -> int:
+        if self._rfd < 0:
+            self._rfd = os.open(self.image_path, os.O_RDONLY)
+        return self._rfd
+
     def _size(self) -> int:
-        return os.fstat(self._rfd).st_size
+        if self._rfd >= 0 or self.state.role is Role.PRIMARY:
+            return os.fstat(self._data_fd()).st_size
+        return os.stat(self.image_path).st_size
 
     @property
     def size_bytes(self) -> int:
@@ -177,7 +182,7 @@ class Replica:
         """The initial copy: every data extent is dirty, and the peer is blank (it
         was punched), so all-zero chunks need no request."""
         self.sync.peer_blank = True
-        extents = await asyncio.to_thread(data_extents, self._rfd, 0, self.size_bytes)
+        extents = await asyncio.to_thread(data_extents, self._data_fd(), 0, self.size_bytes)
         await self.mark_ranges(extents)
 
     async def clear_bitmap(self) -> None:

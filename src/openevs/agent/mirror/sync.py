@@ -46,7 +46,7 @@ _ZEROS = bytes(engine.MAX_CHUNK_REGIONS * REGION_BYTES)
 class Sync:
     def __init__(
         self, volume_id: str, state: MirrorState, activity: ActivityLog, changes: Changes,
-        current_link: Callable[[], PeerLink | None], fd: int, size_bytes: Callable[[], int],
+        current_link: Callable[[], PeerLink | None], fd: Callable[[], int], size_bytes: Callable[[], int],
         pair_rate: Callable[[], int] = lambda: 0, agent_bucket: TokenBucket | None = None,
     ) -> None:  # fmt: skip
         self._volume_id = volume_id
@@ -54,7 +54,7 @@ class Sync:
         self._activity = activity
         self._changes = changes
         self._current_link = current_link
-        self._fd = fd  # the volume, read-only
+        self._fd = fd  # the volume, read-only (opened on first use)
         self._size_bytes = size_bytes
         self._buffers: list[bytearray] = []  # reusable chunk buffers
         self._started = 0.0
@@ -96,6 +96,11 @@ class Sync:
 
     async def _copy_pass(self) -> bool:
         st = self._state
+        try:
+            self._fd()  # opened here, in the loop: the reads in threads only use it
+        except OSError as exc:
+            log.warning("replication of %s: cannot open the volume to copy it: %s", self._volume_id, exc)
+            return False
         order = sorted(st.dirty)
         index = 0
         tasks: set[asyncio.Task[None]] = set()
@@ -177,7 +182,7 @@ class Sync:
         Chunk buffers are reused: a fresh 4 MiB object per chunk costs an mmap,
         page faults and page clearing, as much CPU as the copy itself.
         """
-        fd = self._fd
+        fd = self._fd()
         if not data_extents(fd, offset, length):
             return None
         view = memoryview(buffer)[:length]
