@@ -45,6 +45,7 @@ class StorageNode:
         # link export name -> the session names its primary's connections used
         self._link_sessions: dict[str, set[str]] = {}
         self.snapshots = SnapshotStore(self.pool, self._drop_export)
+        self.replication.before_discard = self.snapshots.preserve_data
 
     @property
     def nbd_port(self) -> int:

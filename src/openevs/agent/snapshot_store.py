@@ -369,6 +369,16 @@ class SnapshotStore:
                 snap.entry.exports.remove(name)
                 await asyncio.to_thread(chain.save, chain.snaps)
 
+    async def preserve_data(self, volume_id: str) -> None:
+        """Before the volume's content is discarded behind the write path (a reprotect's
+        punch): its newest snapshot preserves every region holding data (holes stay zero)."""
+        chain = self.chains.get(volume_id)
+        if chain is None or not chain.snaps:
+            return
+        for offset, length in data_extents(chain.volume_fd(), 0, chain.snaps[-1].layer.size_bytes):
+            for start in range(offset, offset + length, CHUNK_BYTES):
+                await chain.preserve(start, min(CHUNK_BYTES, offset + length - start))
+
     async def drop_volume(self, volume_id: str) -> None:
         """The volume is being deleted: its snapshots, their exports and jobs go with it."""
         chain = self.chains.pop(volume_id, None)

@@ -60,6 +60,8 @@ class ReplicationManager:
         self._drop_export = drop_export
         self._connection_count = connection_count
         self.replicas: dict[str, Replica] = {}
+        # Set by the node: called before a volume's whole content is discarded (snapshots).
+        self.before_discard: Callable[[str], Awaitable[None]] | None = None
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed)
         self.quorum.still_needed = self._lease_needed
@@ -278,6 +280,8 @@ class ReplicationManager:
 
     async def _punch(self, replica: Replica) -> None:
         """Discard the whole DR disk (the initial copy skips what is zero)."""
+        if self.before_discard is not None:
+            await self.before_discard(replica.volume_id)
 
         def punch() -> None:
             fd = os.open(replica.image_path, os.O_RDWR)
