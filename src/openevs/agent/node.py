@@ -21,7 +21,8 @@ from openevs.agent.mirror.manager import ReplicationManager
 from openevs.agent.nbd.export import Export, FileExport
 from openevs.agent.nbd.server import NbdServer
 from openevs.agent.pool import FileVolumePool, VolumeNotFound, validate_volume_id
-from openevs.agent.snapshot_store import CowFileExport, SnapshotStore
+from openevs.agent.snapshot_exports import CowFileExport
+from openevs.agent.snapshot_store import SnapshotStore
 from openevs.contract import AgentHealth, ExportGrant, JobProgress, VolumeInfo
 
 log = logging.getLogger(__name__)

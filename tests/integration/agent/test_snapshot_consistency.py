@@ -20,7 +20,7 @@ import pytest
 from openevs.agent.mirror.engine import REGION_BYTES
 from openevs.agent.nbd.client import NbdClient
 from openevs.agent.node import StorageNode
-from openevs.agent.snapshot_store import SnapshotExport
+from openevs.agent.snapshot_exports import SnapshotExport
 
 BLOCK = 4096
 SIZE = 64 << 20
