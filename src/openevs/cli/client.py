@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import typer
 
-from openevs.cli import client_groups, client_replication, client_servers, client_volumes
+from openevs.cli import client_groups, client_replication, client_servers, client_snapshots, client_volumes
 
 FAMILIES: list[tuple[str, typer.Typer]] = [
     ("volume", client_volumes.app),
     ("server", client_servers.app),
     ("replication", client_replication.app),
     ("group", client_groups.app),
+    ("snapshot", client_snapshots.app),
 ]
 
 CREDENTIALS_HELP = (
