@@ -32,6 +32,8 @@ from bench.replication import make_image  # noqa: E402
 from tests.integration.agent.support import AgentProcess  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
+from openevs.agent.client import HttpAgentClient  # noqa: E402
+
 GiB, MiB = 1 << 30, 1 << 20
 WORKLOADS = {"seq 1M": ("write", "1M", 8), "rand 4K": ("randwrite", "4k", 16)}
 
@@ -90,6 +92,7 @@ def main() -> None:
     area = int(args.area_gib * GiB)
     root = Path(tempfile.mkdtemp(prefix="oevs-snapbench-"))
     agent = AgentProcess(root)
+    agent.client = HttpAgentClient("az1.dc1", f"unix:{agent.sock}", timeout_s=300)  # big unlinks
     try:
         agent.pool.mkdir(parents=True)
         print(f"writing the large disk: {args.large_gib} GiB with {args.large_data_gib} GiB of data ...")

@@ -23,7 +23,8 @@ from openevs.agent.nbd.server import NbdServer, TlsPolicy
 from openevs.agent.nbd_tls import AgentTls
 from openevs.agent.pool import FileVolumePool, VolumeNotFound, validate_volume_id
 from openevs.agent.resources import open_fds
-from openevs.agent.snapshot_store import CowFileExport, SnapshotStore
+from openevs.agent.snapshot_exports import CowFileExport
+from openevs.agent.snapshot_store import SnapshotStore
 from openevs.contract import AgentHealth, ExportGrant, JobProgress, VolumeInfo
 from openevs.security import redacted
 from openevs.security.identity import Identity
@@ -69,6 +70,7 @@ class StorageNode:
         )  # fmt: skip
         self.witness_port = 0  # the witness this agent also serves (runner.py), 0: none
         self.snapshots = SnapshotStore(self.pool, self._drop_export)
+        self.replication.before_discard = self.snapshots.preserve_data
 
     @property
     def nbd_port(self) -> int:

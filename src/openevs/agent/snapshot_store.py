@@ -1,9 +1,7 @@
 """The snapshots of one agent's pool: chains, their NBD exports and their long jobs.
 
-`SnapshotStore` is what the control routes (snapshot_control.py) drive.
-`CowFileExport` is the disk's writable file export with the copy-before-write
-hook (a disk without snapshots pays one dict lookup per write);
-`SnapshotExport` serves one snapshot read-only over NBD.
+`SnapshotStore` is what the control routes (snapshot_control.py) drive;
+the exports it hands the NBD server are in snapshot_exports.py.
 
 Long work (deleting a snapshot that must be merged, copying a snapshot or a
 volume into a new volume, a rollback) runs as a job: the first request
@@ -21,14 +19,14 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from openevs.agent.grants import validate_export_name
 from openevs.agent.mirror.engine import REGION_BYTES
-from openevs.agent.nbd.export import Export, FileExport
+from openevs.agent.nbd.export import Export
 from openevs.agent.pool import (
     TMP_PREFIX,
     FileVolumePool,
@@ -42,6 +40,7 @@ from openevs.agent.pool import (
     validate_volume_id,
 )
 from openevs.agent.snapshot_chain import changed_since, merge_ranges, runs
+from openevs.agent.snapshot_exports import SnapshotExport
 from openevs.agent.snapshots import SNAPSHOTS_DIR, Snapshot, VolumeChain, chain_directory
 from openevs.contract import CopyRequest, JobProgress, SnapshotDeletion, SnapshotInfo
 
@@ -51,82 +50,12 @@ CHUNK_BYTES = 1 << 20
 CLONE_PREFIX = "clone-"
 
 
-class CowFileExport(FileExport):
-    """A disk's file export whose writes first preserve what its newest snapshot needs."""
-
-    def __init__(
-        self, path: Path, read_only: bool, chains: Mapping[str, VolumeChain], volume_id: str
-    ) -> None:
-        super().__init__(path, read_only)
-        self._chains = chains  # the store's, kept current
-        self._volume_id = volume_id
-
-    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-        chain = self._chains.get(self._volume_id)
-        if chain is not None and chain.snaps:
-            await chain.preserve(offset, len(data))
-        self._pwrite_all(offset, data)
-        if fua:
-            await self.flush()
-
-    async def write_zeroes(
-        self, offset: int, length: int, fua: bool, may_trim: bool, fast_only: bool = False
-    ) -> None:
-        chain = self._chains.get(self._volume_id)
-        if chain is not None and chain.snaps:
-            await chain.preserve(offset, length)
-        await super().write_zeroes(offset, length, fua, may_trim, fast_only)
-
-    async def trim(self, offset: int, length: int) -> None:
-        chain = self._chains.get(self._volume_id)
-        if chain is not None and chain.snaps:
-            await chain.preserve(offset, length)
-        await super().trim(offset, length)
-
-
-class SnapshotExport:
-    """One snapshot as a read-only NBD export (reads in the event loop: never torn)."""
-
-    eager_writes = True
-
-    def __init__(self, chain: VolumeChain, snap: Snapshot) -> None:
-        self._chain = chain
-        self._snap = snap
-
-    @property
-    def size_bytes(self) -> int:
-        return self._snap.layer.size_bytes
-
-    @property
-    def read_only(self) -> bool:
-        return True
-
-    def pread(self, offset: int, length: int) -> bytes:
-        return self._chain.read(self._snap, offset, length)
-
-    async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
-        raise OSError(errno.EROFS, "a snapshot is read-only")
-
-    async def write_zeroes(
-        self, offset: int, length: int, fua: bool, may_trim: bool, fast_only: bool = False
-    ) -> None:
-        raise OSError(errno.EROFS, "a snapshot is read-only")
-
-    async def trim(self, offset: int, length: int) -> None:
-        raise OSError(errno.EROFS, "a snapshot is read-only")
-
-    async def flush(self) -> None:
-        return None
-
-    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
-        return [(length, 0)]
-
-
 @dataclass
 class Job:
     task: asyncio.Task[None] | None = None
     copied_bytes: int = 0
     total_bytes: int = 0
+    stopped: bool = False  # a thread doing its work checks it (cancelling the task cannot stop it)
 
     def progress(self) -> JobProgress:
         return JobProgress(done=False, copied_bytes=self.copied_bytes, total_bytes=self.total_bytes)
@@ -163,6 +92,7 @@ class SnapshotStore:
 
     def close(self) -> None:
         for job in self._jobs.values():
+            job.stopped = True
             if job.task is not None:
                 job.task.cancel()
         for chain in self.chains.values():
@@ -296,6 +226,8 @@ class SnapshotStore:
                 os.ftruncate(fd, size_bytes)
                 for offset, length in ranges:
                     for start in range(offset, offset + length, CHUNK_BYTES):
+                        if job.stopped:
+                            raise OSError(errno.ECANCELED, "the copy was stopped")
                         count = min(CHUNK_BYTES, offset + length - start)
                         data = chain.read(snap, start, count, recheck=True)
                         if data.count(0) != len(data):
@@ -304,6 +236,8 @@ class SnapshotStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if job.stopped:
+                raise OSError(errno.ECANCELED, "the copy was stopped")
             os.rename(tmp, final)
             fsync_dir(final.parent)
         except OSError as exc:
@@ -369,13 +303,24 @@ class SnapshotStore:
                 snap.entry.exports.remove(name)
                 await asyncio.to_thread(chain.save, chain.snaps)
 
+    async def preserve_data(self, volume_id: str) -> None:
+        """Before the volume's content is discarded behind the write path (a reprotect's
+        punch): its newest snapshot preserves every region holding data (holes stay zero)."""
+        chain = self.chains.get(volume_id)
+        if chain is None or not chain.snaps:
+            return
+        for offset, length in data_extents(chain.volume_fd(), 0, chain.snaps[-1].layer.size_bytes):
+            for start in range(offset, offset + length, CHUNK_BYTES):
+                await chain.preserve(start, min(CHUNK_BYTES, offset + length - start))
+
     async def drop_volume(self, volume_id: str) -> None:
         """The volume is being deleted: its snapshots, their exports and jobs go with it."""
         chain = self.chains.pop(volume_id, None)
         for key in [k for k in self._jobs if volume_id in k.split(":")]:
-            task = self._jobs.pop(key).task
-            if task is not None:
-                task.cancel()
+            job = self._jobs.pop(key)
+            job.stopped = True
+            if job.task is not None:
+                job.task.cancel()
         if chain is None:
             return
         for name in [n for n, (v, _) in self.exports.items() if v == volume_id]:

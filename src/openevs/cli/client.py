@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import typer
 
-from openevs.cli import client_groups, client_replication, client_servers, client_verify, client_volumes
+from openevs.cli import (
+    client_groups,
+    client_replication,
+    client_servers,
+    client_snapshots,
+    client_verify,
+    client_volumes,
+)  # fmt: skip
 
 EXTENSIONS = (client_verify,)  # they add their commands to the families above
 
@@ -19,6 +26,7 @@ FAMILIES: list[tuple[str, typer.Typer]] = [
     ("server", client_servers.app),
     ("replication", client_replication.app),
     ("group", client_groups.app),
+    ("snapshot", client_snapshots.app),
 ]
 
 CREDENTIALS_HELP = (

@@ -20,7 +20,7 @@ import pytest
 from openevs.agent.mirror.engine import REGION_BYTES
 from openevs.agent.nbd.client import NbdClient
 from openevs.agent.node import StorageNode
-from openevs.agent.snapshot_store import SnapshotExport
+from openevs.agent.snapshot_exports import SnapshotExport
 
 BLOCK = 4096
 SIZE = 64 << 20
@@ -91,3 +91,31 @@ async def run_case(tmp: Path, seed: int) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_snapshot_under_concurrent_writes_is_crash_consistent(tmp_path: Path, seed: int) -> None:
     asyncio.run(run_case(tmp_path, seed))
+
+
+async def discard_case(tmp: Path) -> None:
+    node = StorageNode("az1.dc1", tmp / "pool")
+    await node.start()
+    try:
+        await node.create_volume("vol", SIZE)
+        await node.grant_export("rw", "vol", False)
+        async with await NbdClient.connect("127.0.0.1", node.nbd_port, "rw") as client:
+            for i in range(0, SIZE, 4 << 20):
+                await client.write(i, block(i))
+        await node.snapshots.take("vol", "snap")
+        assert node.replication.before_discard is not None
+        await node.replication.before_discard("vol")  # what a reprotect's punch calls first
+        with (tmp / "pool" / "vol.img").open("r+b") as fh:
+            fh.truncate(0)
+            fh.truncate(SIZE)
+        chain = node.snapshots.chains["vol"]
+        export = SnapshotExport(chain, chain.snaps[0])
+        for i in range(0, SIZE, 4 << 20):
+            assert export.pread(i, BLOCK) == block(i)
+        assert len(chain.snaps[0].layer.preserved) == SIZE // (4 << 20)  # only regions with data
+    finally:
+        await node.close()
+
+
+def test_a_discarded_disk_keeps_its_snapshot(tmp_path: Path) -> None:
+    asyncio.run(discard_case(tmp_path))

@@ -73,6 +73,8 @@ class ReplicationManager:
         self.link_pools = LinkPools(tls=link_tls)
         self.changes = ChangeLog()
         self._by_link_export: dict[str, str] = {}  # link export -> volume (the lookup per OPEN)
+        # Set by the node: called before a volume's whole content is discarded (snapshots).
+        self.before_discard: Callable[[str], Awaitable[None]] | None = None
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
@@ -312,6 +314,8 @@ class ReplicationManager:
 
     async def _punch(self, replica: Replica) -> None:
         """Discard the whole DR disk (the initial copy skips what is zero)."""
+        if self.before_discard is not None:
+            await self.before_discard(replica.volume_id)
 
         def punch() -> None:
             fd = os.open(replica.image_path, os.O_RDWR)
