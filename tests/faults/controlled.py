@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from openevs.security import pki
 from tests.e2e.conftest import ServeProcess, Session
 from tests.faults.harness import AZ_A, AZ_B, group_action, make_group, regrant
 from tests.faults.nsprocs import WITNESS_PORT
@@ -40,8 +41,12 @@ class ControlledStack(PartitionStack):
         self.auto_failover = auto_failover
         self.suspend_timeout_s = suspend_timeout_s
         urls = ",".join(f"{a.az}={a.url}" for a in self.agents.values())
+        controller = pki.files_for(self.pki_dir, "controller")
         self.serve = ServeProcess(root / "serve", extra_env={
             "OPENEVS_AGENT_URLS": urls,
+            "OPENEVS_CONTROL_TLS_CERT": str(controller.cert),
+            "OPENEVS_CONTROL_TLS_KEY": str(controller.key),
+            "OPENEVS_CONTROL_TLS_CA": str(controller.ca),
             "OPENEVS_AGENT_TIMEOUT_S": "60",
             "OPENEVS_WITNESS": f"{self.net.host_w}:{WITNESS_PORT}",
             "OPENEVS_SUSPEND_IO_TIMEOUT_S": str(suspend_timeout_s),

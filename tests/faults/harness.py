@@ -79,6 +79,14 @@ class FaultAgent:
     def url(self) -> str:
         return f"https://{self.host}:{self.control_port}"
 
+    def tls_args(self) -> list[str]:
+        """Its certificate (control API, link and witness on mutual TLS). Users' NBD stays
+        optional TLS, so the clear-text workloads run (NBD TLS: tests/integration/nbd/test_tls.py)."""
+        return [
+            "--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca),
+            "--nbd-tls", "optional",
+        ]  # fmt: skip
+
     def client(self, timeout_s: float = 5, tls: TlsFiles | None = None) -> HttpAgentClient:
         return HttpAgentClient(self.az, self.url, timeout_s=timeout_s, tls=tls or self.controller_tls)
 
@@ -89,7 +97,7 @@ class FaultAgent:
             *self.exec_prefix, sys.executable, "-m", "openevs.cli.main", "agent", "--az", self.az,
             "--pool", str(self.pool), "--listen", f"{self.host}:{self.control_port}",
             "--nbd", f"{self.host}:{self.nbd_port}",
-            "--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca),
+            *self.tls_args(),
         ]  # fmt: skip
         # `ip netns exec` execs the command: the pid is the agent's own.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from openevs.contract import WitnessAddress
+from openevs.security import pki
+from openevs.security.identity import CertRole, Identity
 from openevs.witness.client import WitnessClient
 from tests.faults.harness import FaultAgent
 from tests.faults.netlab import NetLab
@@ -55,7 +57,7 @@ class PartitionAgent(FaultAgent):
             cmd = [
                 *self.exec_prefix, sys.executable, "-m", "openevs.cli.main", "agent", "--az", self.az,
                 "--pool", str(self.pool), "--listen", f"{self.host}:{self.control_port}",
-                "--nbd", f"{self.host}:{self.nbd_port}",
+                "--nbd", f"{self.host}:{self.nbd_port}", *self.tls_args(),
             ]  # fmt: skip
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
@@ -63,8 +65,11 @@ class PartitionAgent(FaultAgent):
 class NsWitness:
     """`openevs witness` inside the lab's namespace "w"; killable, restartable on its state."""
 
-    def __init__(self, root: Path, net: NetLab, lease_s: float) -> None:
+    def __init__(self, root: Path, net: NetLab, lease_s: float, pki_dir: Path) -> None:
         self.root, self.net, self.lease_s = root, net, lease_s
+        # mutual TLS like every witness of a secure deployment: agents and the controller only
+        self.tls = pki.issue(pki_dir, Identity(CertRole.WITNESS), ip_addresses=[net.host_w], force=True).files
+        self.controller_tls = pki.files_for(pki_dir, "controller")
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
@@ -73,13 +78,15 @@ class NsWitness:
         return WitnessAddress(host=self.net.host_w, port=WITNESS_PORT, name="witness")
 
     def client(self, side: str, timeout_s: float = 2.0) -> WitnessClient:
-        return WitnessClient(self.net.host_w, WITNESS_PORT, side, timeout_s=timeout_s)
+        tls = self.controller_tls
+        return WitnessClient(self.net.host_w, WITNESS_PORT, side, timeout_s=timeout_s, tls=tls)
 
     def start(self, wait: bool = True) -> None:
         self.runs += 1
         cmd = [*self.net.exec_prefix("w"), sys.executable, "-m", "openevs.witness", "--listen",
                f"{self.net.host_w}:{WITNESS_PORT}", "--state", str(self.root / "witness-state"),
-               "--lease-s", str(self.lease_s)]  # fmt: skip
+               "--lease-s", str(self.lease_s), "--tls-cert", str(self.tls.cert),
+               "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca)]  # fmt: skip
         with (self.root / f"witness-{self.runs}.log").open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         if wait:

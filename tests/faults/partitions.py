@@ -33,6 +33,8 @@ from typing import Any
 from openevs.agent.nbd.client import NbdClient
 from openevs.contract import AgentUnavailable, Arbiter, Peer, ReplicationRequest
 from openevs.domain.replication import Role
+from openevs.security import pki
+from openevs.security.identity import CertRole, Identity
 from openevs.witness.client import WitnessUnreachable, units
 from tests.faults import checker
 from tests.faults.harness import AZ_A, AZ_B, NBD_PORT
@@ -69,11 +71,14 @@ class PartitionStack:
     def __init__(self, root: Path, lease_s: float = 2.0) -> None:
         self.root = root
         self.net = NetLab(witness=True).create()
+        self.pki_dir = root / "pki"  # the secure deployment of README.md: every control link mutual TLS
+        pki.init_ca(self.pki_dir)
+        pki.issue(self.pki_dir, Identity(CertRole.CONTROLLER))
         self.agents = {
-            side: PartitionAgent(root, az, self.net.host(side), self.net.exec_prefix(side))
+            side: PartitionAgent(root, az, self.net.host(side), self.net.exec_prefix(side), self.pki_dir)
             for side, az in (("a", AZ_A), ("b", AZ_B))
         }
-        self.witness = NsWitness(root, self.net, lease_s)
+        self.witness = NsWitness(root, self.net, lease_s, self.pki_dir)
         self.trials = 0
 
     def start(self) -> PartitionStack:
