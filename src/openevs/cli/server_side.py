@@ -153,11 +153,12 @@ def _start_metrics(runtime: Runtime) -> Any:
 
 def metrics_endpoints(settings: Settings, base_url: str | None) -> dict[str, Any]:
     """Every /metrics URL: the controller's, and each AZ's agent (a standalone agent's own
-    HTTP control API; else through the controller's listener)."""
+    plain-HTTP control API; else through the controller's listener: embedded agents, and
+    agents on mutual TLS, which answer only the controller's certificate)."""
     agents: dict[str, str] = {}
     for az in settings.azs:
         url = settings.agent_urls.get(az, "")
-        if url.startswith(("http://", "https://")):
+        if url.startswith("http://"):
             agents[az] = url.rstrip("/") + "/metrics"
         elif base_url is not None:
             agents[az] = f"{base_url}/agents/{az}/metrics"
