@@ -286,7 +286,7 @@ class Trial:
             except AgentUnavailable:
                 break  # not reached: it fences itself (its witness refuses it the epoch)
         for pid, (_, pb) in self.pairs.items():
-            self._set("b", pb, self._primary(pid, "b", False), retry_s=30)
+            self._set("b", pb, self._primary(pid, "b", False), retry_s=120)
             with self.stack.agents["b"].client() as cb:
                 cb.grant_export(f"rw-{pb}", pb, False)
             self.exports[pb] = f"rw-{pb}"
