@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration.mirror.support import MiB, PairedAgent, checksum  # noqa: E402
 
-from openevs.contract import ReplicationRequest, ReplicationState  # noqa: E402
+from openevs.contract import ReplicationRequest, ReplicationState
 from openevs.domain.replication import Role  # noqa: E402
 
 GiB = 1 << 30

@@ -32,7 +32,7 @@ from bench.scale import cpu_ticks, idle_cpu, open_fds, rss_mib  # noqa: E402
 from tests.e2e.agents import StandaloneAgent  # noqa: E402
 
 from openevs.agent.client import HttpAgentClient  # noqa: E402
-from openevs.contract import Peer, ReplicationRequest  # noqa: E402
+from openevs.contract import Peer, ReplicationRequest
 from openevs.domain.replication import Role  # noqa: E402
 
 AZ_A, AZ_B = "az1.dc1", "az2.dc2"

@@ -40,7 +40,7 @@ from nbd import free_port, prepare, run_fio, serving  # noqa: E402
 from replication import cpu_s, fio_write  # noqa: E402
 from tests.integration.mirror.support import PairedAgent  # noqa: E402
 
-from openevs.contract import Peer, ReplicationRequest  # noqa: E402
+from openevs.contract import Peer, ReplicationRequest
 from openevs.domain.replication import Role  # noqa: E402
 from openevs.security import pki  # noqa: E402
 from openevs.security.identity import CertRole, Identity  # noqa: E402

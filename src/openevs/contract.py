@@ -6,10 +6,12 @@ pydantic models, in both directions: the agent's control API
 controller's client (agent/client.py) sends them and validates every answer
 into them, and the reconciler only ever sees them. Nothing untyped crosses.
 
-It also holds the plans a consistency group's transition carries out
-(failover, switchover, reprotect, membership change), stored in the group
-row's `pending` column and validated whenever they are loaded
-(`load_plan`), so a crashed reconciler resumes a plan it can trust.
+Beside it: `contract_client.py` (the `AgentClient` interface the reconciler
+calls), `contract_plans.py` (the plans a consistency group's transition
+carries out, stored in the group row's `pending` column and validated
+whenever they are loaded, so a crashed reconciler resumes a plan it can
+trust), `contract_snapshots.py` and `contract_ops.py` (snapshots; verify and
+resync limits).
 
 Rules this module keeps:
 
@@ -25,14 +27,11 @@ Rules this module keeps:
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from openevs.domain.errors import OpenEvsError
-
-if TYPE_CHECKING:
-    from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
 from openevs.domain.replication import ReplicationStatus, Role
 
 NAME_MAX = 255  # export names and hosts
@@ -311,210 +310,3 @@ class DirtyRanges(Model):
     """Merged (offset, length) byte ranges a primary holds that its peer may lack."""
 
     ranges: list[tuple[int, int]]
-
-
-# -- group plans (controller side, stored in the group row) ------------------------
-
-
-class PairFlip(Model):
-    """One member's role swap: fixed when the request is accepted."""
-
-    epoch: int
-    link_export: str
-    new_primary: str
-    old_primary: str
-
-
-class FailoverPlan(Model):
-    action: Literal["failover"] = "failover"
-    pairs: dict[str, PairFlip]
-    epoch: int = 0  # the group's arbitration epoch after the flip (0: plans of before: group's + 1)
-    force: bool = False  # openevs-force-failover: the witness's live lease was overridden
-
-
-class SwitchoverPlan(Model):
-    action: Literal["reverse"] = "reverse"
-    pairs: dict[str, PairFlip]
-    epoch: int = 0  # as FailoverPlan's
-
-
-class ReprotectPlan(Model):
-    action: Literal["reprotect"] = "reprotect"
-
-
-class MembershipPlan(Model):
-    action: Literal["update"] = "update"
-    add: list[str] = Field(default_factory=list)
-    remove: list[str] = Field(default_factory=list)
-
-
-Plan = Annotated[
-    FailoverPlan | SwitchoverPlan | ReprotectPlan | MembershipPlan, Field(discriminator="action")
-]
-_PLAN: TypeAdapter[Plan] = TypeAdapter(Plan)
-
-
-def load_plan(raw: dict[str, Any] | None) -> Plan | None:
-    """The plan stored in a group row (`{}` when none), validated."""
-    if not raw:
-        return None
-    if "action" not in raw:  # rows written before plans carried their kind
-        raw = {"action": "update", **raw}
-    return _PLAN.validate_python(raw)
-
-
-def dump_plan(plan: Plan | None) -> dict[str, Any]:
-    return {} if plan is None else plan.model_dump(mode="json")
-
-
-# -- snapshots (agent/snapshots.py, agent/snapshot_store.py) -----------------------
-
-
-class SnapshotInfo(Model):
-    """One snapshot of a volume on its agent; `preserved_bytes` is the space its delta holds."""
-
-    volume_id: str
-    snapshot_id: str
-    size_bytes: int
-    preserved_bytes: int
-    deleting: bool = False
-
-
-class SnapshotList(Model):
-    snapshots: list[SnapshotInfo]
-
-
-class SnapshotDeletion(Model):
-    """The answer to a snapshot delete: `done` once it is gone (a merge may take a while)."""
-
-    done: bool
-
-
-class SnapshotExportGrant(Model):
-    """An NBD export name that serves one snapshot, read-only."""
-
-    volume_id: str = Field(min_length=1, max_length=ID_MAX)
-    snapshot_id: str = Field(min_length=1, max_length=ID_MAX)
-
-
-class CopyRequest(Model):
-    """Make a new volume a copy of a snapshot, or (`snapshot_id` None) of a volume's current state."""
-
-    source_volume_id: str = Field(min_length=1, max_length=ID_MAX)
-    snapshot_id: str | None = Field(default=None, min_length=1, max_length=ID_MAX)
-    size_bytes: StrictInt
-
-
-class JobProgress(Model):
-    """A long agent job (a copy, a rollback): asking again reports progress, `done` at the end."""
-
-    done: bool
-    copied_bytes: int = 0
-    total_bytes: int = 0
-
-
-# -- the client interface ----------------------------------------------------------
-
-
-class AgentClient(Protocol):
-    """How the controller drives one AZ's agent. Every call is idempotent, so the
-    reconciler can repeat it after a crash; errors are `AgentError`s."""
-
-    az: str
-
-    def health(self) -> AgentHealth: ...
-
-    def list_volumes(self) -> list[VolumeInfo]: ...
-
-    def get_volume(self, volume_id: str) -> VolumeInfo: ...
-
-    def create_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
-        """Create a sparse volume; if it exists with this size, succeed."""
-        ...
-
-    def grow_volume(self, volume_id: str, size_bytes: int) -> VolumeInfo:
-        """Grow to size_bytes; growing to the current size succeeds; shrinking is refused."""
-        ...
-
-    def delete_volume(self, volume_id: str) -> None:
-        """Close its exports and remove the file; absent volume succeeds."""
-        ...
-
-    def grant_export(self, export_name: str, volume_id: str, read_only: bool) -> None: ...
-
-    def list_exports(self) -> list[Export]: ...
-
-    def revoke_export(self, export_name: str) -> None:
-        """Revoke and close its connections; unknown name succeeds."""
-        ...
-
-    def set_replication(self, volume_id: str, request: ReplicationRequest) -> ReplicationState:
-        """Apply a config; the same one again is a no-op; a lower epoch is refused (stale_epoch)."""
-        ...
-
-    def get_replication(self, volume_id: str) -> ReplicationState: ...
-
-    def get_replication_dirty(self, volume_id: str) -> DirtyRanges: ...
-
-    def replication_changes(self, since: int | None) -> ReplicationStates:
-        """Every replication state (`since` None), or those changed after version `since`."""
-
-    def list_replication(self) -> dict[str, ReplicationState]:
-        """volume_id -> state of every replicated volume of the agent (one call)."""
-        ...
-
-    def delete_replication(self, volume_id: str) -> None:
-        """Back to standalone: stop forwarding, drop the bitmap, revoke the link export."""
-        ...
-
-    def pause_replication(self, volume_id: str) -> ReplicationState: ...
-
-    def resume_replication(self, volume_id: str) -> ReplicationState: ...
-
-    def pause_group(self, group_id: str) -> ReplicationStates:
-        """Stop mirroring every member on this agent at one instant."""
-        ...
-
-    def resume_group(self, group_id: str) -> ReplicationStates: ...
-
-    # -- snapshots ---------------------------------------------------------
-
-    def create_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
-        """Take a crash-consistent snapshot; an existing one is success."""
-        ...
-
-    def get_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo: ...
-
-    def list_snapshots(self, volume_id: str) -> list[SnapshotInfo]: ...
-
-    def delete_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotDeletion:
-        """Start (or continue) removing it; `done` once gone; absent succeeds."""
-        ...
-
-    def copy_volume(self, volume_id: str, request: CopyRequest) -> JobProgress:
-        """Start (or report) making `volume_id` a copy; `done` once the volume exists complete."""
-        ...
-
-    def rollback_snapshot(self, volume_id: str, snapshot_id: str) -> JobProgress:
-        """Start (or report) writing the snapshot's bytes back to its volume."""
-        ...
-
-    def grant_snapshot_export(self, export_name: str, volume_id: str, snapshot_id: str) -> None: ...
-
-    def revoke_snapshot_export(self, export_name: str) -> None: ...
-
-    def hash_regions(self, volume_id: str, request: HashRequest) -> RegionHashes:
-        """Online verify: keyed digests of a range, region by region (never the data)."""
-        ...
-
-    def region_changes(self, volume_id: str, request: ChangesRequest) -> RegionChanges: ...
-
-    def set_resync_rate(self, volume_id: str, rate: ResyncRate) -> ReplicationState:
-        """Change a primary's resync limit (kept in its persisted config)."""
-        ...
-
-    def mark_dirty(self, volume_id: str, ranges: DirtyRanges) -> ReplicationState:
-        """Mark ranges of a primary dirty (a verify found them different); the sync copies them."""
-        ...
-
-    def close(self) -> None: ...

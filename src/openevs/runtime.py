@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from openevs.config import Settings
-from openevs.contract import AgentClient
+from openevs.contract_client import AgentClient
 from openevs.db.session import Database
 from openevs.domain.errors import ServiceUnavailable
 from openevs.metrics import ControllerMetrics

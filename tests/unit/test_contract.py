@@ -8,13 +8,15 @@ from pydantic import ValidationError
 from openevs.contract import (
     ErrorBody,
     ErrorReason,
-    FailoverPlan,
-    MembershipPlan,
-    PairFlip,
     Peer,
     ReplicationConfig,
     ReplicationRequest,
     ReplicationState,
+)
+from openevs.contract_plans import (
+    FailoverPlan,
+    MembershipPlan,
+    PairFlip,
     ReprotectPlan,
     SwitchoverPlan,
     dump_plan,

@@ -24,26 +24,28 @@ from openevs.contract import (
     AgentHealth,
     AgentRequestFailed,
     AgentUnavailable,
-    CopyRequest,
     DirtyRanges,
     ErrorBody,
     ErrorReason,
     Export,
     ExportGrant,
     ExportList,
-    JobProgress,
     ReplicationRequest,
     ReplicationState,
     ReplicationStates,
     SizeRequest,
-    SnapshotDeletion,
-    SnapshotExportGrant,
-    SnapshotInfo,
-    SnapshotList,
     VolumeInfo,
     VolumeList,
 )
 from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
+from openevs.contract_snapshots import (
+    CopyRequest,
+    JobProgress,
+    SnapshotDeletion,
+    SnapshotExportGrant,
+    SnapshotInfo,
+    SnapshotList,
+)
 from openevs.security import PeerRejected, PkiError, redacted
 from openevs.security.identity import CertRole
 from openevs.security.pki import TlsFiles

@@ -25,7 +25,8 @@ from openevs.agent.pool import FileVolumePool, VolumeNotFound, validate_volume_i
 from openevs.agent.resources import open_fds
 from openevs.agent.snapshot_exports import CowFileExport
 from openevs.agent.snapshot_store import SnapshotStore
-from openevs.contract import AgentHealth, ExportGrant, JobProgress, VolumeInfo
+from openevs.contract import AgentHealth, ExportGrant, VolumeInfo
+from openevs.contract_snapshots import JobProgress
 from openevs.security import redacted
 from openevs.security.identity import Identity
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Response
 
 from openevs.agent.node import StorageNode
-from openevs.contract import (
+from openevs.contract_snapshots import (
     CopyRequest,
     JobProgress,
     SnapshotDeletion,

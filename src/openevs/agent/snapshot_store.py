@@ -42,7 +42,7 @@ from openevs.agent.pool import (
 from openevs.agent.snapshot_chain import changed_since, merge_ranges, runs
 from openevs.agent.snapshot_exports import SnapshotExport
 from openevs.agent.snapshots import SNAPSHOTS_DIR, Snapshot, VolumeChain, chain_directory
-from openevs.contract import CopyRequest, JobProgress, SnapshotDeletion, SnapshotInfo
+from openevs.contract_snapshots import CopyRequest, JobProgress, SnapshotDeletion, SnapshotInfo
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,8 @@ import logging
 
 from sqlalchemy import select, update
 
-from openevs.contract import (
-    AgentRequestFailed,
-    AgentUnavailable,
-    FailoverPlan,
-    PairFlip,
-    Peer,
-    Plan,
-    ReplicationRequest,
-    SwitchoverPlan,
-    load_plan,
-)
+from openevs.contract import AgentRequestFailed, AgentUnavailable, Peer, ReplicationRequest
+from openevs.contract_plans import FailoverPlan, PairFlip, Plan, SwitchoverPlan, load_plan
 from openevs.db.cas import compare_and_set
 from openevs.db.models import ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import replication as rep

@@ -18,14 +18,8 @@ from datetime import datetime
 
 from sqlalchemy import delete, or_, select, update
 
-from openevs.contract import (
-    AgentUnavailable,
-    FailoverPlan,
-    MembershipPlan,
-    PairFlip,
-    ReprotectPlan,
-    SwitchoverPlan,
-)
+from openevs.contract import AgentUnavailable
+from openevs.contract_plans import FailoverPlan, MembershipPlan, PairFlip, ReprotectPlan, SwitchoverPlan
 from openevs.db.models import ReplicationGroup, ReplicationPair, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.arbitration import arbiter_key

@@ -17,7 +17,6 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from openevs.contract import (
-    AgentClient,
     AgentRequestFailed,
     AgentUnavailable,
     Arbiter,
@@ -26,6 +25,7 @@ from openevs.contract import (
     ReplicationRequest,
     ReplicationState,
 )
+from openevs.contract_client import AgentClient
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume
 from openevs.domain import replication as rep
 from openevs.domain.arbitration import arbiter_key

@@ -13,7 +13,7 @@ import logging
 
 from sqlalchemy import update
 
-from openevs.contract import PairFlip, SwitchoverPlan, dump_plan
+from openevs.contract_plans import PairFlip, SwitchoverPlan, dump_plan
 from openevs.db.models import ReplicationGroup, ReplicationPair, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.replication import GroupTrigger

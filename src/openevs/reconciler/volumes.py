@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, exists, select
 
-from openevs.contract import CopyRequest
+from openevs.contract_snapshots import CopyRequest
 from openevs.db.models import Attachment, ReplicationClaim, ReplicationPair, Snapshot, Volume, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.errors import OpenEvsError

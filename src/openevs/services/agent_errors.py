@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from openevs.contract import AgentClient, AgentError, AgentRequestFailed, AgentUnavailable
+from openevs.contract import AgentError, AgentRequestFailed, AgentUnavailable
+from openevs.contract_client import AgentClient
 from openevs.domain import replication as rep
 from openevs.domain.errors import ServiceUnavailable
 from openevs.runtime import Runtime

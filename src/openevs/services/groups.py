@@ -19,7 +19,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from openevs.config import Settings
-from openevs.contract import FailoverPlan, MembershipPlan, PairFlip, ReprotectPlan, SwitchoverPlan, dump_plan
+from openevs.contract_plans import (
+    FailoverPlan,
+    MembershipPlan,
+    PairFlip,
+    ReprotectPlan,
+    SwitchoverPlan,
+    dump_plan,
+)
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import codes
 from openevs.domain import replication as rep

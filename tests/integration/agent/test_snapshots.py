@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from openevs.contract import AgentRequestFailed, CopyRequest, ErrorReason, JobProgress
+from openevs.contract import AgentRequestFailed, ErrorReason
+from openevs.contract_snapshots import CopyRequest, JobProgress
 from tests.integration.agent.support import AgentProcess
 from tests.support.waiting import wait_for
 

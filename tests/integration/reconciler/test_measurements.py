@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from openevs.contract import AgentClient
+from openevs.contract_client import AgentClient
 from openevs.db.models import ReplicationPair
 from openevs.reconciler.measurements import Measurements
 from tests.integration.replication.test_group_api import PAIRS, make_pairs

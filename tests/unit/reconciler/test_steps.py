@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from openevs.contract import FailoverPlan, MembershipPlan, PairFlip, ReprotectPlan, SwitchoverPlan, dump_plan
+from openevs.contract_plans import (
+    FailoverPlan,
+    MembershipPlan,
+    PairFlip,
+    ReprotectPlan,
+    SwitchoverPlan,
+    dump_plan,
+)
 from openevs.db.models import ReplicationGroup
 from openevs.domain import replication as rep
 from openevs.domain.replication import GROUP_TRANSITIONAL, PAIR_TRANSITIONAL, GroupStatus, GroupTrigger
