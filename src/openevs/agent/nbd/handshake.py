@@ -45,6 +45,7 @@ from .events import (
     NeedData,
     StartTls,
 )  # fmt: skip
+from .option_payloads import parse_info_request, parse_meta_request
 from .replies import ReplyBuilder
 
 META_CONTEXT_ID: Final = 1
@@ -204,7 +205,7 @@ class Negotiation(ReplyBuilder):
             self._option_reply(option, Reply.ERR_INVALID if data else Reply.ACK)
             return None
         if option in (Option.INFO, Option.GO):
-            parsed = _parse_info_request(data)
+            parsed = parse_info_request(data)
             if parsed is None:
                 self._option_reply(option, Reply.ERR_INVALID, b"malformed request")
                 return None
@@ -271,7 +272,7 @@ class Negotiation(ReplyBuilder):
         if not self.structured:
             self._option_reply(option, Reply.ERR_INVALID, b"structured replies first")
             return
-        parsed = _parse_meta_request(data)
+        parsed = parse_meta_request(data)
         if parsed is None:
             self._option_reply(option, Reply.ERR_INVALID, b"malformed request")
             return
@@ -360,48 +361,3 @@ class Negotiation(ReplyBuilder):
             raise LocalProtocolError("no export lookup is pending")
         lookup, self._lookup = self._lookup, None
         return lookup
-
-
-def _parse_info_request(data: bytes) -> tuple[str, tuple[int, ...]] | None:
-    """(name, info types) of an INFO/GO request, or None if malformed."""
-    if len(data) < 6:
-        return None
-    (name_len,) = c.U32.unpack_from(data, 0)
-    if name_len > len(data) - 6 or name_len > c.MAX_STRING:
-        return None
-    (count,) = c.U16.unpack_from(data, 4 + name_len)
-    if len(data) != 6 + name_len + 2 * count:
-        return None
-    try:
-        name = data[4 : 4 + name_len].decode()
-    except UnicodeDecodeError:
-        return None
-    infos = struct.unpack_from(f">{count}H", data, 6 + name_len)
-    return name, tuple(infos)
-
-
-def _parse_meta_request(data: bytes) -> tuple[str, list[str]] | None:
-    """(export name, queries) of a LIST/SET_META_CONTEXT request, or None."""
-    try:
-        name, pos = _read_string(data, 0)
-        if len(data) - pos < 4:
-            return None
-        (count,) = c.U32.unpack_from(data, pos)
-        pos += 4
-        queries: list[str] = []
-        for _ in range(count):
-            query, pos = _read_string(data, pos)
-            queries.append(query)
-    except ValueError:  # includes UnicodeDecodeError
-        return None
-    return (name, queries) if pos == len(data) else None
-
-
-def _read_string(data: bytes, pos: int) -> tuple[str, int]:
-    if len(data) - pos < 4:
-        raise ValueError("truncated")
-    (length,) = c.U32.unpack_from(data, pos)
-    pos += 4
-    if length > len(data) - pos or length > c.MAX_STRING:
-        raise ValueError("string overruns the option")
-    return data[pos : pos + length].decode(), pos + length
