@@ -77,7 +77,7 @@ class LinkServer:
     # -- what the NBD server and the node call ------------------------------
 
     def accept(self, sock: socket.socket, token: str, trailing: bytes) -> None:
-        """An NBD connection upgraded to the link (connection.LinkHandler)."""
+        """An NBD connection upgraded to the link (nbd/owner.py LinkHandler)."""
         loop = asyncio.get_running_loop()
         if self.tls is not None and trailing:
             log.warning("replication link: clear-text bytes where the TLS handshake must begin; closed")

@@ -23,78 +23,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
-import ssl
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from functools import partial
 from time import perf_counter
-from typing import Protocol
 
 from openevs.security import PeerRejected
 from openevs.security.identity import Identity
 from openevs.security.tls import peer_identity
 
 from . import constants as c
-from .buffers import POOL_MIN_BYTES, BufferPool, FileRegion, SendQueue
-from .constants import Command, Errno
+from .buffers import SendQueue
+from .constants import Command
 from .eager import start_eagerly
 from .errors import ProtocolError
 from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, LinkUpgrade, Request, StartTls
 from .export import Export
+from .owner import Owner, wire_errno
 from .protocol import ServerConnection, TlsPolicy
 from .replies import merge_extents
+from .serving import execute, queue_read
 from .stats import NbdStats
 from .tls_stream import TlsStream
 
 log = logging.getLogger(__name__)
-
-_HOLE_SCAN_MIN_BYTES = 256 * 1024
-
-
-def wire_errno(code: int | None) -> int:
-    """Map a host errno to the NBD error values allowed on the wire."""
-    if code in (errno.EPERM, errno.EROFS, errno.EACCES):
-        return Errno.EPERM
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return Errno.ENOSPC
-    if code in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return Errno.ENOTSUP
-    if code in (errno.EINVAL, errno.ENOMEM, errno.EOVERFLOW, errno.ESHUTDOWN):
-        return code  # same numbers on the wire
-    return Errno.EIO
-
-
-LinkHandler = Callable[[socket.socket, str, bytes], None]
-"""Takes over an upgraded connection: its socket, the link session token, bytes already read."""
-
-
-class Owner(Protocol):
-    """What a connection needs from the server that accepted it (read live: limits
-    may be changed while the server runs)."""
-
-    pool: BufferPool
-    max_in_flight: int
-    max_in_flight_bytes: int
-    max_output_bytes: int
-    handshake_timeout_s: float
-    tls_context: ssl.SSLContext | None
-    tls_policy: TlsPolicy
-    link_handler: LinkHandler | None  # takes connections upgraded to the replication link
-
-    async def resolve(self, name: str, peer: Identity | None) -> Export | None:
-        """The export called `name` for a client holding certificate `peer`, or None
-        (also when it is not for this client)."""
-
-    def register(self, conn: Connection, name: str) -> None:
-        """`conn` entered transmission on export `name`."""
-
-    def stats_for(self, name: str) -> list[NbdStats]:
-        """The counters a connection to export `name` bumps (the server's, maybe a volume's)."""
-
-    def forget(self, conn: Connection) -> None:
-        """`conn` has ended."""
 
 class Connection:
     """One client connection: handshake coroutine, then callback-driven transmission."""
@@ -275,7 +228,9 @@ class Connection:
         assert export is not None
         if kind is Command.READ:
             try:
-                self._read(export, req)
+                queue_read(
+                    self.proto, self._out, self.server.pool, export, req, self._sendfile_fd, self._readinto
+                )
             except OSError as exc:
                 self._out.append(self.proto.reply_error(req.cookie, wire_errno(exc.errno), str(exc)))
             self._count(req, started)
@@ -295,9 +250,9 @@ class Connection:
             self._count(req, started)
         else:
             if self._eager:
-                done, result = start_eagerly(self._execute(export, req), self.loop)
+                done, result = start_eagerly(execute(self.proto, export, req, self._label()), self.loop)
             else:
-                done, result = False, self.loop.create_task(self._execute(export, req))
+                done, result = False, self.loop.create_task(execute(self.proto, export, req, self._label()))
             if done:
                 assert isinstance(result, bytes)
                 self._release_payload(req)
@@ -310,70 +265,6 @@ class Connection:
             self._tasks.add(result)
             result.add_done_callback(partial(self._on_done, req, started))
             self._update_reading()
-
-    def _read(self, export: Export, req: Request) -> None:
-        proto, offset, length, out = self.proto, req.offset, req.length, self._out
-        fd = self._sendfile_fd
-        if length >= _HOLE_SCAN_MIN_BYTES and proto.structured and not req.flags & c.CMD_FLAG_DF:
-            extents = merge_extents(export.extents(offset, length), length)
-            if len(extents) > 1 or extents[0][1] & c.STATE_ZERO:
-                pieces: list[Sized | int] = []
-                pos = offset
-                for ext_len, flags in extents:
-                    if flags & c.STATE_ZERO:
-                        pieces.append(ext_len)
-                    elif fd is not None:
-                        pieces.append(FileRegion(fd, pos, ext_len))
-                    else:
-                        pieces.append(export.pread(pos, ext_len))
-                    pos += ext_len
-                out.extend(proto.reply_read_pieces(req.cookie, offset, pieces))  # type: ignore[arg-type]
-                return
-        if length < POOL_MIN_BYTES or (fd is None and self._readinto is None):
-            out.extend(proto.reply_read(req.cookie, offset, export.pread(offset, length)))
-        elif fd is not None:
-            # Straight from the page cache to the socket; the data is read when sent,
-            # which only differs for requests that overlap in flight (undefined in NBD).
-            out.append(proto.reply_read_header(req.cookie, offset, length))
-            out.append_region(FileRegion(fd, offset, length))
-        else:
-            assert self._readinto is not None
-            view = self.server.pool.get(length)
-            try:
-                self._readinto(offset, view)
-            except BaseException:
-                self.server.pool.put(view)
-                raise
-            out.extend(proto.reply_read(req.cookie, offset, view))
-            out.release_after(view)
-
-    async def _execute(self, export: Export, req: Request) -> bytes:
-        """Run a write-like request; its reply."""
-        kind, cookie = req.kind, req.cookie
-        try:
-            if kind is Command.WRITE:
-                assert req.payload is not None
-                await export.write(req.offset, req.payload, req.fua)
-            elif kind is Command.FLUSH:
-                await export.flush()
-            elif kind is Command.TRIM:
-                await export.trim(req.offset, req.length)
-                if req.fua:
-                    await export.flush()
-            elif kind is Command.WRITE_ZEROES:
-                await export.write_zeroes(
-                    req.offset,
-                    req.length,
-                    req.fua,
-                    may_trim=not req.flags & c.CMD_FLAG_NO_HOLE,
-                    fast_only=bool(req.flags & c.CMD_FLAG_FAST_ZERO),
-                )
-            return self.proto.reply_ok(cookie)
-        except OSError as exc:
-            return self.proto.reply_error(cookie, wire_errno(exc.errno), str(exc))
-        except Exception:
-            log.exception("nbd %s on export %s failed", kind.name, self._label())
-            return self.proto.reply_error(cookie, Errno.EIO, "internal error")
 
     def _release_payload(self, req: Request) -> None:
         payload = req.payload

@@ -26,9 +26,10 @@ from openevs.security.identity import Identity
 
 from ..resources import SHORTAGE_LOG, shortage_of
 from .buffers import BufferPool
-from .connection import Connection, LinkHandler, wire_errno
+from .connection import Connection
 from .export import Export
 from .handshake import TlsPolicy
+from .owner import LinkHandler, wire_errno
 from .stats import NbdStats
 
 __all__ = ["NbdServer", "Resolver", "TlsPolicy", "wire_errno"]
