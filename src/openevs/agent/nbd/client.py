@@ -9,10 +9,9 @@ into its result) and requests leave through a `SendQueue` with one
 socket does not take at once waits for `add_writer` (the kernel's send
 buffer is the backpressure; it is made large enough for a 4 MiB write).
 
-TLS: `connect(..., tls=context)` asks NBD_OPT_STARTTLS before anything
-else and goes on only over TLS (tls_stream.py); a server that refuses
-raises `NbdOptionRefused`, and one whose certificate the context rejects
-raises `ssl.SSLError`. `ssl_object` is then there for `require_peer`.
+TLS: `connect(..., tls=context)` asks NBD_OPT_STARTTLS first and goes on only
+over TLS (tls_stream.py); a refusal raises `NbdOptionRefused`, a rejected
+certificate `ssl.SSLError`; `ssl_object` is for `require_peer`.
 
 Pipelined: any number of tasks may call it at once; replies are matched to
 requests by cookie, in whatever order the server sends them. Error replies
@@ -64,7 +63,7 @@ class NbdClient:
         self.block_size = (c.MIN_BLOCK_SIZE, c.PREFERRED_BLOCK_SIZE, c.MAX_PAYLOAD)
 
     @property
-    def read_only(self) -> bool:
+    def read_only(self) -> bool:  # the server exports it read-only
         return bool(self.flags & c.FLAG_READ_ONLY)
 
     @property
