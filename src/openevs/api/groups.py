@@ -16,6 +16,7 @@ from openevs.api.volumes import _parse
 from openevs.db.models import ReplicationGroup
 from openevs.domain import codes
 from openevs.domain.errors import InvalidInput
+from openevs.domain.measurement import GroupResync
 from openevs.runtime import Runtime
 from openevs.services import group_actions, groups, verify
 from openevs.services.arbitration import FORCE_ACTION
@@ -62,8 +63,10 @@ class ExtendMany(BaseModel):
 
 
 def group_view(
-    group: ReplicationGroup, replication_ids: list[str], arbitration: dict[str, Any] | None = None
-) -> dict[str, Any]:
+    group: ReplicationGroup, replication_ids: list[str], arbitration: dict[str, Any] | None = None,
+    resync: GroupResync | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    resync = resync or GroupResync(0, 0.0, None)
     return {
         "id": group.id,
         "name": group.name,
@@ -83,11 +86,16 @@ def group_view(
         # An openevs extension (docs/decisions.md "Arbitration"): the group's witness and
         # whether its primaries' I/O is suspended; null under static priority.
         "arbitration": arbitration,
+        # openevs extensions (docs/monitoring.md): the members' resync rolled up, as the
+        # production agents last measured it (dirty and rate summed, the slowest ETA)
+        "dirty_bytes": resync.dirty_bytes,
+        "resync_rate_bytes_per_s": resync.resync_rate_bytes_per_s,
+        "resync_eta_s": resync.resync_eta_s,
     }
 
 
 def _body(shown: groups.GroupDetail) -> dict[str, Any]:
-    view = group_view(shown.group, shown.replication_ids, shown.arbitration)
+    view = group_view(shown.group, shown.replication_ids, shown.arbitration, shown.resync)
     return {"replication_consistency_group": view}
 
 

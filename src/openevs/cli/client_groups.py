@@ -72,6 +72,8 @@ SHAPE = Shape(
         "id", "name", "description", "status", "priority_station", "replication_model",
         "replication_status", "progress", "replication_ids", "created_at", "updated_at",
         "failure_detail", "fault_level", "arbitration",
+        # openevs extensions (docs/monitoring.md)
+        "dirty_bytes", "resync_rate_bytes_per_s", "resync_eta_s",
     ),
 )
 FAILED_STATUSES = {"error", "error_deleting", "error_reversing", "error_failovering"}

@@ -145,6 +145,37 @@ class GroupMeasurement:
     progress: str | None
 
 
+@dataclass(frozen=True)
+class GroupResync:
+    """A group's resync as its members' rows state it: what is left, how fast it shrinks,
+    and when the last member is done (None: no member gave an ETA)."""
+
+    dirty_bytes: int
+    resync_rate_bytes_per_s: float
+    resync_eta_s: float | None
+
+
+class ResyncReading(Protocol):
+    @property
+    def dirty_bytes(self) -> int | None: ...
+
+    @property
+    def resync_rate_bytes_per_s(self) -> float | None: ...
+
+    @property
+    def resync_eta_s(self) -> float | None: ...
+
+
+def group_resync(members: Sequence[ResyncReading]) -> GroupResync:
+    """The members' dirty bytes and rates summed; the ETA of the slowest member."""
+    etas = [m.resync_eta_s for m in members if m.resync_eta_s is not None]
+    return GroupResync(
+        dirty_bytes=sum(m.dirty_bytes or 0 for m in members),
+        resync_rate_bytes_per_s=sum(m.resync_rate_bytes_per_s or 0.0 for m in members),
+        resync_eta_s=max(etas) if etas else None,
+    )
+
+
 def aggregate_group(members: Sequence[MemberReading]) -> GroupMeasurement:
     """A group's replication_status, fault_level and progress from its members' rows."""
     statuses = {m.replication_status for m in members}

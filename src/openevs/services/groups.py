@@ -32,6 +32,7 @@ from openevs.domain import codes
 from openevs.domain import replication as rep
 from openevs.domain.arbitration import arbiter_key, arbitration_view
 from openevs.domain.errors import ChangedConcurrently, Conflict, InvalidInput, InvalidState, NotFound
+from openevs.domain.measurement import GroupResync, group_resync
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger, PairStatus, ReplicationStatus
 from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
@@ -59,6 +60,7 @@ class GroupDetail:
     group: ReplicationGroup
     replication_ids: list[str]
     arbitration: dict[str, Any] | None = None  # domain/arbitration.py's view of the members
+    resync: GroupResync | None = None  # the members' resync rolled up (domain/measurement.py)
 
 
 def get_group(session: Session, project_id: str, group_id: str) -> ReplicationGroup:
@@ -80,10 +82,12 @@ def members(session: Session, group_id: str) -> list[ReplicationPair]:
     )
 
 
-def members_view(session: Session, group_id: str) -> tuple[list[str], dict[str, Any] | None]:
-    """The members' ids and the group's arbitration view."""
+def members_view(
+    session: Session, group_id: str
+) -> tuple[list[str], dict[str, Any] | None, GroupResync]:
+    """The members' ids, the group's arbitration view and its resync rolled up."""
     pairs = members(session, group_id)
-    return [p.id for p in pairs], arbitration_view([p.arbitration for p in pairs])
+    return [p.id for p in pairs], arbitration_view([p.arbitration for p in pairs]), group_resync(pairs)
 
 
 def detail(session: Session, group: ReplicationGroup) -> GroupDetail:

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import pytest
 
 from openevs.contract import ArbitrationState, ReplicationState, SyncProgress
-from openevs.domain.measurement import GroupMeasurement, aggregate_group, measure_pair, progress_percent
+from openevs.domain.measurement import (
+    GroupMeasurement,
+    GroupResync,
+    aggregate_group,
+    group_resync,
+    measure_pair,
+    progress_percent,
+)  # fmt: skip
 from openevs.domain.replication import (
     FAULT_LINK,
     FAULT_NONE,
@@ -129,3 +136,17 @@ def test_the_failure_detail_clears_when_it_resumes_and_only_then() -> None:
     assert measure_pair(resumed, was_suspended=True)["failure_detail"] is None
     assert "failure_detail" not in measure_pair(resumed, was_suspended=False)
     assert measure_pair(resumed)["fault_level"] == FAULT_LINK
+
+
+@dataclass
+class _Resync:
+    dirty_bytes: int | None
+    resync_rate_bytes_per_s: float | None
+    resync_eta_s: float | None
+
+
+def test_a_groups_resync_sums_what_is_left_and_waits_for_the_slowest_member() -> None:
+    rollup = group_resync([_Resync(4096, 1000.0, 4.0), _Resync(0, 0.0, None), _Resync(8192, 500.0, 16.0)])
+    assert rollup == GroupResync(12288, 1500.0, 16.0)
+    assert group_resync([_Resync(None, None, None)]) == GroupResync(0, 0.0, None)
+    assert group_resync([]) == GroupResync(0, 0.0, None)
