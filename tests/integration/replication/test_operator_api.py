@@ -43,7 +43,13 @@ def test_a_group_verify_checks_every_member_and_a_second_one_waits(api: Api) -> 
     for pid in ids:
         run = finished(api, pid)
         assert run["mismatched_bytes"] == 0 and run["checked_bytes"] + run["skipped_bytes"] == 1 << 30
-    assert show(api, gid)["status"] == "available"
+    shown = show(api, gid)
+    assert shown["status"] == "available"
+    # the members' resync rolled up: both in sync, nothing left; the slowest member's ETA
+    members = [pair(api, pid) for pid in ids]
+    assert shown["dirty_bytes"] == sum(m["dirty_bytes"] for m in members) == 0
+    etas = [m["resync_eta_s"] for m in members if m["resync_eta_s"] is not None]
+    assert shown["resync_eta_s"] == (max(etas) if etas else None)
     assert api.post(f"{GROUPS}/unknown-group/verify").status_code == 404
 
 
