@@ -11,6 +11,10 @@ Rules this module keeps:
   the disks is never its witness (it would fall with that side);
 - with no such AZ (two AZs configured) there is no witness: HyperMetro's
   *static priority* mode, the primary always goes on alone;
+- a witness at a loopback address is offered only to agents on the
+  controller's host (embedded ones, or a loopback agent URL): an agent
+  elsewhere could never reach it, and would suspend at the first link cut
+  for want of a witness that was never there;
 - a unit is a pair outside any group (`pair:<id>`) or a whole consistency
   group (`group:<id>`, one grant for every member), at the unit's epoch;
 - automatic failover needs every condition at once (primary unreachable from
@@ -20,6 +24,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +52,15 @@ def witness_az(azs: Sequence[str], primary_az: str, dr_az: str, preferred_az: st
     return next((az for az in azs if az not in sides), None)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def choose_witness(
     azs: Sequence[str],
     primary_az: str,
@@ -55,18 +69,20 @@ def choose_witness(
     standalone: tuple[str, int] | None = None,
     preferred_az: str = "",
     agent_witnesses: Mapping[str, tuple[str, int]] | None = None,
+    remote_sides: bool = False,
 ) -> WitnessChoice | None:
     """The witness of a pair or group (None: static priority, or the witness AZ's
-    agent has not told its witness address yet)."""
+    agent has not told its witness address yet). `remote_sides`: an agent of the
+    pair runs on another host than the controller."""
     if standalone is not None:
-        return WitnessChoice(standalone[0], standalone[1], STANDALONE_NAME)
-    az = witness_az(azs, primary_az, dr_az, preferred_az)
-    if az is None:
+        choice: WitnessChoice | None = WitnessChoice(standalone[0], standalone[1], STANDALONE_NAME)
+    else:
+        az = witness_az(azs, primary_az, dr_az, preferred_az)
+        where = (agent_witnesses or {}).get(az) if az is not None else None
+        choice = WitnessChoice(where[0], where[1], str(az)) if where is not None and where[1] else None
+    if choice is not None and remote_sides and is_loopback(choice.host):
         return None
-    where = (agent_witnesses or {}).get(az)
-    if where is None or not where[1]:
-        return None
-    return WitnessChoice(where[0], where[1], az)
+    return choice
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ class AgentWatcher:
         self.runtime = runtime
         self.boot_ids: dict[str, str] = {}
 
-    def _record(self, az: str, health: AgentHealth | None) -> None:
+    def _record(self, az: str, health: AgentHealth | None) -> bool:
+        """Save what the agent reported; True if the witness it serves is new or moved."""
         with self.runtime.db.session() as session:
             row = session.get(Agent, az)
             if row is None:
@@ -29,11 +30,15 @@ class AgentWatcher:
                 session.add(row)
             row.healthy = health is not None
             row.checked_at = utcnow()
+            moved = False
             if health is not None:
+                # Also a first sighting: roles sent before it was known carry no arbiter.
+                moved = bool(health.witness_port) and (row.witness_port or 0) != health.witness_port
                 row.nbd_host = health.nbd_host
                 row.nbd_port = health.nbd_port
                 row.witness_port = health.witness_port
                 row.capacity_bytes = health.capacity_bytes
+            return moved
 
     def check(self) -> dict[str, bool]:
         result = {}
@@ -45,7 +50,8 @@ class AgentWatcher:
                 log.debug("agent of %s unavailable: %s", az, exc)
             except Exception:
                 log.exception("agent of %s: health check failed", az)
-            self._record(az, health)
+            if self._record(az, health):
+                self._witness_moved(az)
             result[az] = health is not None
             if health is not None and self.boot_ids.get(az) != health.boot_id:
                 try:
@@ -54,6 +60,18 @@ class AgentWatcher:
                 except (AgentUnavailable, AgentRequestFailed) as exc:
                     log.warning("agent of %s: sync failed, will retry: %s", az, exc)
         return result
+
+    def _witness_moved(self, az: str) -> None:
+        """The embedded witness of `az` is new, or restarted on another (ephemeral) port:
+        the other AZs' primaries get configs naming its address."""
+        log.info("agent of %s: its witness moved; re-sending the other AZs' roles", az)
+        for other in self.runtime.settings.azs:
+            if other == az:
+                continue
+            try:
+                push_roles(self.runtime, other)
+            except (AgentUnavailable, AgentRequestFailed) as exc:
+                log.warning("agent of %s: roles not re-sent (the witness of %s moved): %s", other, az, exc)
 
     def sync(self, az: str) -> None:
         """After an agent (re)start: re-grant live exports, drop orphan files."""

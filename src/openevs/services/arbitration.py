@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
 from openevs.contract import AgentUnavailable, WitnessAddress
 from openevs.db.models import Agent
-from openevs.domain.arbitration import choose_witness
+from openevs.domain.arbitration import choose_witness, is_loopback
 from openevs.domain.errors import Conflict, InvalidState
 from openevs.runtime import Runtime
 from openevs.witness.arbiter import Refusal
@@ -46,6 +47,12 @@ class WitnessNotGranted(AgentUnavailable):
     and the transition fails (FD_LINK) once it waited `agent_timeout_s`."""
 
 
+def _remote(agent_url: str) -> bool:
+    """The agent at this URL runs on another host ("" or unix:: an embedded, local one)."""
+    host = "" if agent_url.startswith("unix:") else urlsplit(agent_url).hostname or ""
+    return bool(host) and not is_loopback(host)
+
+
 def witness_of(runtime: Runtime, primary_az: str, dr_az: str) -> WitnessAddress | None:
     """The witness of a pair or group with disks in these AZs (domain/arbitration.py)."""
     settings = runtime.settings
@@ -55,9 +62,10 @@ def witness_of(runtime: Runtime, primary_az: str, dr_az: str) -> WitnessAddress 
             for row in session.scalars(select(Agent))
             if row.witness_port
         }
+    remote = any(_remote(settings.agent_urls.get(az, "")) for az in (primary_az, dr_az))
     choice = choose_witness(
         settings.azs, primary_az, dr_az, standalone=settings.witness_host_port,
-        preferred_az=settings.witness_az, agent_witnesses=agents,
+        preferred_az=settings.witness_az, agent_witnesses=agents, remote_sides=remote,
     )  # fmt: skip
     if choice is None:
         return None

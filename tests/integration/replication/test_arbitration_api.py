@@ -236,3 +236,23 @@ def test_cut_from_peer_and_witness_suspends_then_resumes(
     )  # fmt: skip
     assert pair["failure_detail"] is None and not pair["arbitration"]["suspended"], pair
     witness.start()
+
+
+def test_configs_follow_an_embedded_witness_that_restarted_on_another_port(
+    api: Api, supervisor: AgentSupervisor
+) -> None:
+    [pid] = make_pairs(api, 1, A, B)
+    prod, _ = disks(api, pid)
+    old = supervisor.client_for(C).health().witness_port
+
+    def names(port: int) -> bool:
+        state = agent_arbitration(supervisor, A, prod)
+        return state is not None and state.witness.endswith(f":{port})")
+
+    wait_for("the primary's arbiter to name az3's witness", lambda: names(old))
+    pid_c = supervisor.pid(C)
+    assert pid_c is not None
+    os.kill(pid_c, signal.SIGKILL)  # the supervisor restarts it, its witness on a new ephemeral port
+    new = wait_for("az3's agent back with a new witness port",
+                   lambda: (p := supervisor.client_for(C).health().witness_port) != old and p, 30)
+    wait_for("the primary's arbiter to name the new port", lambda: names(new), 30)

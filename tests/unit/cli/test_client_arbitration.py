@@ -6,7 +6,10 @@ from typing import Any
 
 import pytest
 
+from openevs.api.groups import NULL_ACTIONS
 from openevs.cli.client_arbitration import arbitration_words
+from openevs.cli.client_groups import ACTIONS
+from openevs.services.arbitration import FORCE_ACTION
 
 
 def obj(**arbitration: Any) -> dict[str, Any]:
@@ -39,3 +42,7 @@ def test_suspended_says_why_and_what_resumes_it() -> None:
 def test_the_other_states(fields: dict[str, Any], phrase: str) -> None:
     words = arbitration_words(obj(**fields))
     assert words is not None and phrase in words
+
+
+def test_failover_force_sends_the_apis_force_action() -> None:
+    assert ACTIONS["force-failover"] == FORCE_ACTION and FORCE_ACTION in NULL_ACTIONS

@@ -98,3 +98,11 @@ def test_a_group_is_as_suspended_as_any_member_and_reachable_if_all_are() -> Non
     assert view == {"witness": "az3 (h:1)", "witness_reachable": False, "suspended": True, "lease": False,
                     "outdated": False}  # fmt: skip
     assert arbitration_view([reading(lease=True)]) == reading(lease=True)
+
+
+def test_a_loopback_witness_is_not_offered_to_agents_on_other_hosts() -> None:
+    local = {"az3": ("127.0.0.1", 8792)}
+    assert choose_witness(AZS, "az1", "az2", agent_witnesses=local, remote_sides=True) is None
+    assert choose_witness(AZS, "az1", "az2", agent_witnesses=local) == WitnessChoice("127.0.0.1", 8792, "az3")
+    assert choose_witness(AZS, "az1", "az2", standalone=("localhost", 1), remote_sides=True) is None
+    assert choose_witness(AZS, "az1", "az2", standalone=("10.9.9.9", 1), remote_sides=True) is not None
