@@ -271,6 +271,11 @@ class Trial:
         for probe in self.writers.values():
             probe.stop()
 
+    def stop_probes(self) -> None:
+        self.stop_writers()
+        for probe in self.probes:
+            probe.stop()
+
     # -- failover and reprotect, the way the controller does them -----------------------------
 
     def failover(self, timeout_s: float = 20) -> float:
@@ -336,9 +341,7 @@ class Trial:
 
     def finish(self) -> checker.Verdict:
         """Stop every probe, read the final primaries back and check the history."""
-        self.stop_writers()
-        for probe in self.probes:
-            probe.stop()
+        self.stop_probes()
         self.events = self.history()
         found = {pid: self._read_back(pid) for pid in self.pairs}
         final_az = {pid: self.stack.agents[self.primary].az for pid in self.pairs}

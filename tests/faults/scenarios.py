@@ -125,6 +125,7 @@ def run(stack: PartitionStack, d: Draw) -> Result:
         return Result(d, trial.finish(), figures)
     finally:
         stack.net.heal()
+        trial.stop_probes()  # a failed trial must not leave its probes running
         trial.cleanup()
 
 
