@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from openevs.agent.client import HttpAgentClient
+from openevs.security.pki import TlsFiles
 from tests.conftest import free_port
 from tests.e2e.conftest import ServeProcess
 from tests.support.waiting import wait_for
@@ -19,9 +20,14 @@ from tests.support.waiting import wait_for
 class StandaloneAgent:
     """`openevs agent` for one AZ as a process the test can kill and restart."""
 
-    def __init__(self, root: Path, az: str, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, az: str, extra_args: tuple[str, ...] = (), controller_tls: TlsFiles | None = None
+    ) -> None:
+        """`controller_tls`: the agent has its certificate (in `extra_args`), so its control
+        API is mutual TLS and answers this controller certificate only."""
         self.root, self.az = root, az
         self.extra_args = extra_args
+        self.controller_tls = controller_tls
         self.pool = root / f"pool-{az}"
         self.control_port, self.nbd_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -29,7 +35,8 @@ class StandaloneAgent:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.control_port}"
+        scheme = "https" if self.controller_tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.control_port}"
 
     def start(self) -> None:
         self.runs += 1
@@ -54,7 +61,7 @@ class StandaloneAgent:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        client = HttpAgentClient(self.az, self.url, timeout_s=2)
+        client = HttpAgentClient(self.az, self.url, timeout_s=2, tls=self.controller_tls)
         wait_for(f"standalone agent {self.az} to start", lambda: _healthy(client), 30)
         client.close()
 

@@ -113,9 +113,10 @@ def test_metrics_of_controller_and_agents_follow_a_real_pair(
     assert a.value("openevs_pool_allocated_bytes", az=PROD_AZ) >= 30 * MIB
     assert a.value("openevs_replica_dirty_bytes", volume_id=prod, role="primary") == 0
     assert a.value("openevs_nbd_connections") >= 0
-    # The DR agent: what reached it over the link is NBD traffic there.
+    # The DR agent: what reached it over the link (the link protocol, not NBD).
     d = scrape(agents[DR_AZ])
-    assert d.value("openevs_nbd_requests_total", op="write") >= 20
+    assert d.value("openevs_replication_link_served_requests_total", op="write") >= 20
+    assert d.value("openevs_replication_link_served_request_bytes_total", op="write") >= 20 * MIB
     assert d.value("openevs_replica_link_up", volume_id=dr, role="secondary") == 1
     # Every series the dashboard and the alert rules read is in what we expose.
     exposed = m.names() | a.names() | d.names()

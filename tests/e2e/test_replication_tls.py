@@ -36,7 +36,9 @@ def tls_stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, Path, Session]]:
     pki.init_ca(pki_dir)
     for az in (PROD_AZ, DR_AZ):
         pki.issue(pki_dir, Identity(CertRole.AGENT, az), ip_addresses=["127.0.0.1"])
-    agent = StandaloneAgent(tmp_path, DR_AZ, ("--pki", str(pki_dir), "--nbd-tls", "required"))
+    pki.issue(pki_dir, Identity(CertRole.CONTROLLER))  # serve finds it in <data_dir>/pki
+    controller = pki.files_for(pki_dir, "controller")
+    agent = StandaloneAgent(tmp_path, DR_AZ, ("--pki", str(pki_dir), "--nbd-tls", "required"), controller)
     serve = ServeProcess(tmp_path / "serve", extra_env={"OPENEVS_AGENT_URLS": f"{DR_AZ}={agent.url}"})
     assert serve.data_dir / "pki" == pki_dir
     try:

@@ -136,6 +136,10 @@ class AgentCollector(Collector):
             "openevs_replication_link_request", "Requests on the replication links to peers",
             (([op], s) for op, s in stats.link.items()), ["op"],
         )  # fmt: skip
+        yield from op_families(
+            "openevs_replication_link_served_request", "Requests served to primaries on the link",
+            (([op], s) for op, s in stats.served.items()), ["op"],
+        )  # fmt: skip
         fwd, resync, writes = stats.forwarded, stats.resync_bytes, stats.forwarded.requests
         yield CounterMetricFamily("openevs_replication_forwarded_writes", "Writes forwarded.", value=writes)
         yield CounterMetricFamily("openevs_replication_forwarded_bytes", "Bytes forwarded.", value=fwd.bytes)

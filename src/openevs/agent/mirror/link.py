@@ -163,9 +163,10 @@ class PeerLink:
 
     def _send(
         self, what: str, kind: Kind, offset: int = 0, length: int = 0,
-        payload: bytes | bytearray | memoryview = b"", fua: bool = False,
+        payload: bytes | bytearray | memoryview = b"", fua: bool = False, forwarded: bool = False,
     ) -> asyncio.Future[None]:  # fmt: skip
-        """Send now; a future that fails with LinkDown after the link was taken down."""
+        """Send now; a future that fails with LinkDown after the link was taken down
+        (`forwarded`: a user's write passed on, counted apart from the sync's)."""
         pool = self._pool
         if not self.up or pool is None:
             raise LinkDown(self.last_error or "link is down")
@@ -186,7 +187,7 @@ class PeerLink:
             if exc is None and not f.result().error:
                 seconds = perf_counter() - started
                 MIRROR_STATS.link[what].observe(length, seconds)
-                if kind is Kind.WRITE:
+                if forwarded:
                     MIRROR_STATS.forwarded.observe(length, seconds)
                 result.set_result(None)
                 return
@@ -210,7 +211,7 @@ class PeerLink:
         the link is taken down (`on_down` runs) before anyone awaiting the
         future resumes. `data` must stay unchanged until it is done.
         """
-        return self._send("write", Kind.WRITE, offset, len(data), data, fua)
+        return self._send("write", Kind.WRITE, offset, len(data), data, fua, forwarded=True)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool) -> None:
         await self._send("write", Kind.WRITE, offset, len(data), data, fua)

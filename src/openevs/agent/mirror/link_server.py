@@ -34,8 +34,10 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from openevs.agent.mirror import wire
+from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.mirror.wire import FrameReader, Kind, LinkRequest
 from openevs.agent.nbd.eager import start_eagerly
 from openevs.agent.nbd.export import FileExport
@@ -179,8 +181,12 @@ class LinkServer:
             return 0, b""
         handle.in_flight += 1
         handle.drained.clear()
+        started = perf_counter()
         try:
-            return await self._io(handle.export, request), b""
+            result = await self._io(handle.export, request)
+            if not result and (served := MIRROR_STATS.served.get(request.kind.name.lower())) is not None:
+                served.observe(request.length, perf_counter() - started)
+            return result, b""
         finally:
             handle.in_flight -= 1
             if not handle.in_flight:

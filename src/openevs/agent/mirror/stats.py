@@ -21,6 +21,9 @@ class MirrorStats:
         # (sent until the peer's answer arrived).
         self.link = {op: OpStats() for op in LINK_OPS}
         self.forwarded = OpStats()  # users' writes forwarded to a peer (a subset of link["write"])
+        # Requests this agent served to its primaries on the link (link_server.py), by op:
+        # count, bytes and service time (request parsed to the disk's answer).
+        self.served = {op: OpStats() for op in LINK_OPS}
         self.resync_bytes = 0  # bytes the syncs copied to peers
         self.bitmap_sync = OpStats()  # fdatasync of dirty bitmaps (the activity log's flush)
 
