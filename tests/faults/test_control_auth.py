@@ -62,7 +62,7 @@ def control_routes(tmp: Path, volume_id: str, group_id: str, export: str) -> lis
     for route in app.routes:
         methods = getattr(route, "methods", None) or set()
         path = getattr(route, "path", "")
-        filled = path.format(volume_id=volume_id, group_id=group_id, name=export)
+        filled = path.format(volume_id=volume_id, group_id=group_id, name=export, snapshot_id="snap-1")
         for method in sorted(methods - {"HEAD"}):
             routes.append((method, filled, bodies.get(method)))
     assert len(routes) >= 18, routes

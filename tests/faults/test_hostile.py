@@ -243,7 +243,7 @@ def routes_with_real_ids(api: Api) -> list[tuple[str, str, str]]:
     vid = api.create_volume()["id"]
     assert attach(api, sid, vid).status_code == 200
     ids = {"project_id": api.project_id, "volume_id": vid, "server_id": sid, "replication_id": pair_ids[0],
-           "group_id": gid, "type_id": "SSD"}  # fmt: skip
+           "group_id": gid, "type_id": "SSD", "snapshot_id": "0" * 32, "key": "k"}  # fmt: skip
     doc = api.client.get(f"{api.base}/openapi.json").json()
     routes = []
     for template, methods in doc["paths"].items():

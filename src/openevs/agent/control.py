@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openevs.agent.metrics import metrics_router
 from openevs.agent.node import StorageNode
@@ -90,6 +91,11 @@ def create_control_app(agent: StorageNode) -> FastAPI:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("agent %s: %s %s failed", agent.az, request.method, request.url.path)
         return _error(ErrorReason.IO_ERROR, f"internal error: {exc}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that does not parse, ...) in the contract's shape
+        return _error(ErrorReason.INVALID_INPUT, str(exc.detail)[:200], status=exc.status_code)
 
     @app.exception_handler(404)
     async def _no_route(_: Request, __: Exception) -> JSONResponse:
