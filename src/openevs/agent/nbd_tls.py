@@ -21,12 +21,12 @@ tools may stay in clear text); without a PKI, OFF.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from openevs.agent.nbd.handshake import TlsPolicy
+from openevs.domain.addresses import is_loopback
 from openevs.security import PeerRejected, PkiError, pki, tls
 from openevs.security.identity import CertRole, Identity
 from openevs.security.pki import TlsFiles
@@ -48,15 +48,6 @@ class AgentTls:
 
     def link_context(self) -> ssl.SSLContext:
         return tls.client_context(self.files, check_hostname=False)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def default_policy(nbd_host: str) -> TlsPolicy:

@@ -28,9 +28,10 @@ import uvicorn
 
 from openevs.agent.control import create_control_app
 from openevs.agent.control_tls import PeerCheckedH11Protocol
-from openevs.agent.nbd_tls import AgentTls, is_loopback
+from openevs.agent.nbd_tls import AgentTls
 from openevs.agent.node import StorageNode
 from openevs.agent.resources import quiet_accept_errors, raise_nofile_limit
+from openevs.domain.addresses import is_loopback
 from openevs.logs import configure_logging
 from openevs.security import PkiError
 from openevs.security.pki import TlsFiles

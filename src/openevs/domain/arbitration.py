@@ -24,9 +24,10 @@ Rules this module keeps:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from openevs.domain.addresses import is_loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +51,6 @@ def witness_az(azs: Sequence[str], primary_az: str, dr_az: str, preferred_az: st
     if preferred_az and preferred_az in azs and preferred_az not in sides:
         return preferred_az
     return next((az for az in azs if az not in sides), None)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def choose_witness(

@@ -29,7 +29,8 @@ from sqlalchemy import select
 
 from openevs.contract import AgentUnavailable, WitnessAddress
 from openevs.db.models import Agent
-from openevs.domain.arbitration import choose_witness, is_loopback
+from openevs.domain.addresses import is_loopback
+from openevs.domain.arbitration import choose_witness
 from openevs.domain.errors import Conflict, InvalidState
 from openevs.runtime import Runtime
 from openevs.security.pki import TlsFiles

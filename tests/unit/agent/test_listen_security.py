@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from openevs.agent.client import _shown
-from openevs.agent.runner import check_listen_security, is_loopback
+from openevs.agent.runner import check_listen_security
+from openevs.domain.addresses import is_loopback
 from openevs.security import PkiError, redacted
 from openevs.security.pki import TlsFiles
 
