@@ -122,14 +122,17 @@ def measure_pair(
         fault = FAULT_LINK
     else:
         fault = FAULT_NONE
+    in_sync = status is ReplicationStatus.ACTIVE and state.dirty_bytes == 0
     values: dict[str, str | int | float | None] = {
         "replication_status": None if status is None else str(status),
         "progress": progress,
         "fault_level": fault,
         "synced_bytes": state.resynced_bytes_total,
         "dirty_bytes": state.dirty_bytes,
-        "resync_rate_bytes_per_s": state.resync_rate_bytes_per_s,
-        "resync_eta_s": state.resync_eta_s,
+        # In sync, nothing is left to copy: no rate (the agent's 10 s window still decays
+        # after a sync ends, which would rewrite every idle row) and no ETA.
+        "resync_rate_bytes_per_s": 0.0 if in_sync else state.resync_rate_bytes_per_s,
+        "resync_eta_s": None if in_sync else state.resync_eta_s,
     }
     if suspended:
         values["failure_detail"] = FD_LINK

@@ -41,7 +41,15 @@ def test_only_what_changed_is_read_and_only_what_differs_is_written(api: Any) ->
     for pid in ids:
         api.wait(f"{PAIRS}/{pid}", lambda r: r.json()["replication"]["replication_status"] == "active", 60)
     agent = api.runtime.agent("az1.dc1")
+    volumes = [p.production_volume_id for p in rows(api).values()]
+
+    def leases_given_back() -> bool:  # the initial syncs' witness leases (a real change)
+        states = [agent.get_replication(v) for v in volumes]
+        return all(s.arbitration is None or not s.arbitration.lease for s in states)
+
+    wait_for("the witness leases of the initial syncs to be given back", leases_given_back, 60)
     version = settled_version(agent)
+    Measurements(api.runtime).observe()  # rows as the settled agent states them
     before = rows(api)
     paused = before[ids[0]].production_volume_id
     agent.pause_replication(paused)
