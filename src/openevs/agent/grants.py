@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
-from openevs.agent.pool import InvalidVolumeRequest, PoolIOError, fsync_dir
+from openevs.agent.pool import InvalidVolumeRequest, PoolIOError, write_atomic
 from openevs.contract import ExportGrant
 
 EXPORTS_FILE = "exports.json"
@@ -49,7 +48,6 @@ class GrantTable:
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / EXPORTS_FILE
-        self._tmp = Path(root) / f".tmp-{EXPORTS_FILE}"
         self._names: dict[str, str] = {}  # digest -> name, in memory only
         self._grants: dict[str, ExportGrant] = self._load()  # digest -> grant
 
@@ -77,18 +75,7 @@ class GrantTable:
                 for name, g in sorted(grants.items())
             }
         }
-        data = json.dumps(body, indent=1).encode()
-        try:
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(self._tmp, self.path)
-            fsync_dir(self.path.parent)
-        except OSError as exc:
-            raise PoolIOError(f"cannot save {self.path}: {exc.strerror or exc}") from exc
+        write_atomic(self.path, json.dumps(body, indent=1).encode())
         self._grants = grants
 
     def _key(self, name: str) -> str:

@@ -102,6 +102,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` (mode 0600): a temporary file, fsync, rename, fsync the
+    directory, so a crash leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise PoolIOError(f"cannot save {path}: {exc.strerror or exc}") from exc
+
+
 def data_extents(
     path_or_fd: str | os.PathLike[str] | int, offset: int, length: int
 ) -> list[tuple[int, int]]:

@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openevs.agent.mirror.bitmap import BitmapFile
 from openevs.agent.mirror.engine import REGION_BYTES
-from openevs.agent.pool import PoolIOError, VolumeNotFound, data_extents, fsync_dir, validate_volume_id
+from openevs.agent.pool import (
+    PoolIOError,
+    VolumeNotFound,
+    data_extents,
+    fsync_dir,
+    validate_volume_id,
+    write_atomic,
+)
 from openevs.agent.snapshot_chain import (
     LIVE,
     Layer,
@@ -53,22 +60,6 @@ class ChainEntry(BaseModel):
 class ChainFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     snapshots: list[ChainEntry] = Field(default_factory=list)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data`: temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise PoolIOError(f"cannot save {path}: {exc.strerror or exc}") from exc
 
 
 def pread_full(fd: int, offset: int, length: int) -> bytes:

@@ -6,12 +6,11 @@ after a crash the file holds the old config or the new one, never a mix.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from openevs.agent.pool import PoolIOError, fsync_dir
+from openevs.agent.pool import PoolIOError, fsync_dir, write_atomic
 from openevs.contract import ReplicationConfig
 
 REPL_SUFFIX = ".repl.json"
@@ -34,20 +33,7 @@ def load_configs(root: Path) -> dict[str, ReplicationConfig]:
 
 
 def save_config(root: Path, volume_id: str, config: ReplicationConfig) -> None:
-    path = config_path(root, volume_id)
-    tmp = Path(root) / f".tmp-{volume_id}{REPL_SUFFIX}"
-    data = config.model_dump_json(indent=1).encode()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        raise PoolIOError(f"cannot save {path}: {exc.strerror or exc}") from exc
+    write_atomic(config_path(root, volume_id), config.model_dump_json(indent=1).encode())
 
 
 def remove_config(root: Path, volume_id: str) -> None:
