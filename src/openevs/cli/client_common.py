@@ -84,6 +84,19 @@ def connect() -> Iterator[ApiSession]:
 # -- messages -------------------------------------------------------------------
 
 
+def volume_pages(api: ApiSession, path: str, key: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every item of a Cinder list route (`path`, answering `key` and `<key>_links`), page by page."""
+    params = dict(params)
+    items: list[dict[str, Any]] = []
+    while True:
+        page = api.volume("GET", path, params=params)
+        batch = list(page.get(key, []))
+        items.extend(batch)
+        if not batch or not page.get(f"{key}_links"):
+            return items
+        params["marker"] = batch[-1]["id"]
+
+
 def say(message: str) -> None:
     """A human status line, on stderr so that stdout carries only results."""
     err.print(message, soft_wrap=True, highlight=False)

@@ -15,6 +15,7 @@ from openevs.cli.client_common import (
     connect,
     fetch_or_none,
     say,
+    volume_pages,
     wait,
 )
 from openevs.cli.client_format import (
@@ -109,15 +110,8 @@ def list_(
     """List the project's snapshots (every page); Size is in GB."""
     view = list_view(SHAPE, fmt, columns, long)
     params: dict[str, Any] = {"volume_id": volume_id, "status": status, "limit": 1000}
-    items: list[dict[str, Any]] = []
     with connect() as api:
-        while True:
-            page = api.volume("GET", "/snapshots/detail", params=params)
-            batch = list(page.get("snapshots", []))
-            items.extend(batch)
-            if not batch or not page.get("snapshots_links"):
-                break
-            params["marker"] = batch[-1]["id"]
+        items = volume_pages(api, "/snapshots/detail", "snapshots", params)
     print_list(items, view)
 
 

@@ -15,6 +15,7 @@ from openevs.cli.client_common import (
     connect,
     fetch_or_none,
     say,
+    volume_pages,
     wait,
 )
 from openevs.cli.client_format import (
@@ -134,15 +135,8 @@ def list_(
     """List the project's disks (every page); Size is in GB."""
     view = list_view(SHAPE, fmt, columns, long)
     params: dict[str, Any] = {"name": name, "status": status, "availability_zone": az}
-    items: list[dict[str, Any]] = []
     with connect() as api:
-        while True:
-            page = api.volume("GET", "/volumes/detail", params=params)
-            batch = list(page.get("volumes", []))
-            items.extend(batch)
-            if not batch or not page.get("volumes_links"):
-                break
-            params["marker"] = batch[-1]["id"]
+        items = volume_pages(api, "/volumes/detail", "volumes", params)
     print_list(items, view)
 
 
