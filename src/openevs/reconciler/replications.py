@@ -43,6 +43,10 @@ def remove(runtime: Runtime, pair: ReplicationPair) -> None:
     prod, dr = pair.production_volume_id, pair.dr_volume_id
     call(runtime, prod, lambda a: a.delete_replication(prod), primary=True)
     call(runtime, dr, lambda a: a.delete_replication(dr), primary=False)
+    try:  # before the row goes: once the pair reads as deleted, the DR disk takes writes
+        regrant_exports(runtime, [prod, dr], writable=True)
+    except (AgentUnavailable, AgentRequestFailed) as exc:
+        log.warning("pair %s: exports not re-granted yet (done when the agent returns): %s", pair.id, exc)
     with runtime.db.session() as session:
         session.execute(delete(ReplicationClaim).where(ReplicationClaim.pair_id == pair.id))
         session.execute(
@@ -50,10 +54,6 @@ def remove(runtime: Runtime, pair: ReplicationPair) -> None:
                 ReplicationPair.id == pair.id, ReplicationPair.status == PairStatus.DELETING
             )
         )
-    try:
-        regrant_exports(runtime, [prod, dr])
-    except (AgentUnavailable, AgentRequestFailed) as exc:
-        log.warning("pair %s: exports not re-granted yet (done when the agent returns): %s", pair.id, exc)
     log.info("pair %s deleted; both disks are ordinary disks again", pair.id)
 
 

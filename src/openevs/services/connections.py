@@ -135,16 +135,18 @@ def revoke_attachment_export(runtime: Runtime, az: str, export_name: str | None)
         call_agent(runtime, az, lambda a: a.revoke_export(export_name))
 
 
-def regrant_exports(runtime: Runtime, volume_ids: list[str]) -> None:
+def regrant_exports(runtime: Runtime, volume_ids: list[str], *, writable: bool = False) -> None:
     """Re-grant the live exports of these disks with the access their role gives
-    now (after a pair is deleted, failed over or switched over)."""
+    now (after a failover or a switchover), or, with `writable`, as ordinary
+    disks: a pair being deleted re-grants before its row goes, so a client that
+    sees the pair gone never meets a read-only DR export."""
     with runtime.db.session() as session:
         grants = []
         for vid in volume_ids:
             volume = session.get(Volume, vid)
             if volume is None:
                 continue
-            read_only = export_is_read_only(session, vid)
+            read_only = False if writable else export_is_read_only(session, vid)
             for att in session.scalars(select(Attachment).where(Attachment.volume_id == vid)):
                 if att.export_name is None:
                     continue
