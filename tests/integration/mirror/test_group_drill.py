@@ -98,10 +98,11 @@ def test_a_group_snapshot_after_a_crash_between_members_is_taken_anew(
     assert [(s.volume_id, s.snapshot_id) for s in taken] == [("m1-dr", "d-m1"), ("m2-dr", "d-m2")]
     assert [s.snapshot_id for s in b.client.list_snapshots("m1-dr")] == ["d-m1"]
     # Bad requests are refused with a 4xx, nothing taken.
-    twice = GroupSnapshotRequest(members=[GroupSnapshotMember(volume_id="m1-dr", snapshot_id=s)
-                                          for s in ("x1", "x2")])  # fmt: skip
-    missing = GroupSnapshotRequest(members=[GroupSnapshotMember(volume_id="m2-dr", snapshot_id="y"),
-                                            GroupSnapshotMember(volume_id="nope", snapshot_id="y")])  # fmt: skip
+    member = GroupSnapshotMember
+    twice = GroupSnapshotRequest(members=[member(volume_id="m1-dr", snapshot_id=s) for s in ("x1", "x2")])
+    missing = GroupSnapshotRequest(
+        members=[member(volume_id="m2-dr", snapshot_id="y"), member(volume_id="nope", snapshot_id="y")]
+    )
     for bad in (twice, missing):
         with pytest.raises(AgentRequestFailed) as refused:
             b.client.create_group_snapshot(bad)
