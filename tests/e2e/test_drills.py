@@ -118,8 +118,14 @@ def make_group(s: Session) -> tuple[str, list[tuple[str, str]]]:
     for pid in pair_ids:
         wait_json(s, f"/v2/{{p}}/os-vendor-replications/{pid}", "replication",
                   lambda p: p["replication_status"] == "active", 90)  # fmt: skip
-    body = {"replication_consistency_group": {"name": "drill", "replication_ids": pair_ids,
-                                              "priority_station": AZ_A, "replication_model": "hypermetro"}}
+    body = {
+        "replication_consistency_group": {
+            "name": "drill",
+            "replication_ids": pair_ids,
+            "priority_station": AZ_A,
+            "replication_model": "hypermetro",
+        }
+    }
     r = s.post(GROUPS, body)
     assert r.status_code == 202, r.text
     gid = str(r.json()["replication_consistency_group"]["id"])

@@ -37,8 +37,16 @@ SHAPE = Shape(
         Column("Group", "replication_consistency_group_id", ids=True),
     ),
     fields=(
-        "id", "replication_consistency_group_id", "status", "availability_zone", "create_disks",
-        "taken_at", "created_at", "updated_at", "fault", "members",
+        "id",
+        "replication_consistency_group_id",
+        "status",
+        "availability_zone",
+        "create_disks",
+        "taken_at",
+        "created_at",
+        "updated_at",
+        "fault",
+        "members",
     ),  # fmt: skip
 )
 FAILED = {"error", "error_deleting"}

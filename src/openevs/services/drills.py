@@ -98,10 +98,16 @@ def start_drill(runtime: Runtime, project_id: str, user_id: str, group_id: str,
         for disk in dr:
             session.add(
                 Snapshot(
-                    id=str(uuid.uuid4()), project_id=project_id, volume_id=disk.id,
-                    availability_zone=disk.availability_zone, name=f"drill-{group.name or group.id[:8]}",
-                    description=f"DR drill {drill.id} of group {group.id}", size_gb=disk.size_gb,
-                    status=SnapshotStatus.CREATING, metadata_={}, drill_id=drill.id,
+                    id=str(uuid.uuid4()),
+                    project_id=project_id,
+                    volume_id=disk.id,
+                    availability_zone=disk.availability_zone,
+                    name=f"drill-{group.name or group.id[:8]}",
+                    description=f"DR drill {drill.id} of group {group.id}",
+                    size_gb=disk.size_gb,
+                    status=SnapshotStatus.CREATING,
+                    metadata_={},
+                    drill_id=drill.id,
                 )  # fmt: skip
             )
         session.add(drill)
