@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.mirror.support import PairedAgent, pair  # noqa: E402
+from tests.integration.mirror.support import PairedAgent, group_of_pairs  # noqa: E402
 
 from openevs.agent.nbd.client import NbdClient  # noqa: E402
 from openevs.contract_snapshots import GroupSnapshotMember, GroupSnapshotRequest  # noqa: E402
@@ -103,13 +103,7 @@ def main() -> None:
         a.start()
         b.start()
         volumes = [f"m{i}" for i in range(args.members)]
-        for vol in volumes:
-            a.client.create_volume(vol, area)
-            b.client.create_volume(f"{vol}-dr", area)
-            a.client.grant_export(f"att-{vol}", vol, False)
-            pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
-        for vol in volumes:
-            a.wait_status(vol, "active", timeout_s=60)
+        group_of_pairs(a, b, volumes, area)
         exports = [f"att-{v}" for v in volumes]
         asyncio.run(fill(a.nbd_port, exports, area))  # replicated: the DR disks hold data too
         print(f"{args.members} members, {args.area_mib} MiB each, 4 KiB writes at queue depth 1")

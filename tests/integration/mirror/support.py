@@ -82,6 +82,19 @@ def pair(
     )  # fmt: skip
 
 
+def group_of_pairs(primary: PairedAgent, secondary: PairedAgent, volumes: Iterable[str],
+                   size_bytes: int, group_id: str = "g1") -> None:  # fmt: skip
+    """Each volume paired with `<volume>-dr` in one group (exported as `att-<volume>`), all active."""
+    volumes = list(volumes)
+    for vol in volumes:
+        primary.client.create_volume(vol, size_bytes)
+        secondary.client.create_volume(f"{vol}-dr", size_bytes)
+        primary.client.grant_export(f"att-{vol}", vol, False)
+        pair(primary, secondary, vol, f"{vol}-dr", link=f"link-{vol}", group_id=group_id)
+    for vol in volumes:
+        primary.wait_status(vol, "active", timeout_s=60)
+
+
 async def connect(agent: PairedAgent, export: str) -> NbdClient:
     return await NbdClient.connect("127.0.0.1", agent.nbd_port, export)
 

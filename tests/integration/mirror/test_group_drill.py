@@ -17,8 +17,8 @@ from tests.integration.mirror.support import (
     PairedAgent,
     assert_one_point,
     connect,
+    group_of_pairs,
     ordered_record,
-    pair,
     records_found,
 )
 
@@ -39,13 +39,7 @@ async def _read(agent: PairedAgent, export: str, length: int) -> bytes:
 
 def test_a_drill_snapshots_the_dr_disks_at_one_instant(agents: tuple[PairedAgent, PairedAgent]) -> None:
     a, b = agents
-    for vol in ("m1", "m2"):
-        a.client.create_volume(vol, 16 * MiB)
-        b.client.create_volume(f"{vol}-dr", 16 * MiB)
-        a.client.grant_export(f"att-{vol}", vol, False)
-        pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
-    for vol in ("m1", "m2"):
-        a.wait_status(vol, "active")
+    group_of_pairs(a, b, ("m1", "m2"), 16 * MiB)
 
     async def ordered_writes_with_a_drill() -> int:
         m1, m2 = await connect(a, "att-m1"), await connect(a, "att-m2")

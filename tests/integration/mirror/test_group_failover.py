@@ -15,6 +15,7 @@ from tests.integration.mirror.support import (
     PairedAgent,
     assert_one_point,
     connect,
+    group_of_pairs,
     ordered_record,
     pair,
     records_found,
@@ -30,13 +31,7 @@ def test_group_splits_as_one_crash_consistent_point(
     agents: tuple[PairedAgent, PairedAgent],
 ) -> None:
     a, b = agents
-    for vol in ("m1", "m2"):
-        a.client.create_volume(vol, 8 * MiB)
-        b.client.create_volume(f"{vol}-dr", 8 * MiB)
-        a.client.grant_export(f"att-{vol}", vol, False)
-        pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
-    for vol in ("m1", "m2"):
-        a.wait_status(vol, "active")
+    group_of_pairs(a, b, ("m1", "m2"), 8 * MiB)
 
     async def ordered_writes() -> None:
         m1 = await connect(a, "att-m1")
@@ -71,13 +66,7 @@ def test_group_splits_as_one_crash_consistent_point(
 
 def test_group_pause_resume(agents: tuple[PairedAgent, PairedAgent]) -> None:
     a, b = agents
-    for vol in ("m1", "m2"):
-        a.client.create_volume(vol, 8 * MiB)
-        b.client.create_volume(f"{vol}-dr", 8 * MiB)
-        a.client.grant_export(f"att-{vol}", vol, False)
-        pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
-    for vol in ("m1", "m2"):
-        a.wait_status(vol, "active")
+    group_of_pairs(a, b, ("m1", "m2"), 8 * MiB)
     paused = a.client.pause_group("g1")
     assert {v.replication_status for v in paused.volumes} == {"active-stopped"}
 
