@@ -55,6 +55,9 @@ class GroupTakes:
 
     @staticmethod
     async def _take_all(members: list[Member]) -> list[Snapshot]:
+        # Flush the disks first, while no write pays a copy: the fdatasync after the
+        # switch then has little left to write, and first writes do not queue behind it.
+        await asyncio.gather(*(chain.settle() for chain, _ in members))
         prepared: list[tuple[VolumeChain, Snapshot]] = []
         async with AsyncExitStack() as locks:
             for chain in sorted({c for c, _ in members}, key=lambda c: str(c.volume_path)):
