@@ -122,6 +122,7 @@ def main() -> None:
             "latencies in ms; 'pause max': the longest write while the snapshot call ran, "
             "'/base max': over the longest write of a baseline window as long as the call"
         )
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     finally:
         for agent in (a, b):
             agent.kill()
