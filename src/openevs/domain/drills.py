@@ -49,7 +49,8 @@ R = ReplicationStatus
 DRILLABLE = frozenset({R.ACTIVE, R.ACTIVE_STOPPED, R.INACTIVE})
 
 
-def check_can_drill(group_status: str, replication_status: str | None, members: int) -> None:
+def check_can_drill(group_status: str, replication_status: str | None, members: int,
+                    dr_azs: int = 1) -> None:  # fmt: skip
     if group_status != GroupStatus.AVAILABLE:
         raise InvalidState(
             f"a drill needs the group available, not {group_status}", code=codes.MALFORMED_REQUEST
@@ -62,3 +63,9 @@ def check_can_drill(group_status: str, replication_status: str | None, members: 
         )
     if members == 0:
         raise InvalidState("the group has no member pair to drill", code=codes.MALFORMED_REQUEST)
+    if dr_azs > 1:
+        raise InvalidState(
+            f"the group's DR disks are in {dr_azs} AZs: a drill takes one instant on one DR agent, "
+            "so every DR disk must be in the same AZ",
+            code=codes.MALFORMED_REQUEST,
+        )

@@ -87,9 +87,10 @@ def start_drill(runtime: Runtime, project_id: str, user_id: str, group_id: str,
                 "clean it up first (openevs group drill --cleanup)"
             )
         pairs = members(session, group.id)
-        check_can_drill(group.status, group.replication_status, len(pairs))
         disks = [session.get(Volume, p.dr_volume_id) for p in pairs]
         dr = [d for d in disks if d is not None]
+        dr_azs = {d.availability_zone for d in dr}
+        check_can_drill(group.status, group.replication_status, len(dr), len(dr_azs))
         check_snapshot_quota(session, uow.settings, project_id, len(dr))
         drill = Drill(
             id=str(uuid.uuid4()), project_id=project_id, group_id=group.id, user_id=user_id,
