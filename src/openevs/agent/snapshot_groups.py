@@ -85,4 +85,3 @@ def check_members(members: list[GroupSnapshotMember]) -> None:
         raise InvalidVolumeRequest("a disk is named twice: one snapshot per disk")
     if not members:
         raise InvalidVolumeRequest("no disk named")
-
