@@ -29,6 +29,16 @@ from openevs.cli.client_common import (
 from openevs.cli.client_format import Column, FormatOption, OutputFormat, Shape, object_view, print_object
 from openevs.cli.session import ApiSession
 
+
+def member_lines(members: list[dict[str, Any]]) -> list[str]:
+    """Per DR disk: its snapshot and the drill disk made from it, with their statuses."""
+    lines = []
+    for m in members:
+        disk = f" -> disk {m['volume_id']} ({m['volume_status']})" if m.get("volume_id") else ""
+        lines.append(f"{m['dr_volume_id']}: snapshot {m['snapshot_id']} ({m['snapshot_status']}){disk}")
+    return lines
+
+
 SHAPE = Shape(
     what="drill",
     columns=(
@@ -47,7 +57,8 @@ SHAPE = Shape(
         "updated_at",
         "fault",
         "members",
-    ),  # fmt: skip
+    ),
+    cells={"members": lambda members: member_lines(members) if isinstance(members, list) else members},
 )
 FAILED = {"error", "error_deleting"}
 
