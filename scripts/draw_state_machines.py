@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from openevs.domain.drills import DRILL_TRANSITIONS
 from openevs.domain.replication import GROUP_MACHINE, GROUP_TRANSITIONS, PAIR_TRANSITIONS
 from openevs.domain.snapshots import SNAPSHOT_TRANSITIONS
 from openevs.domain.states import SERVER_TRANSITIONS, VOLUME_TRANSITIONS
@@ -21,6 +22,7 @@ TABLES = [
     ("Replication pair", PAIR_TRANSITIONS),
     ("Replication consistency group", GROUP_TRANSITIONS),
     ("EVS snapshot", SNAPSHOT_TRANSITIONS),
+    ("DR drill (openevs extension)", DRILL_TRANSITIONS),
 ]
 
 

@@ -14,7 +14,13 @@ from openevs.contract import (
     ReplicationStates,
     VolumeInfo,
 )
-from openevs.contract_snapshots import CopyRequest, JobProgress, SnapshotDeletion, SnapshotInfo
+from openevs.contract_snapshots import (
+    CopyRequest,
+    GroupSnapshotRequest,
+    JobProgress,
+    SnapshotDeletion,
+    SnapshotInfo,
+)
 
 if TYPE_CHECKING:
     from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
@@ -85,6 +91,10 @@ class AgentClient(Protocol):
 
     def create_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
         """Take a crash-consistent snapshot; an existing one is success."""
+        ...
+
+    def create_group_snapshot(self, request: GroupSnapshotRequest) -> list[SnapshotInfo]:
+        """Snapshots of several of the agent's disks at one instant; existing ones are success."""
         ...
 
     def get_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo: ...

@@ -22,6 +22,17 @@ class SnapshotList(Model):
     snapshots: list[SnapshotInfo]
 
 
+class GroupSnapshotMember(Model):
+    volume_id: str = Field(min_length=1, max_length=ID_MAX)
+    snapshot_id: str = Field(min_length=1, max_length=ID_MAX)
+
+
+class GroupSnapshotRequest(Model):
+    """Snapshots of several disks of the agent, all at one instant (a DR drill)."""
+
+    members: list[GroupSnapshotMember] = Field(min_length=1, max_length=1000)
+
+
 class SnapshotDeletion(Model):
     """The answer to a snapshot delete: `done` once it is gone (a merge may take a while)."""
 

@@ -22,6 +22,10 @@ def test_snapshot_lifecycle(env: dict[str, str], shared_serve: ServeProcess) -> 
     assert_fits_80_columns(ok(env, "snapshot", "list", columns=80).stdout, snap["id"])
     assert ok(env, "snapshot", "show", snap["id"], "-f", "value", "-c", "status").stdout == "available\n"
     assert "snapshot" in failing(env, "volume", "delete", vol["id"]).stderr  # it has one
+    # Rollback: the v3 route, through the catalog's evs endpoint.
+    rolled = ok(env, "snapshot", "rollback", snap["id"], "--wait", "--timeout", "60")
+    assert "rolled back" in rolled.stderr, rolled.stderr
+    assert ok_json(env, "volume", "show", vol["id"])["status"] == "available"
     assert "deleted" in ok(env, "snapshot", "delete", snap["id"], "--wait", "--timeout", "60").stderr
     ok(env, "volume", "delete", vol["id"], "--wait", "--timeout", "60")
     session = shared_serve.login()

@@ -40,6 +40,7 @@ from openevs.contract import (
 from openevs.contract_ops import ChangesRequest, HashRequest, RegionChanges, RegionHashes, ResyncRate
 from openevs.contract_snapshots import (
     CopyRequest,
+    GroupSnapshotRequest,
     JobProgress,
     SnapshotDeletion,
     SnapshotExportGrant,
@@ -249,6 +250,9 @@ class HttpAgentClient:
 
     def create_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
         return self._call(SnapshotInfo, "PUT", self._snap_path(volume_id, snapshot_id))
+
+    def create_group_snapshot(self, request: GroupSnapshotRequest) -> list[SnapshotInfo]:
+        return self._call(SnapshotList, "POST", "/snapshot-groups", request).snapshots
 
     def get_snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
         return self._call(SnapshotInfo, "GET", self._snap_path(volume_id, snapshot_id))

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Response
 from openevs.agent.node import StorageNode
 from openevs.contract_snapshots import (
     CopyRequest,
+    GroupSnapshotRequest,
     JobProgress,
     SnapshotDeletion,
     SnapshotExportGrant,
@@ -25,6 +26,10 @@ def add_snapshot_routes(app: FastAPI, agent: StorageNode) -> None:
     @app.put("/volumes/{volume_id}/snapshots/{snapshot_id}")
     async def create_snapshot(volume_id: str, snapshot_id: str) -> SnapshotInfo:
         return await store.take(volume_id, snapshot_id)
+
+    @app.post("/snapshot-groups")
+    async def create_group_snapshot(body: GroupSnapshotRequest) -> SnapshotList:
+        return SnapshotList(snapshots=await store.take_together(body))
 
     @app.get("/volumes/{volume_id}/snapshots/{snapshot_id}")
     async def get_snapshot(volume_id: str, snapshot_id: str) -> SnapshotInfo:

@@ -41,8 +41,15 @@ from openevs.agent.pool import (
 )
 from openevs.agent.snapshot_chain import changed_since, merge_ranges, runs
 from openevs.agent.snapshot_exports import SnapshotExport
+from openevs.agent.snapshot_groups import GroupTakes, check_members
 from openevs.agent.snapshots import SNAPSHOTS_DIR, Snapshot, VolumeChain, chain_directory
-from openevs.contract_snapshots import CopyRequest, JobProgress, SnapshotDeletion, SnapshotInfo
+from openevs.contract_snapshots import (
+    CopyRequest,
+    GroupSnapshotRequest,
+    JobProgress,
+    SnapshotDeletion,
+    SnapshotInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,7 @@ class SnapshotStore:
         self.chains: dict[str, VolumeChain] = {}
         self.exports: dict[str, tuple[str, str]] = {}  # export name -> (volume_id, snapshot_id)
         self._jobs: dict[str, Job] = {}
+        self._group_takes = GroupTakes()
         self._load()
 
     def _load(self) -> None:
@@ -128,6 +136,13 @@ class SnapshotStore:
         validate_volume_id(snapshot_id)
         chain = self._chain(volume_id, create=True)
         return self._info(volume_id, await chain.take(snapshot_id))
+
+    async def take_together(self, request: GroupSnapshotRequest) -> list[SnapshotInfo]:
+        """Every member's snapshot at one instant (snapshot_groups.py)."""
+        check_members(request.members)
+        members = [(self._chain(m.volume_id, create=True), m.snapshot_id) for m in request.members]
+        snaps = await self._group_takes.take(members)
+        return [self._info(m.volume_id, s) for m, s in zip(request.members, snaps, strict=True)]
 
     def info(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
         return self._info(volume_id, self._snapshot(volume_id, snapshot_id)[1])

@@ -261,13 +261,32 @@ class VolumeChain:
             existing = self.find(snapshot_id)
             if existing is not None:
                 return existing
-            size = os.stat(self.volume_path).st_size
-            entry = ChainEntry(id=snapshot_id, size_bytes=size)
-            snap = await asyncio.to_thread(self._create_files, entry)
-            await asyncio.to_thread(self.save, [*self.snaps, snap])
+            snap = await self.prepare(snapshot_id)
             self.snaps.append(snap)  # from here on, writes preserve into it
-        await asyncio.to_thread(os.fdatasync, self.volume_fd())  # what was acknowledged is durable
+        await self.settle()
         return snap
+
+    async def prepare(self, snapshot_id: str) -> Snapshot:
+        """Under `mutate`: the snapshot's files, and `chain.json` naming it, before any
+        write may preserve into it; the caller makes it the newest (`snaps.append`)."""
+        size = os.stat(self.volume_path).st_size
+        entry = ChainEntry(id=snapshot_id, size_bytes=size)
+        snap = await asyncio.to_thread(self._create_files, entry)
+        try:
+            await asyncio.to_thread(self.save, [*self.snaps, snap])
+        except BaseException:
+            await asyncio.to_thread(snap.remove)
+            raise
+        return snap
+
+    async def discard_prepared(self, snap: Snapshot) -> None:
+        """Under `mutate`: forget a prepared snapshot that was never made the newest."""
+        await asyncio.to_thread(self.save, self.snaps)
+        await asyncio.to_thread(snap.remove)
+
+    async def settle(self) -> None:
+        """After a switch: what was acknowledged before it is durable in the disk file."""
+        await asyncio.to_thread(os.fdatasync, self.volume_fd())
 
     def _create_files(self, entry: ChainEntry) -> Snapshot:
         self.directory.mkdir(parents=True, exist_ok=True)

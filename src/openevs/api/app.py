@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import Response
 
-from openevs.api import groups, identity, replications, servers, snapshots, versions, volumes
+from openevs.api import drills, groups, identity, replications, servers, snapshots, versions, volumes
 from openevs.api.errors import fault, install_error_handlers
 from openevs.api.metrics import HttpMetrics
 from openevs.api.text_guard import refuse_unstorable_text
@@ -62,6 +62,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(replications.router)
     app.include_router(groups.router)
+    app.include_router(drills.router)
     app.include_router(snapshots.router)
     app.include_router(snapshots.v3_router)
     app.add_middleware(HttpMetrics, metrics=runtime.metrics)  # outermost: sees every answer

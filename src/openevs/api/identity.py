@@ -105,6 +105,10 @@ def catalog(url: str, project_id: str, region: str) -> list[dict[str, Any]]:
         service("volumev2", "cinderv2", f"/v2/{project_id}"),
         service("compute", "nova", f"/v2.1/{project_id}"),
         service("identity", "keystone", "/v3"),
+        # The EVS v3 endpoint, where the one documented v3 route lives (snapshot rollback).
+        # Not `volumev3`: openstacksdk prefers that alias of block-storage over volumev2
+        # and would discover versions there (docs/decisions.md "Rollback in the catalog").
+        service("evs", "evs", f"/v3/{project_id}"),
     ]
 
 

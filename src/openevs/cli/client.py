@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from openevs.cli import (
+    client_drills,
     client_groups,
     client_replication,
     client_servers,
@@ -19,7 +20,7 @@ from openevs.cli import (
     client_volumes,
 )  # fmt: skip
 
-EXTENSIONS = (client_verify,)  # they add their commands to the families above
+EXTENSIONS = (client_verify, client_drills)  # they add their commands to the families above
 
 FAMILIES: list[tuple[str, typer.Typer]] = [
     ("volume", client_volumes.app),

@@ -192,7 +192,7 @@ def tls_verification(creds: Credentials) -> ssl.SSLContext | bool:
 
 
 class ApiSession:
-    """A scoped token plus the volumev2 and compute endpoints of its catalog."""
+    """A scoped token plus the volumev2, compute and evs endpoints of its catalog."""
 
     def __init__(self, creds: Credentials, client: httpx.Client | None = None) -> None:
         self.creds = creds
@@ -240,7 +240,7 @@ class ApiSession:
         self.token = response.headers.get("X-Subject-Token", "")
         self.project_id = str(token["project"]["id"])
         catalog = token.get("catalog") or []
-        for kind in ("volumev2", "compute"):
+        for kind in ("volumev2", "compute", "evs"):  # evs: the v3 endpoint (snapshot rollback)
             found = _endpoint(catalog, kind, c.region_name)
             if found:
                 self.endpoints[kind] = found

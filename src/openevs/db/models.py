@@ -241,5 +241,24 @@ class Snapshot(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     progress: Mapped[str] = mapped_column(String(8), default="0%")
     fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    drill_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)  # taken by a drill
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Drill(Base):
+    """A DR drill of a consistency group: its snapshots (`Snapshot.drill_id`) and the
+    disks made from them (`Volume.snapshot_id`); at most one per group."""
+
+    __tablename__ = "drills"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    group_id: Mapped[str] = mapped_column(String(36), unique=True)
+    user_id: Mapped[str] = mapped_column(String(64), default="")
+    availability_zone: Mapped[str] = mapped_column(String(64))  # the DR AZ
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    create_disks: Mapped[bool] = mapped_column(Boolean, default=False)
+    fault: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

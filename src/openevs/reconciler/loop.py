@@ -15,6 +15,7 @@ import time
 from openevs.reconciler import groups, verify, volumes
 from openevs.reconciler.agents import AgentWatcher
 from openevs.reconciler.auto_failover import AutoFailover
+from openevs.reconciler.drills import DRILLS, settle_drill_snapshots
 from openevs.reconciler.groups import GROUPS
 from openevs.reconciler.measurements import Measurements
 from openevs.reconciler.replications import PAIRS
@@ -50,12 +51,16 @@ class Reconciler:
         # then one batched measurement per agent of every pair, then groups.
         backlog = self.runtime.metrics.reconcile_backlog
         busy = 0
-        for kind, name in ((VOLUMES, "volume"), (SNAPSHOTS, "snapshot"), (PAIRS, "pair"), (GROUPS, "group")):
+        kinds = ((VOLUMES, "volume"), (SNAPSHOTS, "snapshot"), (DRILLS, "drill"), (PAIRS, "pair"),
+                 (GROUPS, "group"))  # fmt: skip
+        for kind, name in kinds:
             seen = kind.run(self.runtime)
             backlog.labels(name).set(seen)
             busy += seen
             if kind is SNAPSHOTS:
                 settle_rollbacks(self.runtime)
+            if kind is DRILLS:
+                settle_drill_snapshots(self.runtime)
         volumes.finish_pair_grows(self.runtime)
         busy += verify.run_verifies(self.runtime)
         if self.measurements.observe():

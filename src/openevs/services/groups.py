@@ -27,7 +27,7 @@ from openevs.contract_plans import (
     SwitchoverPlan,
     dump_plan,
 )
-from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume, utcnow
+from openevs.db.models import Agent, Drill, ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import codes
 from openevs.domain import replication as rep
 from openevs.domain.arbitration import arbiter_key, arbitration_view
@@ -305,6 +305,8 @@ def delete_group(runtime: Runtime, project_id: str, group_id: str) -> None:
             raise InvalidState(
                 "the group still has replication pairs; remove them first (PUT remove_replication_ids)"
             )
+        if uow.session.scalar(select(Drill.id).where(Drill.group_id == group.id)) is not None:
+            raise InvalidState("the group has a drill; clean it up first (openevs group drill --cleanup)")
         transition(uow.session, group, GroupTrigger.DELETE)
 
 

@@ -47,12 +47,13 @@ class NewSnapshot:
     metadata: dict[str, Any] | None = None
 
 
-def check_snapshot_quota(session: Session, settings: Settings, project_id: str) -> None:
+def check_snapshot_quota(session: Session, settings: Settings, project_id: str, add: int = 1) -> None:
     _lock_project(session, project_id)
     count = session.scalar(select(func.count(Snapshot.id)).where(Snapshot.project_id == project_id)) or 0
-    if count + 1 > settings.quota_snapshots:
+    if count + add > settings.quota_snapshots:
         raise QuotaExceeded(
-            f"snapshot quota exceeded: {count} of {settings.quota_snapshots} snapshots in use",
+            f"snapshot quota exceeded: {count} of {settings.quota_snapshots} snapshots in use"
+            + (f", {add} requested" if add > 1 else ""),
             code=codes.QUOTA_INSUFFICIENT,
         )
 

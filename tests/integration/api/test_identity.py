@@ -64,7 +64,7 @@ def check_token_body(api: Api, r: Any) -> dict[str, Any]:
     catalog = {entry["type"]: entry for entry in body["catalog"]}
     assert "volumev2" in catalog and "compute" in catalog
     assert "volumev3" not in catalog and "block-storage" not in catalog
-    for kind, prefix in (("volumev2", "/v2/"), ("compute", "/v2.1/")):
+    for kind, prefix in (("volumev2", "/v2/"), ("compute", "/v2.1/"), ("evs", "/v3/")):
         endpoints = catalog[kind]["endpoints"]
         assert {e["interface"] for e in endpoints} >= {"public"}
         for endpoint in endpoints:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -81,6 +82,19 @@ def pair(
     )  # fmt: skip
 
 
+def group_of_pairs(primary: PairedAgent, secondary: PairedAgent, volumes: Iterable[str],
+                   size_bytes: int, group_id: str = "g1") -> None:  # fmt: skip
+    """Each volume paired with `<volume>-dr` in one group (exported as `att-<volume>`), all active."""
+    volumes = list(volumes)
+    for vol in volumes:
+        primary.client.create_volume(vol, size_bytes)
+        secondary.client.create_volume(f"{vol}-dr", size_bytes)
+        primary.client.grant_export(f"att-{vol}", vol, False)
+        pair(primary, secondary, vol, f"{vol}-dr", link=f"link-{vol}", group_id=group_id)
+    for vol in volumes:
+        primary.wait_status(vol, "active", timeout_s=60)
+
+
 async def connect(agent: PairedAgent, export: str) -> NbdClient:
     return await NbdClient.connect("127.0.0.1", agent.nbd_port, export)
 
@@ -100,3 +114,34 @@ async def write_blocks(
 
     await asyncio.gather(*(one(o) for o in offsets))
     return total
+
+
+# Ordered records across the members of a group: record i of the first disk is
+# acknowledged before record i of the second, which is acknowledged before
+# record i+1 of the first (`ordered_record`); a crash-consistent point of the
+# group holds a prefix of that order (`assert_one_point`).
+RECORD = 4096
+
+
+def ordered_record(i: int) -> bytes:
+    return struct.pack(">Q", i + 1).ljust(RECORD, b"\0")
+
+
+def records_found(data: bytes, records: int) -> set[int]:
+    """Sequence numbers found in a member's record slots."""
+    found = set()
+    for i in range(records):
+        (value,) = struct.unpack_from(">Q", data, i * RECORD)
+        if value == i + 1:
+            found.add(i)
+    return found
+
+
+def assert_one_point(first: set[int], second: set[int]) -> None:
+    """The two members hold one point in time of the ordered records: no record
+    of the second without the same record of the first, no record i+1 of the
+    first without record i of the second, and no hole in either."""
+    assert first == set(range(len(first))), "a hole in the first member's records"
+    assert second == set(range(len(second))), "a hole in the second member's records"
+    assert second <= first
+    assert len(first) - len(second) <= 1, (len(first), len(second))

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 import pytest
 
+from openevs.domain.drills import DRILL_TRANSITIONS, DrillStatus, DrillTrigger
 from openevs.domain.errors import InvalidState
 from openevs.domain.replication import (
     GROUP_TRANSITIONS,
@@ -34,6 +35,7 @@ TABLES: list[tuple[str, dict, type[StrEnum], type[StrEnum]]] = [  # type: ignore
     ("replication pair", PAIR_TRANSITIONS, PairStatus, PairTrigger),
     ("replication consistency group", GROUP_TRANSITIONS, GroupStatus, GroupTrigger),
     ("snapshot", SNAPSHOT_TRANSITIONS, SnapshotStatus, SnapshotTrigger),
+    ("drill", DRILL_TRANSITIONS, DrillStatus, DrillTrigger),
 ]
 
 CASES = [
