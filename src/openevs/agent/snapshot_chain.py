@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from openevs.agent.mirror.engine import REGION_BYTES
+from openevs.agent.mirror.regions import BitMap
 
 LIVE = -1  # a read served by the disk itself
 
@@ -31,7 +32,7 @@ class Layer:
 
     snapshot_id: str
     size_bytes: int
-    preserved: set[int] = field(default_factory=set)
+    preserved: BitMap = field(default_factory=BitMap)  # compact (mirror/regions.py)
 
     @property
     def region_count(self) -> int:

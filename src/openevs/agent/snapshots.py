@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openevs.agent.mirror.bitmap import BitmapFile
 from openevs.agent.mirror.engine import REGION_BYTES
+from openevs.agent.mirror.regions import BitMap
 from openevs.agent.pool import (
     PoolIOError,
     VolumeNotFound,
@@ -111,16 +112,17 @@ class Snapshot:
     def snapshot_id(self) -> str:
         return self.entry.id
 
-    def _copied_regions(self) -> set[int]:
+    def _copied_regions(self) -> BitMap:
         """Regions the delta holds in full: a region's copy is written whole and durable
         before the disk is overwritten, and the filesystem shows no block as data before
         its bytes are written (ext4 data=ordered, xfs), so allocation is the record."""
-        size, regions = self.entry.size_bytes, set[int]()
+        size, regions = self.entry.size_bytes, BitMap()
         for offset, length in data_extents(self.fd, 0, size):
             end = offset + length
             first = -(-offset // REGION_BYTES)
             last = end // REGION_BYTES if end < size else -(-end // REGION_BYTES)
-            regions.update(range(first, last))
+            if last > first:
+                regions.add_range(first, last)
         return regions
 
     def close(self) -> None:
