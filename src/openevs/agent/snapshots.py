@@ -320,7 +320,7 @@ class VolumeChain:
 
         def copy() -> list[int]:
             zero = []
-            for region in sorted(regions):
+            for region in regions:  # in disk order
                 start = region * REGION_BYTES
                 data = pread_full(snap.fd, start, min(REGION_BYTES, older.layer.size_bytes - start))
                 if data.count(0) == len(data):
@@ -331,7 +331,7 @@ class VolumeChain:
 
         zero = await asyncio.to_thread(copy)
         await record(older, len(zero) < len(regions), zero)
-        older.layer.preserved.update(regions)
+        older.layer.preserved |= regions
 
     # -- reads ---------------------------------------------------------------
 
