@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from openevs.agent.mirror.engine import REGION_BYTES
+from openevs.agent.mirror.regions import BitMap, as_regions, span
+from openevs.agent.mirror.regions import runs as region_runs
 
 LIVE = -1  # a read served by the disk itself
 
@@ -31,7 +33,7 @@ class Layer:
 
     snapshot_id: str
     size_bytes: int
-    preserved: set[int] = field(default_factory=set)
+    preserved: BitMap = field(default_factory=BitMap)  # compact (mirror/regions.py)
 
     @property
     def region_count(self) -> int:
@@ -82,33 +84,28 @@ def plan_read(chain: Sequence[Layer], index: int, offset: int, length: int) -> l
     return pieces
 
 
-def merge_on_delete(chain: Sequence[Layer], index: int) -> set[int]:
+def merge_on_delete(chain: Sequence[Layer], index: int) -> BitMap:
     """Regions the older neighbour of snapshot `index` must take over before it goes."""
     if index == 0:
-        return set()
+        return BitMap()
     older = chain[index - 1]
-    return {r for r in chain[index].preserved if r < older.region_count and r not in older.preserved}
+    taken = as_regions(chain[index].preserved) & span(0, older.region_count)
+    taken -= as_regions(older.preserved)
+    return taken
 
 
-def changed_since(chain: Sequence[Layer], index: int) -> set[int]:
+def changed_since(chain: Sequence[Layer], index: int) -> BitMap:
     """Regions of the disk written since snapshot `index` (what a rollback rewrites)."""
-    limit = chain[index].region_count
-    changed: set[int] = set()
+    limit = span(0, chain[index].region_count)
+    changed = BitMap()
     for layer in chain[index:]:
-        changed.update(r for r in layer.preserved if r < limit)
+        changed |= as_regions(layer.preserved) & limit
     return changed
 
 
 def runs(regions: Iterable[int]) -> list[tuple[int, int]]:
-    """Sorted regions as (first, count) runs of consecutive regions."""
-    result: list[tuple[int, int]] = []
-    for region in sorted(regions):
-        if result and result[-1][0] + result[-1][1] == region:
-            first, count = result.pop()
-            result.append((first, count + 1))
-        else:
-            result.append((region, 1))
-    return result
+    """Regions in order as (first, count) runs of consecutive regions."""
+    return [(run.start, len(run)) for run in region_runs(as_regions(regions))]
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openevs.agent.mirror.bitmap import BitmapFile
 from openevs.agent.mirror.engine import REGION_BYTES
+from openevs.agent.mirror.regions import BitMap
 from openevs.agent.pool import (
     PoolIOError,
     VolumeNotFound,
@@ -111,16 +112,17 @@ class Snapshot:
     def snapshot_id(self) -> str:
         return self.entry.id
 
-    def _copied_regions(self) -> set[int]:
+    def _copied_regions(self) -> BitMap:
         """Regions the delta holds in full: a region's copy is written whole and durable
         before the disk is overwritten, and the filesystem shows no block as data before
         its bytes are written (ext4 data=ordered, xfs), so allocation is the record."""
-        size, regions = self.entry.size_bytes, set[int]()
+        size, regions = self.entry.size_bytes, BitMap()
         for offset, length in data_extents(self.fd, 0, size):
             end = offset + length
             first = -(-offset // REGION_BYTES)
             last = end // REGION_BYTES if end < size else -(-end // REGION_BYTES)
-            regions.update(range(first, last))
+            if last > first:
+                regions.add_range(first, last)
         return regions
 
     def close(self) -> None:
@@ -337,7 +339,7 @@ class VolumeChain:
 
         def copy() -> list[int]:
             zero = []
-            for region in sorted(regions):
+            for region in regions:  # in disk order
                 start = region * REGION_BYTES
                 data = pread_full(snap.fd, start, min(REGION_BYTES, older.layer.size_bytes - start))
                 if data.count(0) == len(data):
@@ -348,7 +350,7 @@ class VolumeChain:
 
         zero = await asyncio.to_thread(copy)
         await record(older, len(zero) < len(regions), zero)
-        older.layer.preserved.update(regions)
+        older.layer.preserved |= regions
 
     # -- reads ---------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import os
 from fastapi import APIRouter
 
 from openevs.agent.mirror.engine import REGION_BYTES, MirrorState
+from openevs.agent.mirror.regions import span
 from openevs.agent.mirror.replica import Replica
 from openevs.agent.node import StorageNode
 from openevs.agent.pool import data_extents
@@ -70,8 +71,10 @@ def _regions(offset: int, length: int) -> range:
 
 def busy_regions(state: MirrorState, regions: range) -> list[int]:
     """Regions whose bytes may differ from the peer right now, for a known reason."""
-    busy = set(state.writing) | state.dirty | state.copying
-    return sorted(r for r in busy if r in regions)
+    window = span(regions.start, regions.stop)
+    busy = (state.dirty & window) | (state.copying & window)
+    busy.update(r for r in state.writing if r in regions)
+    return list(busy)
 
 
 def verify_router(node: StorageNode) -> APIRouter:

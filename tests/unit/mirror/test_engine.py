@@ -32,6 +32,7 @@ from openevs.agent.mirror.engine import (
     unchanged,
     wants_link,
 )
+from openevs.agent.mirror.regions import BitMap, span
 from openevs.domain.replication import ReplicationStatus, Role
 
 R = REGION_BYTES
@@ -40,7 +41,7 @@ R = REGION_BYTES
 def synced(**changes: object) -> MirrorState:
     state = MirrorState(role=Role.PRIMARY, mirroring=True, link_up=True)
     for key, value in changes.items():
-        setattr(state, key, value)
+        setattr(state, key, BitMap(value) if isinstance(value, set) else value)
     return state
 
 
@@ -115,11 +116,12 @@ def test_status(
 
 
 def _chunks(state: MirrorState, last_region: int = 10**9, max_regions: int = 64) -> list[list[int]]:
-    order, index, chunks = sorted(state.dirty), 0, []
-    while index < len(order):
-        chunk, index = take_chunk(order, index, state, last_region=last_region, max_regions=max_regions)
+    cursor: int | None = 0
+    chunks: list[list[int]] = []
+    while cursor is not None:
+        chunk, cursor = take_chunk(state, cursor, last_region=last_region, max_regions=max_regions)
         if chunk:
-            chunks.append(chunk)
+            chunks.append(list(chunk))
     return chunks
 
 
@@ -135,18 +137,31 @@ def test_take_chunk_skips_what_it_must_not_copy_now() -> None:
     state = synced(dirty={1, 2, 3, 4, 6, 7, 30}, copying={6}, writing={3: 1})
     # 3 has a write in flight, 6 is being copied, 30 is past the end.
     assert _chunks(state, last_region=10) == [[1, 2], [4], [7]]
-    order = [1, 2, 3]
-    state = synced(dirty={2, 3})  # 1 was copied meanwhile (no longer dirty)
-    assert take_chunk(order, 0, state, last_region=10) == ([2, 3], 3)
-    assert take_chunk([], 0, state, last_region=10) == ([], 0)
+    state = synced(dirty={2, 3})
+    assert take_chunk(state, 0, last_region=10) == (range(2, 4), 4)
+    assert take_chunk(state, 4, last_region=10) == (range(0), None)
+    assert take_chunk(synced(), 0, last_region=10) == (range(0), None)
+
+
+def test_take_chunk_walks_a_fully_dirty_32_tib_disk_without_materializing_it() -> None:
+    everything = 32 * 2**40 // R
+    state = synced(dirty=span(0, everything), copying=span(64, 128))
+    assert take_chunk(state, 0, last_region=everything - 1) == (range(0, 64), 64)
+    assert take_chunk(state, 64, last_region=everything - 1) == (range(128, 192), 192)
+    assert take_chunk(state, everything - 10, last_region=everything - 1) == (
+        range(everything - 10, everything), everything,
+    )  # fmt: skip
 
 
 def test_merge_ranges_and_dirty_bytes() -> None:
     assert merge_ranges({0, 1, 3}) == [(0, 2 * R), (3 * R, R)]
     assert merge_ranges({0, 1, 3}, size_bytes=3 * R + 100) == [(0, 2 * R), (3 * R, 100)]
     assert merge_ranges({5}, size_bytes=R) == []
-    assert dirty_bytes({0, 1, 3}, 3 * R + 100) == 2 * R + 100
-    assert regions_of_ranges([(0, 1), (R * 4, R + 1)]) == {0, 4, 5}
+    assert dirty_bytes(BitMap({0, 1, 3}), 3 * R + 100) == 2 * R + 100
+    assert dirty_bytes(BitMap({0, 1, 2}), 3 * R + 100) == 3 * R
+    assert dirty_bytes(BitMap({0, 9}), 3 * R) == R
+    assert dirty_bytes(span(0, 2**29), 32 * 2**40) == 32 * 2**40
+    assert set(regions_of_ranges([(0, 1), (R * 4, R + 1)])) == {0, 4, 5}
 
 
 def test_group_splits_as_one_and_rejoins_only_when_all_are_ready() -> None:

@@ -36,6 +36,7 @@ from openevs.agent.mirror import engine
 from openevs.agent.mirror.bitmap import BitmapFile
 from openevs.agent.mirror.engine import NEVER_WRITTEN, MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
+from openevs.agent.mirror.regions import BitMap
 from openevs.agent.mirror.tasks import Changes
 
 SHORT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
@@ -60,11 +61,11 @@ class ActivityLog:
         self.forwards = 0  # forwarded writes in flight
         # Regions the peer received (copied or forwarded) since its last FLUSH: in
         # sync once it flushes, dirty if the link is lost before.
-        self._unflushed: set[int] = set()
+        self._unflushed = BitMap()
         self.io_error = False
         self._work = asyncio.Event()  # set when there is something to cool (housekeeping)
 
-    def load(self) -> set[int]:
+    def load(self) -> BitMap:
         """Every region whose bit is on disk (on start, all of them are dirty)."""
         return self.bitmap.load()
 
@@ -98,7 +99,7 @@ class ActivityLog:
         """Persist the bits of whole extents, then count them hot."""
         self.hot_pending.update(extents)
         try:
-            await self.persist(r for e in extents for r in engine.extent_regions(e))
+            await self.persist(engine.hot_regions(extents))
         except OSError:
             return  # io_error is set; the write path reports it on its own persist
         finally:
@@ -139,14 +140,14 @@ class ActivityLog:
         self.forwards += 1
 
     def forward_reached(self, regions: range) -> None:
-        self._unflushed.update(regions)
+        self._unflushed.add_range(regions.start, regions.stop)
         self._work.set()
 
     async def forward_lost(self, regions: range) -> None:
         """The forward did not reach the peer (the link, and the group, went down
         synchronously in on_down): the regions are dirty now. Their bits are on
         disk (hot extent); this makes sure."""
-        self._state.dirty.update(regions)
+        self._state.dirty.add_range(regions.start, regions.stop)
         await self.persist(regions)
 
     def forward_ended(self, regions: range) -> None:
@@ -155,8 +156,8 @@ class ActivityLog:
         if not self._state.link_up:
             self.release_hot(engine.hot_extents_of(regions))
 
-    def copied(self, chunk: list[int]) -> None:
-        self._unflushed.update(chunk)
+    def copied(self, chunk: range) -> None:
+        self._unflushed.add_range(chunk.start, chunk.stop)
         self._work.set()
 
     def release_hot(self, extents: Iterable[int]) -> None:
@@ -166,29 +167,26 @@ class ActivityLog:
         done = engine.releasable(self.hot, extents, busy)
         for extent in done:
             del self.hot[extent]
-        self.clear_bits(r for e in done for r in engine.extent_regions(e))
+        self.clear_bits(engine.hot_regions(done))
 
     def link_lost(self) -> None:
         """What the peer received but may not hold durably is dirty: exactly those
         regions. Then the hot extents are released (see release_hot)."""
-        self._state.dirty.update(self._unflushed)
+        self._state.dirty |= self._unflushed
         self._unflushed.clear()
         self.release_hot(list(self.hot))
 
-    def clear_bits(self, regions: Iterable[int]) -> None:
+    def clear_bits(self, regions: BitMap) -> None:
         st = self._state
-        hot_regions = {r for e in self.hot for r in engine.extent_regions(e)}
         with contextlib.suppress(OSError):  # lazy: a bit left set only costs a resync
-            self.bitmap.clear_now(
-                regions, lambda r: r in st.dirty or r in st.copying or r in hot_regions
-            )
+            self.bitmap.clear_now(regions, (st.dirty, st.copying, engine.hot_regions(self.hot)))
 
-    def _cool(self, extents: list[int], copied: set[int]) -> None:
+    def _cool(self, extents: list[int], copied: BitMap) -> None:
         """The peer flushed after these extents' last writes and after `copied` arrived."""
         for extent in extents:
             del self.hot[extent]
         self._unflushed -= copied
-        self.clear_bits(copied | {r for e in extents for r in engine.extent_regions(e)})
+        self.clear_bits(copied | engine.hot_regions(extents))
 
     # -- flushing the peer, then clearing -----------------------------------
 
@@ -208,7 +206,7 @@ class ActivityLog:
             previous, self._round_seq = self._round_seq, self._write_seq
             busy = engine.busy_extents(self._state.writing)
             candidates = engine.cool_candidates(self.hot, previous, busy)
-            copied = set(self._unflushed)
+            copied = self._unflushed.copy()
             if not candidates and not copied:
                 continue
             try:
@@ -229,7 +227,7 @@ class ActivityLog:
                     break
                 await self._changes.wait(0.1)
         hot = dict(self.hot)
-        copied = set(self._unflushed)
+        copied = self._unflushed.copy()
         if link.up:
             try:
                 await link.flush()

@@ -2,8 +2,11 @@
 
 One bit per region (engine.REGION_BYTES). The file is sparse and only the
 bytes holding set bits are ever written, so a 64 TiB volume with three dirty
-regions costs three bytes of disk and three set entries of memory; loading
-walks the file's data extents (SEEK_DATA), not its length.
+regions costs three bytes of disk, and a fully dirty 32 TiB one 64 MiB;
+loading walks the file's data extents (SEEK_DATA), not its length. In
+memory the bits are a region set (regions.py): runs cost next to nothing,
+scattered bits at most one bit each. The format is the one the agent always
+wrote (a file of an older agent loads as it is).
 
 A bit on disk means "this region may differ from the peer": it is set for
 every dirty region AND for every region the activity log holds hot (writes
@@ -23,12 +26,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from time import perf_counter
 
+from openevs.agent.mirror.regions import BitMap, add_bitmap_bytes, as_regions, bitmap_bytes, runs, span
 from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.pool import data_extents, fsync_dir
+
+LOAD_BYTES = 1 << 20  # bitmap bytes read or written at a time (8 Mi regions, 512 GiB of disk)
 
 
 class BitmapFile:
@@ -38,7 +44,7 @@ class BitmapFile:
         self.path = Path(path)
         self._fd = -1  # opened at the first write (or load of a file with bits)
         self._created = False  # created since the last sync: its name needs a directory fsync
-        self.on_disk: set[int] = set()  # regions whose bit is set in the file
+        self.on_disk = BitMap()  # regions whose bit is set in the file
         self._sync_lock = asyncio.Lock()
         self._generation = 0  # bumped by every pwrite
         self._synced = 0  # generation known durable
@@ -50,24 +56,20 @@ class BitmapFile:
             self._created = self._created or not existed
         return self._fd
 
-    def load(self) -> set[int]:
-        """Every region whose bit is set in the file."""
-        regions: set[int] = set()
+    def load(self) -> BitMap:
+        """Every region whose bit is set in the file (read LOAD_BYTES at a time)."""
+        regions = BitMap()
         try:
             size = os.stat(self.path).st_size
         except FileNotFoundError:
             size = 0
-        if not size:
-            self.on_disk = set()
-            return regions
-        fd = self._open()
-        for offset, length in data_extents(fd, 0, size):
-            data = os.pread(fd, length, offset)
-            for i, byte in enumerate(data):
-                if byte:
-                    base = (offset + i) * 8
-                    regions.update(base + bit for bit in range(8) if byte >> bit & 1)
-        self.on_disk = set(regions)
+        if size:
+            fd = self._open()
+            for offset, length in data_extents(fd, 0, size):
+                for pos in range(offset, offset + length, LOAD_BYTES):
+                    add_bitmap_bytes(regions, os.pread(fd, min(LOAD_BYTES, offset + length - pos), pos), pos)
+        regions.run_optimize()
+        self.on_disk = regions.copy()
         return regions
 
     def close(self) -> None:
@@ -79,38 +81,20 @@ class BitmapFile:
         self.close()
         self.path.unlink(missing_ok=True)
 
-    def _write_bytes(
-        self, byte_indexes: Iterable[int], add: set[int], drop: set[int]
-    ) -> None:
-        """Rewrite the given bitmap bytes: on-disk bits plus `add`, minus `drop`.
-
-        Runs of consecutive bytes go out in one pwrite each."""
-        on_disk = self.on_disk
-        indexes = sorted(set(byte_indexes))
-        i = 0
-        while i < len(indexes):
-            j = i + 1
-            while j < len(indexes) and indexes[j] == indexes[j - 1] + 1:
-                j += 1
-            values = bytearray(j - i)
-            for k in range(i, j):
-                value = 0
-                base = indexes[k] * 8
-                for bit in range(8):
-                    region = base + bit
-                    if region in add or (region in on_disk and region not in drop):
-                        value |= 1 << bit
-                values[k - i] = value
-            os.pwrite(self._open(), values, indexes[i])
-            for k in range(i, j):
-                value = values[k - i]
-                base = indexes[k] * 8
-                for bit in range(8):
-                    if value >> bit & 1:
-                        on_disk.add(base + bit)
-                    else:
-                        on_disk.discard(base + bit)
-            i = j
+    def _write(self, changed: BitMap, add: BitMap, drop: BitMap) -> None:
+        """Rewrite the bitmap bytes holding the bits of `changed`: on-disk bits plus
+        `add`, minus `drop`. Runs of consecutive bytes go out in pwrites of at most
+        LOAD_BYTES; `on_disk` follows each pwrite that succeeded (never before it)."""
+        for run in runs(changed):
+            first_byte, end_byte = run.start // 8, -(-run.stop // 8)
+            for pos in range(first_byte, end_byte, LOAD_BYTES):
+                count = min(LOAD_BYTES, end_byte - pos)
+                window = span(pos * 8, (pos + count) * 8)
+                wanted = (self.on_disk & window) | (add & window)
+                wanted -= drop
+                os.pwrite(self._open(), bitmap_bytes(wanted, pos, count), pos)
+                self.on_disk.remove_range(pos * 8, (pos + count) * 8)
+                self.on_disk |= wanted
         self._generation += 1
 
     def set_now(self, regions: Iterable[int]) -> bool:
@@ -118,18 +102,21 @@ class BitmapFile:
 
         Synchronous and cheap (page cache); `await sync()` makes it durable.
         """
-        new = [r for r in regions if r not in self.on_disk]
+        new = as_regions(regions) - self.on_disk
         if not new:
             return False
-        self._write_bytes((r // 8 for r in new), set(new), set())
+        self._write(new, new, BitMap())
         return True
 
-    def clear_now(self, regions: Iterable[int], keep: Callable[[int], bool]) -> None:
-        """Clear the bits of `regions` for which `keep(region)` is false (no sync: lazy)."""
-        drop = [r for r in regions if r in self.on_disk and not keep(r)]
-        if not drop:
-            return
-        self._write_bytes((r // 8 for r in drop), set(), set(drop))
+    def clear_now(self, regions: Iterable[int], keep: Iterable[BitMap]) -> None:
+        """Clear the bits of `regions` that are in none of the `keep` sets (no sync: lazy)."""
+        drop = as_regions(regions) & self.on_disk
+        for kept in keep:
+            if not drop:
+                return
+            drop -= kept
+        if drop:
+            self._write(drop, BitMap(), drop)
 
     def clear_all(self) -> None:
         if self._fd >= 0 or self.path.exists():

@@ -25,9 +25,10 @@ Rules this module keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from openevs.agent.mirror.regions import BitMap, as_regions, next_region, run_end, runs
 from openevs.domain.replication import ReplicationStatus, Role
 
 REGION_BYTES = 64 * 1024
@@ -110,8 +111,8 @@ class MirrorState:
     mirroring: bool = False
     link_up: bool = False
     group_split: bool = False
-    dirty: set[int] = field(default_factory=set)
-    copying: set[int] = field(default_factory=set)
+    dirty: BitMap = field(default_factory=BitMap)  # regions.py: compact, walked in disk order
+    copying: BitMap = field(default_factory=BitMap)
     # region -> user writes in flight there (forwarded or kept local)
     writing: dict[int, int] = field(default_factory=dict)
     # monotonic time since which the peer lacks an acknowledged write (meter.lag_s)
@@ -223,30 +224,31 @@ def sync_candidates(state: MirrorState) -> bool:
 
 
 def take_chunk(
-    order: Sequence[int], index: int, state: MirrorState, *,
-    last_region: int, max_regions: int = MAX_CHUNK_REGIONS,
-) -> tuple[list[int], int]:  # fmt: skip
-    """The sync planner: the next chunk to copy from the sorted regions `order`.
+    state: MirrorState, cursor: int, *, last_region: int, max_regions: int = MAX_CHUNK_REGIONS
+) -> tuple[range, int | None]:
+    """The sync planner: the next chunk to copy at or after region `cursor`.
 
-    Returns the next run of consecutive copyable regions starting at
-    `order[index:]` (at most `max_regions`, so a chunk is one request of at most
-    4 MiB) and the index to continue from. A region is skipped when it is no
-    longer dirty, already being copied, past the end of the volume, or has a
-    user write in flight (a later pass copies it).
+    Returns the next run of consecutive copyable dirty regions (at most
+    `max_regions`, so a chunk is one request of at most 4 MiB) and the region
+    to continue from (None: nothing more in this pass). Walks the dirty set
+    in disk order without materializing it. A region is skipped when it is
+    already being copied, past the end of the volume, or has a user write in
+    flight (a later pass copies it).
     """
-    chunk: list[int] = []
     dirty, copying, writing = state.dirty, state.copying, state.writing
-    while index < len(order) and len(chunk) < max_regions:
-        region = order[index]
-        if chunk and region != chunk[-1] + 1:
-            break
-        index += 1
-        if region > last_region or region not in dirty or region in copying or region in writing:
-            if chunk:
-                break
-            continue
-        chunk.append(region)
-    return chunk, index
+    while True:
+        start = next_region(dirty, cursor)
+        if start is None or start > last_region:
+            return range(0), None
+        stop = run_end(dirty, start, min(start + max_regions, last_region + 1))
+        if copying.range_cardinality(start, stop) or writing:
+            cut = start
+            while cut < stop and cut not in copying and cut not in writing:
+                cut += 1
+            stop = cut
+        if stop > start:
+            return range(start, stop), stop
+        cursor = start + 1
 
 
 def merge_ranges(
@@ -254,36 +256,45 @@ def merge_ranges(
 ) -> list[tuple[int, int]]:
     """Regions as merged byte ranges (offset, length), clipped to `size_bytes`."""
     ranges: list[tuple[int, int]] = []
-    for region in sorted(regions):
-        offset = region * region_bytes
-        length = region_bytes
+    for run in runs(as_regions(regions)):
+        offset, end = run.start * region_bytes, run.stop * region_bytes
         if size_bytes is not None:
             if offset >= size_bytes:
                 break
-            length = min(length, size_bytes - offset)
-        if ranges and ranges[-1][0] + ranges[-1][1] == offset:
-            ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
-        else:
-            ranges.append((offset, length))
+            end = min(end, size_bytes)
+        ranges.append((offset, end - offset))
     return ranges
 
 
-def regions_of_ranges(ranges: Iterable[tuple[int, int]]) -> set[int]:
-    result: set[int] = set()
+def regions_of_ranges(ranges: Iterable[tuple[int, int]]) -> BitMap:
+    result = BitMap()
     for offset, length in ranges:
-        result.update(regions_of(offset, length))
+        covered = regions_of(offset, length)
+        if covered:
+            result.add_range(covered.start, covered.stop)
     return result
 
 
-def dirty_bytes(regions: set[int], size_bytes: int, region_bytes: int = REGION_BYTES) -> int:
-    """Bytes covered by `regions` within the volume, in O(1) for the usual case."""
+def dirty_bytes(regions: BitMap, size_bytes: int, region_bytes: int = REGION_BYTES) -> int:
+    """Bytes covered by `regions` within the volume, without walking them."""
     if not regions:
         return 0
     last = (size_bytes - 1) // region_bytes
-    total = len(regions) * region_bytes
-    if max(regions) >= last:  # rare: regions at or past the end are clipped
-        total = sum(min(region_bytes, size_bytes - r * region_bytes) for r in regions if r <= last)
+    if regions.max() < last:
+        return len(regions) * region_bytes
+    # rare: regions at or past the end are clipped
+    total = regions.range_cardinality(0, max(last, 0)) * region_bytes
+    if size_bytes > 0 and last in regions:
+        total += size_bytes - last * region_bytes
     return total
+
+
+def hot_regions(extents: Iterable[int]) -> BitMap:
+    """The regions of the hot extents `extents`."""
+    out = BitMap()
+    for extent in extents:
+        out.add_range(extent * HOT_EXTENT_REGIONS, (extent + 1) * HOT_EXTENT_REGIONS)
+    return out
 
 
 # -- the activity log (hot extents) ------------------------------------------

@@ -174,7 +174,7 @@ class Replica:
 
     async def mark_ranges(self, ranges: Iterable[tuple[int, int]]) -> None:
         regions = engine.regions_of_ranges(ranges)
-        self.state.dirty.update(regions)
+        self.state.dirty |= regions
         await self.activity.persist(regions)
         self._changes.notify()
 

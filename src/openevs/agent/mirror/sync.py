@@ -1,8 +1,9 @@
 """The sync of one replicated volume: copy every dirty region to the peer.
 
 A loop wakes when there is something to copy (engine.sync_candidates) and
-runs copy passes: the dirty regions in order, cut into chunks of at most
-4 MiB by engine.take_chunk, up to PIPELINE of them in flight.
+runs copy passes: the dirty regions in disk order (walked by runs, never
+materialized), cut into chunks of at most 4 MiB by engine.take_chunk, up to
+PIPELINE of them in flight.
 
 Rules this module keeps:
 
@@ -33,6 +34,7 @@ from openevs.agent.mirror.engine import REGION_BYTES, MirrorState
 from openevs.agent.mirror.link import LinkDown, PeerLink
 from openevs.agent.mirror.meter import ResyncMeter
 from openevs.agent.mirror.ratelimit import TokenBucket
+from openevs.agent.mirror.regions import MAX_REGION
 from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.mirror.tasks import Changes
 from openevs.agent.pool import data_extents
@@ -101,33 +103,36 @@ class Sync:
         except OSError as exc:
             log.warning("replication of %s: cannot open the volume to copy it: %s", self._volume_id, exc)
             return False
-        order = sorted(st.dirty)
-        index = 0
+        cursor: int | None = 0
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(PIPELINE)
         progressed = False
         last_region = (self._size_bytes() - 1) // REGION_BYTES
-        if order and order[-1] > last_region:  # never grown back: nothing to copy there
-            st.dirty.difference_update(r for r in order if r > last_region)
+        if st.dirty and st.dirty.max() > last_region:  # never grown back: nothing to copy there
+            st.dirty.remove_range(last_region + 1, MAX_REGION)
         try:
-            while index < len(order) and st.in_sync_path:
+            while cursor is not None and st.in_sync_path:
                 await slots.acquire()
                 if not st.in_sync_path:
                     slots.release()
                     break
-                chunk, index = engine.take_chunk(order, index, st, last_region=last_region)
+                chunk, cursor = engine.take_chunk(st, cursor, last_region=last_region)
                 if not chunk:
                     slots.release()
                     continue
                 delay = self._throttle(len(chunk) * REGION_BYTES)
                 if delay > 0:  # the regions stay dirty while we wait: writes go on meanwhile
                     await asyncio.sleep(delay)
-                    if not st.in_sync_path or any(r not in st.dirty or r in st.writing for r in chunk):
+                    if (
+                        not st.in_sync_path
+                        or not st.dirty.contains_range(chunk.start, chunk.stop)
+                        or any(r in st.writing for r in chunk)
+                    ):
                         slots.release()
                         continue  # the state moved on; the next pass plans again
                 # One step: the regions leave `dirty` and enter `copying` before the read.
-                st.dirty.difference_update(chunk)
-                st.copying.update(chunk)
+                st.dirty.remove_range(chunk.start, chunk.stop)
+                st.copying.add_range(chunk.start, chunk.stop)
                 progressed = True
                 task = asyncio.get_running_loop().create_task(self._copy(chunk))
                 tasks.add(task)
@@ -140,7 +145,7 @@ class Sync:
                 task.cancel()
         return progressed
 
-    async def _copy(self, chunk: list[int]) -> None:
+    async def _copy(self, chunk: range) -> None:
         st = self._state
         link = self._current_link()
         offset = chunk[0] * REGION_BYTES
@@ -168,12 +173,12 @@ class Sync:
             # `chunk` is still in `copying`: it counts as left until the finally below.
             self.meter.observe(time.monotonic(), self.resynced_bytes_total, self.left_bytes() - length)
         except (LinkDown, OSError) as exc:
-            st.dirty.update(chunk)  # their bits are still on disk (clearing is lazy)
+            st.dirty.add_range(chunk.start, chunk.stop)  # their bits are still on disk (lazy clearing)
             if isinstance(exc, OSError):
                 self.io_error = True
                 log.error("replication of %s: cannot read local data: %s", self._volume_id, exc)
         finally:
-            st.copying.difference_update(chunk)
+            st.copying.remove_range(chunk.start, chunk.stop)
             self._changes.notify()
 
     def _read_chunk(self, offset: int, length: int, buffer: bytearray) -> memoryview | None:

@@ -65,9 +65,7 @@ class WritePath:
         self._tasks = tasks
         self.io_error = False
 
-    async def user_io(
-        self, offset: int, length: int, local: LocalOp, forward: ForwardOp, fua: bool
-    ) -> None:
+    async def user_io(self, offset: int, length: int, local: LocalOp, forward: ForwardOp, fua: bool) -> None:
         """Carry out one WRITE / TRIM / WRITE_ZEROES of a user of this volume."""
         st = self._state
         activity = self._activity
@@ -131,7 +129,7 @@ class WritePath:
         if st.behind_since is None:
             st.behind_since = time.monotonic()
         try:
-            st.dirty.update(regions)
+            st.dirty.add_range(regions.start, regions.stop)
             await self._activity.persist(regions)
             await self._local(local, fua)
         finally:
@@ -139,9 +137,7 @@ class WritePath:
             self._changes.notify()
         await self._gate.allow(regions, fua)  # acknowledged alone: only as arbitration allows
 
-    async def _forwarded(
-        self, regions: range, local: LocalOp, forward: ForwardOp, fua: bool
-    ) -> None:
+    async def _forwarded(self, regions: range, local: LocalOp, forward: ForwardOp, fua: bool) -> None:
         activity = self._activity
         link = self._link.current
         activity.forward_started(regions)
