@@ -28,11 +28,12 @@ from openevs.security import pki
 from openevs.security.identity import CertRole, Identity
 from openevs.security.tls import client_context
 from tests.integration.agent.support import AgentProcess
+from tests.support.budget import examples
 
 pytestmark = pytest.mark.faults
 
 AZ = "az1.dc1"
-FUZZ = settings(max_examples=120, derandomize=True, deadline=None, database=None,
+FUZZ = settings(max_examples=examples(50, 120), derandomize=True, deadline=None, database=None,
                 phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))  # fmt: skip
 
 

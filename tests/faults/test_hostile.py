@@ -34,10 +34,11 @@ from openevs.db.models import Agent
 from tests.integration.api.conftest import assert_client_error, attach, create_server, second_project
 from tests.integration.conftest import Api
 from tests.integration.replication.test_group_api import GROUPS, make_group, make_pairs
+from tests.support.budget import examples
 
 pytestmark = pytest.mark.faults
 
-EXAMPLES = 150
+EXAMPLES = examples(60, 150)
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                 phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 PROBE_OFFSET = 64 * 1024 * 1024  # the good client's region; fuzzed writes may land anywhere

@@ -47,13 +47,16 @@ def _passes(result: Result) -> Result:
     [
         Draw("a", fault_s=7.0),
         Draw("b", fault_s=8.0, failover_after_s=6.0, suspend_timeout_s=2.0),
-        Draw("c", fault_s=7.0),
-        Draw("d", fault_s=3.0),
-        Draw("e", fault_s=7.0),
-        Draw("f", fault_s=10.0, seed=3),
-        Draw("b", fault_s=8.0, failover_after_s=6.0, kill="a", kill_at_s=3.0, restart_after_s=1.0),
+        pytest.param(Draw("c", fault_s=7.0), marks=pytest.mark.long),
+        pytest.param(Draw("d", fault_s=3.0), marks=pytest.mark.long),
+        pytest.param(Draw("e", fault_s=7.0), marks=pytest.mark.long),
+        pytest.param(Draw("f", fault_s=10.0, seed=3), marks=pytest.mark.long),
+        pytest.param(
+            Draw("b", fault_s=8.0, failover_after_s=6.0, kill="a", kill_at_s=3.0, restart_after_s=1.0),
+            marks=pytest.mark.long,
+        ),
     ],
-    ids=lambda d: d.label.replace(" ", ""),
+    ids=lambda d: d.label.replace(" ", ""),  # CI keeps (a) and (b); the rest run in fault-run
 )
 def test_partition_loses_no_acknowledged_write_and_makes_no_second_primary(
     stack: PartitionStack, draw: Draw
@@ -66,6 +69,7 @@ def test_partition_loses_no_acknowledged_write_and_makes_no_second_primary(
         assert result.verdict.failed > 0  # its users were told (EIO), not acknowledged
 
 
+@pytest.mark.long
 def test_a_random_process_killed_at_a_random_moment(stack: PartitionStack) -> None:
     seed = int(os.environ.get("OPENEVS_FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)

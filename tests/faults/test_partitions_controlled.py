@@ -19,7 +19,7 @@ from tests.faults.test_partitions import _passes
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 
-@pytest.fixture(scope="module", params=["manual", "auto"])
+@pytest.fixture(scope="module", params=["manual", pytest.param("auto", marks=pytest.mark.long)])
 def stack(request: pytest.FixtureRequest) -> Iterator[ControlledStack]:
     auto = request.param == "auto"
     for s in open_stack(lambda root: ControlledStack(root, auto_failover=auto, auto_failover_after_s=2.0),
@@ -46,6 +46,7 @@ def test_controller_isolated_while_the_link_is_cut(stack: ControlledStack) -> No
     _passes(run(stack, _draw(stack, "e", fault_s=7.0)))
 
 
+@pytest.mark.long
 def test_controller_killed_at_a_random_moment(stack: ControlledStack) -> None:
     seed = int(os.environ.get("OPENEVS_FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)

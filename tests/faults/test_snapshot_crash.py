@@ -154,6 +154,7 @@ def test_agent_killed_mid_snapshot_copy_rollback_and_delete(fault_stack: FaultSt
     record("snapshot_agent_crash", crashes=crashes)
 
 
+@pytest.mark.long
 def test_controller_killed_mid_snapshot_copy_rollback_and_delete(
     fault_stack: FaultStack, tmp_path: Path
 ) -> None:

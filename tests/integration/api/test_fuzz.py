@@ -27,12 +27,13 @@ from schemathesis.core import NotSet
 
 from tests.integration.api.conftest import assert_client_error, create_server
 from tests.integration.conftest import Api
+from tests.support.budget import examples
 
-# About 30 cases per operation: the whole file stays well under 90 s on both databases.
-NEGATIVE_EXAMPLES = 20
-POSITIVE_EXAMPLES = 6
+# About 15 cases per operation in CI, 30 in the long run (OPENEVS_LONG=1).
+NEGATIVE_EXAMPLES = examples(10, 20)
+POSITIVE_EXAMPLES = examples(4, 6)
 ANONYMOUS_EXAMPLES = 4
-HOSTILE_EXAMPLES = 12
+HOSTILE_EXAMPLES = examples(6, 12)
 
 
 def load_operations(api: Api) -> list[Any]:
