@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     control_tls_cert: Path | None = None
     control_tls_key: Path | None = None
     control_tls_ca: Path | None = None
+    # The key file that seals export names and link exports in the database (security/sealing.py;
+    # default <data_dir>/pki/secrets.key); every controller process of a deployment reads the same.
+    secrets_key_file: Path | None = None
     # Monitoring (docs/monitoring.md): the controller's /metrics listener (HOST:PORT, port 0:
     # any free one; "" turns it off), and the volumes whose NBD traffic the agents count on
     # their own (ids, comma-separated, or "all"; default none: one series per operation).
@@ -171,7 +174,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "tls_cert", "tls_key", "tls_ca", "agent_tls_cert", "agent_tls_key", "agent_tls_ca",
-        "control_tls_cert", "control_tls_key", "control_tls_ca", mode="before",
+        "control_tls_cert", "control_tls_key", "control_tls_ca", "secrets_key_file", mode="before",
     )  # fmt: skip
     @classmethod
     def _optional_path(cls, raw: Any) -> Any:
@@ -274,6 +277,10 @@ class Settings(BaseSettings):
     def pki_dir(self) -> Path:
         """Where `openevs admin pki` keeps the deployment CA and certificates by default."""
         return self.data_dir / "pki"
+
+    def sealing_key_path(self) -> Path:
+        """The sealing key file (OPENEVS_SECRETS_KEY_FILE, default <data_dir>/pki/secrets.key)."""
+        return self.secrets_key_file or self.pki_dir() / "secrets.key"
 
 
 class _EnvironSource(EnvSettingsSource):
