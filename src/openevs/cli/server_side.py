@@ -168,8 +168,16 @@ def _start_metrics(runtime: Runtime) -> Any:
     if not listen:
         return None
     host, _, port = listen.rpartition(":")
+    tls = None
+    files = runtime.settings.metrics_tls_files()
+    if files is not None:
+        try:
+            tls = public_server_context(*files)
+        except SecurityError as exc:
+            err.print(f"[red]configuration error:[/red] the /metrics listener's certificate: {exc.message}")
+            raise typer.Exit(2) from exc
     try:
-        return MetricsListener(runtime, host.strip("[]"), int(port)).start()
+        return MetricsListener(runtime, host.strip("[]"), int(port), tls).start()
     except (OSError, ValueError) as exc:
         err.print(f"[red]configuration error:[/red] OPENEVS_METRICS_LISTEN={listen}: cannot listen: {exc}")
         raise typer.Exit(2) from exc
