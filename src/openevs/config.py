@@ -179,7 +179,9 @@ class Settings(BaseSettings):
 
     @field_validator(
         "tls_cert", "tls_key", "tls_ca", "agent_tls_cert", "agent_tls_key", "agent_tls_ca",
-        "control_tls_cert", "control_tls_key", "control_tls_ca", "secrets_key_file", "metrics_tls_cert", "metrics_tls_key", mode="before",
+        "control_tls_cert", "control_tls_key", "control_tls_ca", "secrets_key_file",
+        "metrics_tls_cert", "metrics_tls_key",
+        mode="before",
     )  # fmt: skip
     @classmethod
     def _optional_path(cls, raw: Any) -> Any:

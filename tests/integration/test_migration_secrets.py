@@ -26,7 +26,11 @@ from openevs.db.session import Database, alembic_config, upgrade
 from openevs.security.sealing import Sealer, is_sealed
 from tests.conftest import _drop_pg_database, _pg_database
 
-EXPORT, LINK, PLANNED = "att-clear-export-name-0123456789ab", "link-clear-0123456789", "link-planned-0123456789"
+EXPORT, LINK, PLANNED = (
+    "att-clear-export-name-0123456789ab",
+    "link-clear-0123456789",
+    "link-planned-0123456789",
+)
 
 
 @pytest.fixture
@@ -54,13 +58,16 @@ def _fill(db: Database) -> None:
         s.flush()
         s.add(Attachment(id="a", project_id="p", volume_id="v1", server_id="s", device="/dev/vdb",
                          export_name=EXPORT))  # fmt: skip
-        plan = FailoverPlan(pairs={"r": PairFlip(epoch=2, link_export=PLANNED, new_primary="v2", old_primary="v1")})
+        plan = FailoverPlan(
+            pairs={"r": PairFlip(epoch=2, link_export=PLANNED, new_primary="v2", old_primary="v1")}
+        )
         s.add(ReplicationGroup(id="g", project_id="p", status="failovering", priority_station="az1.dc1",
                                pending=dump_plan(plan)))  # fmt: skip
         s.flush()
         s.add(ReplicationPair(id="r", project_id="p", status="available", volume_ids="v1,v2",
                               priority_station="az1.dc1", production_volume_id="v1", dr_volume_id="v2",
-                              link_export=LINK, volume_size_gb=1, volume_type="SSD", group_id="g"))  # fmt: skip
+                              link_export=LINK, volume_size_gb=1, volume_type="SSD",
+                              group_id="g"))  # fmt: skip
 
 
 def _values(db: Database) -> tuple[str, str, str]:

@@ -14,10 +14,12 @@ from rich.console import Console
 
 from openevs.cli.server_side import prepare, settings_or_exit
 from openevs.db.session import Database
-from openevs.security.sealing import SealError, Sealer, key_id, new_key, write_keys
+from openevs.security.sealing import Sealer, SealError, key_id, new_key, write_keys
 from openevs.services.sealing import kids_in_use, recorded_kid, reseal_all
 
-app = typer.Typer(help="The key that seals export names and link secrets in the database.", no_args_is_help=True)
+app = typer.Typer(
+    help="The key that seals export names and link secrets in the database.", no_args_is_help=True
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -67,7 +69,9 @@ def rotate() -> None:
     assert sealer.path is not None
     write_keys(sealer.path, [keys[-1], *keys[:-1]])
     changed = reseal_all(db, Sealer.from_file(sealer.path))
-    out.print(f"key {key_id(keys[-1])} seals now; {changed} values resealed. Copy the file again, then `drop-old`")
+    out.print(
+        f"key {key_id(keys[-1])} seals now; {changed} values resealed. Copy the file again, then `drop-old`"
+    )
 
 
 @app.command("drop-old")

@@ -24,7 +24,7 @@ from openevs.logs import configure_logging
 from openevs.runtime import Runtime
 from openevs.security import SecurityError
 from openevs.security.pki import CA_CERT, bundle_that_issued
-from openevs.security.sealing import SealError, Sealer
+from openevs.security.sealing import Sealer, SealError
 from openevs.security.tls import client_context, public_server_context
 from openevs.services import identity
 from openevs.services.sealing import check_key

@@ -163,6 +163,8 @@ def regrant_exports(runtime: Runtime, volume_ids: list[str]) -> None:
                 if att.export_name is None:
                     continue
                 att.export_read_only = read_only
-                grants.append((volume.availability_zone, open_export(runtime, att.export_name), vid, read_only))
+                grants.append(
+                    (volume.availability_zone, open_export(runtime, att.export_name), vid, read_only)
+                )
     for az, name, vid, read_only in grants:
         runtime.agent(az).grant_export(name, vid, read_only)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from openevs.contract_plans import FailoverPlan, SwitchoverPlan, dump_plan, load_plan
 from openevs.db.models import Attachment, DeploymentKey, ReplicationGroup, ReplicationPair
 from openevs.db.session import Database
-from openevs.security.sealing import SealError, Sealer, kid_of
+from openevs.security.sealing import Sealer, SealError, kid_of
 
 SEALING = "sealing"
 
@@ -78,7 +78,9 @@ def _reseal_plan(group: ReplicationGroup, sealer: Sealer) -> int:
     plan = load_plan(group.pending)
     if not isinstance(plan, FailoverPlan | SwitchoverPlan):
         return 0
-    flips = {pid: f.replace(link_export=sealer.reseal(f.link_export, "link")) for pid, f in plan.pairs.items()}
+    flips = {
+        pid: f.replace(link_export=sealer.reseal(f.link_export, "link")) for pid, f in plan.pairs.items()
+    }
     changed = sum(flips[pid].link_export != f.link_export for pid, f in plan.pairs.items())
     if changed:
         group.pending = dump_plan(plan.replace(pairs=flips))

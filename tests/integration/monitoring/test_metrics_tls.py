@@ -61,7 +61,10 @@ def test_which_certificate_the_listener_takes(tmp_path: Path) -> None:
     api = {"tls_cert": Path("api.pem"), "tls_key": Path("api.key")}
     assert Settings().metrics_tls_files() is None
     assert Settings(**api).metrics_tls_files() is None  # loopback stays plain
-    assert Settings(metrics_listen="0.0.0.0:9776", **api).metrics_tls_files() == (api["tls_cert"], api["tls_key"])
+    assert Settings(metrics_listen="0.0.0.0:9776", **api).metrics_tls_files() == (
+        api["tls_cert"],
+        api["tls_key"],
+    )
     own = Settings(metrics_tls_cert=Path("m.pem"), metrics_tls_key=Path("m.key"), **api)
     assert own.metrics_tls_files() == (Path("m.pem"), Path("m.key"))
     with pytest.raises(ConfigError, match="OPENEVS_METRICS_TLS_CERT and OPENEVS_METRICS_TLS_KEY go together"):

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from openevs.db.models import ReplicationPair
 from openevs.db.session import Database
 from openevs.runtime import Runtime
-from openevs.security.sealing import SealError, Sealer, kid_of, new_key, write_keys
+from openevs.security.sealing import Sealer, SealError, kid_of, new_key, write_keys
 from openevs.services.replications import new_link_export
 from openevs.services.sealing import check_key, kids_in_use, reseal_all
 from tests.support.rows import AZ_A, AZ_B, add_pair, add_volume
@@ -30,7 +30,9 @@ def test_a_key_file_without_the_databases_key_is_refused(database: Database, tmp
 
 
 def test_reseal_moves_every_value_to_the_first_key(runtime: Runtime, project_id: str, tmp_path: Path) -> None:
-    add_pair(runtime, project_id, add_volume(runtime, project_id, AZ_A), add_volume(runtime, project_id, AZ_B))
+    add_pair(
+        runtime, project_id, add_volume(runtime, project_id, AZ_A), add_volume(runtime, project_id, AZ_B)
+    )
     old_kid = runtime.sealer.current_kid
     assert kids_in_use(runtime.db) == {old_kid}
     path = tmp_path / "secrets.key"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from openevs.security.sealing import (
-    SealError,
     Sealer,
+    SealError,
     is_sealed,
     key_id,
     kid_of,

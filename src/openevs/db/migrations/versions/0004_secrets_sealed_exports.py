@@ -30,7 +30,8 @@ _GROUPS = sa.table("replication_groups", sa.column("id", sa.String), sa.column("
 def _sealer() -> Any:
     from openevs.security.sealing import Sealer
 
-    given = op.get_context().config.attributes.get("sealer")
+    config = op.get_context().config
+    given = None if config is None else config.attributes.get("sealer")
     if given is not None:
         return given
     from openevs.config import load_settings
@@ -40,7 +41,9 @@ def _sealer() -> Any:
 
 
 def _rows(conn: sa.Connection) -> tuple[list[Any], list[Any], list[Any]]:
-    atts = conn.execute(sa.text("SELECT id, export_name FROM attachments WHERE export_name IS NOT NULL")).all()
+    atts = conn.execute(
+        sa.text("SELECT id, export_name FROM attachments WHERE export_name IS NOT NULL")
+    ).all()
     pairs = conn.execute(sa.text("SELECT id, link_export FROM replication_pairs")).all()
     groups = conn.execute(sa.text("SELECT id, pending FROM replication_groups")).all()
     return list(atts), list(pairs), list(groups)
@@ -51,11 +54,15 @@ def _convert(change: Any) -> None:
     conn = op.get_bind()
     atts, pairs, groups = _rows(conn)
     for row_id, value in atts:
-        conn.execute(sa.text("UPDATE attachments SET export_name = :v WHERE id = :id"),
-                     {"v": change(value, "export"), "id": row_id})
+        conn.execute(
+            sa.text("UPDATE attachments SET export_name = :v WHERE id = :id"),
+            {"v": change(value, "export"), "id": row_id},
+        )
     for row_id, value in pairs:
-        conn.execute(sa.text("UPDATE replication_pairs SET link_export = :v WHERE id = :id"),
-                     {"v": change(value, "link"), "id": row_id})
+        conn.execute(
+            sa.text("UPDATE replication_pairs SET link_export = :v WHERE id = :id"),
+            {"v": change(value, "link"), "id": row_id},
+        )
     for row_id, raw in groups:
         pending = json.loads(raw) if isinstance(raw, str) else raw
         flips = (pending or {}).get("pairs")
@@ -85,8 +92,10 @@ def upgrade() -> None:
 
     sealer = _sealer()
     _convert(lambda value, purpose: value if is_sealed(value) else sealer.seal(value, purpose))
-    op.get_bind().execute(sa.text("INSERT INTO deployment_keys (name, kid) VALUES ('sealing', :kid)"),
-                          {"kid": sealer.current_kid})
+    op.get_bind().execute(
+        sa.text("INSERT INTO deployment_keys (name, kid) VALUES ('sealing', :kid)"),
+        {"kid": sealer.current_kid},
+    )
 
 
 def downgrade() -> None:
