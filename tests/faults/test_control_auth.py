@@ -184,7 +184,8 @@ def secrets_of_the_run(stack: FaultStack, extra: dict[str, str]) -> dict[str, st
             name = sealer.open(sealed, "link")
             found[f"link export {name[:8]}"] = name
     for key in stack.root.rglob("*.key"):
-        body = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+        body = [line.split("#")[0].strip() for line in key.read_text().splitlines()
+                if line and not line.startswith(("-----", "#"))]  # fmt: skip
         found[f"private key {key.name}"] = body[0]
     assert sum(k.startswith("export") for k in found) >= 2 and any(k.startswith("link") for k in found)
     return found
