@@ -52,7 +52,8 @@ class StorageNode:
         self.boot_id = uuid.uuid4().hex
         self.fd_limits = (0, 0)  # (soft, hard) RLIMIT_NOFILE, set by the runner
         # With TLS the link protocol is mutual TLS and serves agent certificates only.
-        self.links = LinkServer(self._link_export, tls=tls.reloading_link_server_context() if tls is not None else None)
+        link_tls = tls.reloading_link_server_context() if tls is not None else None
+        self.links = LinkServer(self._link_export, tls=link_tls)
         serve_tls = tls is not None and tls.policy is not TlsPolicy.OFF
         self.nbd = NbdServer(
             self.resolve_export, nbd_host, nbd_port,

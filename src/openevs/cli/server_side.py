@@ -129,11 +129,9 @@ def clouds_yaml(settings: Settings, password: str | None) -> str:
 
 
 def sealer_or_exit(settings: Settings) -> Sealer:
-    """The deployment's sealing key file, created with a new key if there is none; exit 2
-    if it cannot be used."""
-    path = settings.sealing_key_path()
+    """The deployment's sealing key file (made with a new key if there is none); exit 2 if unusable."""
     try:
-        sealer, made = Sealer.load_or_create(path)
+        sealer, made = Sealer.load_or_create(path := settings.sealing_key_path())
     except (SealError, OSError) as exc:
         err.print(f"[red]configuration error:[/red] OPENEVS_SECRETS_KEY_FILE: {exc}")
         raise typer.Exit(2) from exc
@@ -143,8 +141,7 @@ def sealer_or_exit(settings: Settings) -> Sealer:
 
 
 def prepare(settings: Settings) -> tuple[Database, str | None, Sealer]:
-    """Create the data dir, migrate, check the sealing key, bootstrap the admin;
-    returns the new password if any."""
+    """Create the data dir, migrate, check the sealing key, bootstrap the admin (new password or None)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sealer = sealer_or_exit(settings)
     upgrade(settings.db_url, sealer)
