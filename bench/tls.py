@@ -1,6 +1,7 @@
 """The cost of TLS on NBD, as TLS/plaintext ratios measured in the same run.
 
     .venv/bin/python bench/tls.py [--size-gib 1] [--runtime-s 5] [--repeat 3] [--fio-s 8]
+                                  [--rounds 2] [--link-only]
 
 (a) fio (ioengine=nbd) 1 MiB sequential writes (qd 8) and 4 KiB random reads
     (qd 16) against one image in the page cache, served in clear text and with
@@ -181,6 +182,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fio-s", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--link-only", action="store_true", help="only (b), the replication link")
     args = parser.parse_args()
     for tool in ("fio", "nbdkit"):
         if shutil.which(tool) is None:
@@ -189,7 +191,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="oevs-tls-"))
     try:
         pki_dir = make_pki(root)
-        bench_fio(args, root, pki_dir)
+        if not args.link_only:
+            bench_fio(args, root, pki_dir)
         plain, plain_cpu = replicated_write(root / "plain", None, args)
         tls, tls_cpu = replicated_write(root / "tls", pki_dir, args)
         print()

@@ -27,6 +27,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from openevs.domain.addresses import is_loopback
 from openevs.security.pki import TlsFiles, files_for
 
 DEFAULT_AZS = ("az1.dc1", "az2.dc2", "az3.dc3")
@@ -119,10 +120,17 @@ class Settings(BaseSettings):
     control_tls_cert: Path | None = None
     control_tls_key: Path | None = None
     control_tls_ca: Path | None = None
+    # The key file that seals export names and link exports in the database (security/sealing.py;
+    # default <data_dir>/pki/secrets.key); every controller process of a deployment reads the same.
+    secrets_key_file: Path | None = None
     # Monitoring (docs/monitoring.md): the controller's /metrics listener (HOST:PORT, port 0:
     # any free one; "" turns it off), and the volumes whose NBD traffic the agents count on
     # their own (ids, comma-separated, or "all"; default none: one series per operation).
     metrics_listen: str = "127.0.0.1:9776"
+    # HTTPS for that listener (both or neither); unset, a listener off loopback reuses
+    # tls_cert/tls_key when they are set, and a loopback one stays plain HTTP.
+    metrics_tls_cert: Path | None = None
+    metrics_tls_key: Path | None = None
     metrics_volumes: str = ""
     # Resync bandwidth of each embedded agent, all its pairs together (bytes/s, 0: no limit);
     # a pair's own limit is set through the API (docs/monitoring.md, "Resync rate").
@@ -171,7 +179,9 @@ class Settings(BaseSettings):
 
     @field_validator(
         "tls_cert", "tls_key", "tls_ca", "agent_tls_cert", "agent_tls_key", "agent_tls_ca",
-        "control_tls_cert", "control_tls_key", "control_tls_ca", mode="before",
+        "control_tls_cert", "control_tls_key", "control_tls_ca", "secrets_key_file",
+        "metrics_tls_cert", "metrics_tls_key",
+        mode="before",
     )  # fmt: skip
     @classmethod
     def _optional_path(cls, raw: Any) -> Any:
@@ -181,6 +191,10 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("OPENEVS_TLS_CERT and OPENEVS_TLS_KEY go together: set both or neither")
+        if (self.metrics_tls_cert is None) != (self.metrics_tls_key is None):
+            raise ValueError(
+                "OPENEVS_METRICS_TLS_CERT and OPENEVS_METRICS_TLS_KEY go together: set both or neither"
+            )
         for prefix in ("agent_tls", "control_tls"):
             trio = [getattr(self, f"{prefix}_{part}") for part in ("cert", "key", "ca")]
             if any(v is None for v in trio) and any(v is not None for v in trio):
@@ -274,6 +288,20 @@ class Settings(BaseSettings):
     def pki_dir(self) -> Path:
         """Where `openevs admin pki` keeps the deployment CA and certificates by default."""
         return self.data_dir / "pki"
+
+    def metrics_tls_files(self) -> tuple[Path, Path] | None:
+        """The certificate and key of the /metrics listener (None: plain HTTP): its own, else
+        the public API's when the listener is not on loopback."""
+        if self.metrics_tls_cert is not None and self.metrics_tls_key is not None:
+            return self.metrics_tls_cert, self.metrics_tls_key
+        if not self.metrics_listen or self.tls_cert is None or self.tls_key is None:
+            return None
+        host = _parse_hostport(self.metrics_listen, "OPENEVS_METRICS_LISTEN")[0]
+        return None if is_loopback(host) else (self.tls_cert, self.tls_key)
+
+    def sealing_key_path(self) -> Path:
+        """The sealing key file (OPENEVS_SECRETS_KEY_FILE, default <data_dir>/pki/secrets.key)."""
+        return self.secrets_key_file or self.pki_dir() / "secrets.key"
 
 
 class _EnvironSource(EnvSettingsSource):

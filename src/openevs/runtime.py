@@ -15,6 +15,7 @@ from openevs.contract_client import AgentClient
 from openevs.db.session import Database
 from openevs.domain.errors import ServiceUnavailable
 from openevs.metrics import ControllerMetrics
+from openevs.security.sealing import Sealer
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Runtime:
     wake: threading.Event = field(default_factory=threading.Event)
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)
     metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
+    # Seals export names and link exports in the database (security/sealing.py); the
+    # commands pass the deployment's key file, the default (a key in memory) is for tests.
+    sealer: Sealer = field(default_factory=Sealer.ephemeral)
 
     def agent(self, az: str) -> AgentClient:
         try:

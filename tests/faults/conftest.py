@@ -24,3 +24,12 @@ def fault_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Faul
     request.addfinalizer(stack.close)  # before start(): a failed start still cleans up
     stack.start()
     yield stack
+
+
+@pytest.fixture
+def tls_fault_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultStack]:
+    """The same, with users' NBD on TLS required (the hostile test)."""
+    stack = FaultStack(tmp_path, nbd_tls="required")
+    request.addfinalizer(stack.close)
+    stack.start()
+    yield stack

@@ -64,8 +64,11 @@ def record(scenario: str, **figures: Any) -> None:
 class FaultAgent:
     """`openevs agent` of one AZ, maybe inside a namespace; killable and restartable."""
 
-    def __init__(self, root: Path, az: str, host: str, exec_prefix: list[str], pki_dir: Path) -> None:
+    def __init__(
+        self, root: Path, az: str, host: str, exec_prefix: list[str], pki_dir: Path, nbd_tls: str = "optional"
+    ) -> None:
         self.root, self.az, self.host, self.exec_prefix = root, az, host, exec_prefix
+        self.nbd_tls = nbd_tls
         self.tls = pki.issue(pki_dir, Identity(CertRole.AGENT, az), ip_addresses=[host], force=True).files
         self.controller_tls = pki.files_for(pki_dir, "controller")
         self.pool = root / f"pool-{az}"
@@ -81,10 +84,11 @@ class FaultAgent:
 
     def tls_args(self) -> list[str]:
         """Its certificate (control API, link and witness on mutual TLS). Users' NBD stays
-        optional TLS, so the clear-text workloads run (NBD TLS: tests/integration/nbd/test_tls.py)."""
+        optional TLS unless the stack says otherwise, so the clear-text workloads run
+        (NBD TLS: tests/integration/nbd/test_tls.py, and the hostile test, which requires it)."""
         return [
             "--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--tls-ca", str(self.tls.ca),
-            "--nbd-tls", "optional",
+            "--nbd-tls", self.nbd_tls,
         ]  # fmt: skip
 
     def client(self, timeout_s: float = 5, tls: TlsFiles | None = None) -> HttpAgentClient:
@@ -144,7 +148,7 @@ class FaultAgent:
 class FaultStack:
     """The controller plus agents of AZ_A (production) and AZ_B (DR)."""
 
-    def __init__(self, root: Path, use_netns: bool = True) -> None:
+    def __init__(self, root: Path, use_netns: bool = True, nbd_tls: str = "optional") -> None:
         self.root = root
         self.net: NetLab | None = None
         self.fallback_reason = ""
@@ -162,11 +166,17 @@ class FaultStack:
         pki.issue(self.pki_dir, Identity(CertRole.CONTROLLER))
         if self.net is not None:
             self.agents = {
-                AZ_A: FaultAgent(root, AZ_A, self.net.host_a, self.net.exec_prefix("a"), self.pki_dir),
-                AZ_B: FaultAgent(root, AZ_B, self.net.host_b, self.net.exec_prefix("b"), self.pki_dir),
+                AZ_A: FaultAgent(
+                    root, AZ_A, self.net.host_a, self.net.exec_prefix("a"), self.pki_dir, nbd_tls
+                ),
+                AZ_B: FaultAgent(
+                    root, AZ_B, self.net.host_b, self.net.exec_prefix("b"), self.pki_dir, nbd_tls
+                ),
             }
         else:
-            self.agents = {az: FaultAgent(root, az, "127.0.0.1", [], self.pki_dir) for az in (AZ_A, AZ_B)}
+            self.agents = {
+                az: FaultAgent(root, az, "127.0.0.1", [], self.pki_dir, nbd_tls) for az in (AZ_A, AZ_B)
+            }
         controller = pki.files_for(self.pki_dir, "controller")
         self.serve = ServeProcess(
             root / "serve",

@@ -6,13 +6,14 @@ none) and prints what it got back, as JSON, on stdout.
 
 SPEC: {"cert": path or null, "key": path or null,
        "agents": [{"url": "https://host:port", "routes": [[method, path, body], ...]}],
-       "witness": [host, port] or null, "witness_side": "az1.dc1"}
+       "witness": [host, port] or null, "witness_side": "az1.dc1",
+       "nbd": [{"host", "port", "exports": [names], "links": [link export names]}] (optional)}
 
 It does not verify the servers (an intruder does not care who answers) and it
 presents the credential it was given. An outcome is "refused" (the TLS
 handshake failed or the connection was closed before an HTTP answer) or the
 HTTP status and the first bytes of the body; for the witness, the bytes it
-answered to a Hello and a forced Acquire.
+answered to a Hello and a forced Acquire; for NBD, intruder_nbd.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 
 from openevs.witness import protocol as p
+from tests.faults.intruder_nbd import try_nbd
 
 
 def _context(cert: str | None, key: str | None) -> ssl.SSLContext:
@@ -90,6 +92,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         host, port = spec["witness"]
         side = spec["witness_side"]
         out["witness"] = [try_witness(host, port, side, ctx), try_plain_witness(host, port, side)]
+    out["nbd"] = [r for target in spec.get("nbd", []) for r in try_nbd(target, ctx)]
     return out
 
 

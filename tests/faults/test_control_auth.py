@@ -7,10 +7,16 @@ exports and groups filled in), over TLS and in plain HTTP, and the witness
 port: first with no certificate, a peer agent's, an agent of another AZ's, and
 a controller certificate of another CA; then, after a CA rotation that ends
 with the old CA dropped, with the controller's and an agent's certificates
-stolen before it. Every attempt is refused; the agents' volumes, replication
-roles and epochs, export grants and the witness's records are the same before
-and after; the controller kept working through the rotation without a
-restart; and the agents still serve their users (NBD write and read back).
+stolen before it. The agents' NBD ports require TLS: with no certificate, the
+other CA's and the stolen ones, the intruder also tries them (intruder_nbd.py)
+in clear text with a user's valid export name it stole (NBD_REP_ERR_TLS_REQD),
+over TLS with that user's export name after the user's connection was
+terminated (revoked), a guessed one and the pair's link export, and the link
+upgrade with the link export. Every attempt is refused; the agents' volumes,
+replication roles and epochs, export grants and the witness's records are the
+same before and after; the controller kept working through the rotation
+without a restart; and the agents still serve their users (NBD over TLS,
+write and read back), the intruder's namespace included.
 
 Then the logs of the whole run (controller, agents, witness) are searched for
 every secret it made: the admin password, the session's token, the NBD
@@ -39,6 +45,8 @@ from openevs.agent.node import StorageNode
 from openevs.security import pki
 from openevs.security.identity import CertRole, Identity
 from openevs.security.pki import TlsFiles
+from openevs.security.sealing import Sealer
+from openevs.security.tls import public_client_context
 from openevs.witness.client import WitnessClient, units
 from tests.conftest import free_port
 from tests.e2e.conftest import ADMIN_PASSWORD
@@ -115,13 +123,14 @@ def snapshot(stack: FaultStack, witness: Witness, keys: list[str]) -> dict[str, 
 
 
 def attack(stack: FaultStack, routes: list[tuple[str, str, Any]], witness: Witness, tls: TlsFiles | None,
-           side: str) -> dict[str, Any]:  # fmt: skip
+           side: str, nbd: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     spec = {
         "cert": str(tls.cert) if tls else None,
         "key": str(tls.key) if tls else None,
         "agents": [{"url": a.url, "routes": routes} for a in stack.agents.values()],
         "witness": [witness.host, witness.port],
         "witness_side": side,
+        "nbd": nbd or [],
     }
     spec_path = stack.root / f"intruder-{len(list(stack.root.glob('intruder-*')))}.json"
     spec_path.write_text(json.dumps(spec))
@@ -138,7 +147,23 @@ def assert_all_refused(result: dict[str, Any], who: str) -> int:
     assert not answered, f"{who}: answered {answered[:5]}"
     witness_answers = [w for w in result["witness"] if w["outcome"] != "refused"]
     assert not witness_answers, f"{who}: the witness answered {witness_answers}"
-    return len(result["routes"]) + len(result["witness"])
+    nbd_answers = [n for n in result["nbd"] if n["outcome"] != "refused"]
+    assert not nbd_answers, f"{who}: NBD answered {nbd_answers}"
+    return len(result["routes"]) + len(result["witness"]) + len(result["nbd"])
+
+
+def sealer_of(stack: FaultStack) -> Sealer:
+    return Sealer.from_file(stack.serve.data_dir / "pki" / "secrets.key")
+
+
+def nbd_targets(stack: FaultStack, valid: str, revoked: str, link: str) -> list[dict[str, Any]]:
+    """What the intruder tries on each agent's NBD port (intruder_nbd.py)."""
+    guessed = "att-" + "A" * 32
+    return [
+        {"host": a.host, "port": a.nbd_port, "plain_only": [valid],
+         "exports": [revoked, guessed, link], "links": [link]}
+        for a in stack.agents.values()
+    ]  # fmt: skip
 
 
 def steal(files: TlsFiles, into: Path) -> TlsFiles:
@@ -148,33 +173,40 @@ def steal(files: TlsFiles, into: Path) -> TlsFiles:
     return TlsFiles(ca=files.ca, cert=into / files.cert.name, key=into / files.key.name)
 
 
-def secrets_of_the_run(stack: FaultStack) -> dict[str, str]:
-    found = {"admin password": ADMIN_PASSWORD, "token": stack.session.token}
+def secrets_of_the_run(stack: FaultStack, extra: dict[str, str]) -> dict[str, str]:
+    found = {"admin password": ADMIN_PASSWORD, "token": stack.session.token, **extra}
+    sealer = sealer_of(stack)
     with contextlib.closing(sqlite3.connect(stack.serve.data_dir / "openevs.db")) as db:
-        for (name,) in db.execute("SELECT export_name FROM attachments WHERE export_name IS NOT NULL"):
+        for (sealed,) in db.execute("SELECT export_name FROM attachments WHERE export_name IS NOT NULL"):
+            name = sealer.open(sealed, "export")
             found[f"export {name[:8]}"] = name
-        for (name,) in db.execute("SELECT link_export FROM replication_pairs"):
+        for (sealed,) in db.execute("SELECT link_export FROM replication_pairs"):
+            name = sealer.open(sealed, "link")
             found[f"link export {name[:8]}"] = name
     for key in stack.root.rglob("*.key"):
-        body = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+        body = [line.split("#")[0].strip() for line in key.read_text().splitlines()
+                if line and not line.startswith(("-----", "#"))]  # fmt: skip
         found[f"private key {key.name}"] = body[0]
     assert sum(k.startswith("export") for k in found) >= 2 and any(k.startswith("link") for k in found)
     return found
 
 
-def assert_no_secret_in_logs(stack: FaultStack) -> int:
+def assert_no_secret_in_logs(stack: FaultStack, extra: dict[str, str]) -> int:
     logs = [p for p in stack.root.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")]
     assert len(logs) >= 4, logs
     text = {p: p.read_text(errors="replace") for p in logs}
-    secrets = secrets_of_the_run(stack)
+    secrets = secrets_of_the_run(stack, extra)
     leaks = [(what, str(p)) for what, secret in secrets.items() for p, t in text.items() if secret in t]
     assert not leaks, f"secrets in the logs: {leaks}"
     return len(secrets)
 
 
-def serves_users(stack: FaultStack, addr: tuple[str, int, str], tag: int) -> bool:
+def serves_users(addr: tuple[str, int, str], tag: int, ca: Path) -> bool:
+    """A user's write and read back, over TLS verified with the CA bundle `ca`."""
+
     async def probe() -> bool:
-        client = await asyncio.wait_for(NbdClient.connect(*addr), 10)
+        connect = NbdClient.connect(*addr, tls=public_client_context(ca), server_hostname=addr[0])
+        client = await asyncio.wait_for(connect, 10)
         try:
             data = struct.pack(">Q", tag) * 512
             await client.write(1 << 20, data, fua=True)
@@ -185,10 +217,19 @@ def serves_users(stack: FaultStack, addr: tuple[str, int, str], tag: int) -> boo
     return asyncio.run(probe())
 
 
-def test_no_credential_no_access(fault_stack: FaultStack, tmp_path: Path) -> None:
-    stack, s = fault_stack, fault_stack.session
+def test_no_credential_no_access(tls_fault_stack: FaultStack, tmp_path: Path) -> None:
+    stack, s = tls_fault_stack, tls_fault_stack.session
     gid, couples = make_group(s, n_pairs=1)
     couple = couples[0]
+    # The DR disk's user is gone: the export name an intruder stole from it is revoked.
+    revoked = couple.dr_addr[2]
+    r = s.post(f"/v2/{{p}}/volumes/{couple.dr}/action", {"os-terminate_connection": {"connector": {}}})
+    assert r.status_code == 202, r.text
+    with contextlib.closing(sqlite3.connect(stack.serve.data_dir / "openevs.db")) as db:
+        [(sealed_link,)] = db.execute("SELECT link_export FROM replication_pairs").fetchall()
+    nbd = nbd_targets(stack, couple.prod_addr[2], revoked, sealer_of(stack).open(sealed_link, "link"))
+    users_ca = tmp_path / "users-ca.pem"  # what users verify agents with: the CA bundle of the start
+    shutil.copy2(stack.pki_dir / "ca.pem", users_ca)  # (the new CA is appended after the rotation)
     witness = Witness(stack)
     try:
         a_files = stack.agents[AZ_A].tls
@@ -204,13 +245,14 @@ def test_no_credential_no_access(fault_stack: FaultStack, tmp_path: Path) -> Non
         pki.init_ca(tmp_path / "foreign")
         foreign = pki.issue(tmp_path / "foreign", Identity(CertRole.CONTROLLER)).files
         tries = 0
-        for who, files, side in (
-            ("no certificate", None, AZ_A),
-            ("the peer agent's certificate", stack.agents[AZ_B].tls, AZ_A),  # speaks for the wrong side
-            ("an agent of another AZ", other_az, AZ_A),
-            ("a controller of another CA", foreign, "controller"),
+        for who, files, side, nbd_try in (
+            ("no certificate", None, AZ_A, nbd),
+            # (agents' certificates open link exports, by design: no NBD tries with them)
+            ("the peer agent's certificate", stack.agents[AZ_B].tls, AZ_A, None),  # speaks for the wrong side
+            ("an agent of another AZ", other_az, AZ_A, None),
+            ("a controller of another CA", foreign, "controller", nbd),
         ):
-            tries += assert_all_refused(attack(stack, routes, witness, files, side), who)
+            tries += assert_all_refused(attack(stack, routes, witness, files, side, nbd_try), who)
 
         # -- the CA rotation of docs/security.md, under the running deployment ----------
         stolen_controller = steal(pki.files_for(stack.pki_dir, "controller"), tmp_path / "stolen-controller")
@@ -230,22 +272,26 @@ def test_no_credential_no_access(fault_stack: FaultStack, tmp_path: Path) -> Non
             ("the stolen controller certificate", stolen_controller, "controller"),
             ("the stolen agent certificate", stolen_agent, AZ_A),
         ):
-            tries += assert_all_refused(attack(stack, routes, witness, files, side), who)
+            tries += assert_all_refused(attack(stack, routes, witness, files, side, nbd), who)
 
         # the intruder's vantage point does reach them: the real credential is answered
         real = pki.files_for(stack.pki_dir, "controller")
-        control = attack(stack, [("GET", "/health", None)], witness, real, "controller")
+        users = [{"host": a.host, "port": a.nbd_port, "tls_only": [couple.prod_addr[2]]}
+                 for a in stack.agents.values() if a.az == AZ_A]  # fmt: skip
+        control = attack(stack, [("GET", "/health", None)], witness, real, "controller", users)
         assert [r["status"] for r in control["routes"] if r["outcome"] == "answered"] == [200, 200]
         assert control["witness"][0]["outcome"] == "answered"
+        assert [n["outcome"] for n in control["nbd"]] == ["answered"]  # a user's name over TLS
 
         after = snapshot(stack, witness, [key])
         assert after == before
-        assert serves_users(stack, couple.prod_addr[:3], 0x5AFE)
+        users_ca.write_text(users_ca.read_text() + (stack.pki_dir / "ca.pem").read_text())
+        assert serves_users(couple.prod_addr[:3], 0x5AFE, users_ca)
         assert stack.serve.proc is not None and stack.serve.runs == 1  # no controller restart
         logs = [a.root / f"agent-{a.az}-1.log" for a in stack.agents.values()]
         refusals = sum(log.read_text().count("refused") for log in logs)
         witness.stop()
-        secrets = assert_no_secret_in_logs(stack)
+        secrets = assert_no_secret_in_logs(stack, {f"export {revoked[:8]} (revoked)": revoked})
         record("control_auth", mode=stack.mode, attempts=tries, routes=len(routes),
                agent_log_refusals=refusals, secrets_checked=secrets)  # fmt: skip
     finally:

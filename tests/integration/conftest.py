@@ -23,6 +23,7 @@ from openevs.config import Settings, load_settings
 from openevs.db.session import Database
 from openevs.reconciler.loop import Reconciler
 from openevs.runtime import Runtime
+from openevs.security.sealing import Sealer
 from openevs.services import identity
 from tests.conftest import free_port
 
@@ -122,8 +123,15 @@ def make_settings(data_dir: Path, db_url: str, supervisor: AgentSupervisor, **kw
 
 
 @pytest.fixture
+def sealer() -> Sealer:
+    """The deployment's sealing key of a test: every controller and runtime of it share it,
+    as every controller host of a deployment shares its key file."""
+    return Sealer.ephemeral()
+
+
+@pytest.fixture
 def controller_factory(
-    database: Database, supervisor: AgentSupervisor, tmp_path: Path
+    database: Database, supervisor: AgentSupervisor, tmp_path: Path, sealer: Sealer
 ) -> Iterator[Callable[..., Api]]:
     started: list[tuple[uvicorn.Server, threading.Thread, Reconciler, Runtime]] = []
 
@@ -132,7 +140,10 @@ def controller_factory(
         with database.session() as session:
             identity.bootstrap(session, ADMIN_PASSWORD)
         runtime = Runtime(
-            settings, Database(database.url), {az: supervisor.client_for(az) for az in settings.azs}
+            settings,
+            Database(database.url),
+            {az: supervisor.client_for(az) for az in settings.azs},
+            sealer=sealer,
         )
         reconciler = Reconciler(runtime)
         reconciler.run_once()
@@ -166,10 +177,17 @@ def api(controller_factory: Callable[..., Api]) -> Api:
 
 
 @pytest.fixture
-def runtime(database: Database, supervisor: AgentSupervisor, tmp_path: Path) -> Iterator[Runtime]:
+def runtime(
+    database: Database, supervisor: AgentSupervisor, tmp_path: Path, sealer: Sealer
+) -> Iterator[Runtime]:
     """A controller's Runtime on the test database with the session's agents (no API, no reconciler)."""
     settings = make_settings(tmp_path / "data", database.url, supervisor)
-    rt = Runtime(settings, Database(database.url), {az: supervisor.client_for(az) for az in settings.azs})
+    rt = Runtime(
+        settings,
+        Database(database.url),
+        {az: supervisor.client_for(az) for az in settings.azs},
+        sealer=sealer,
+    )
     yield rt
     rt.db.dispose()
 

@@ -9,6 +9,7 @@ from typing import Any
 from openevs.db.models import ReplicationClaim, ReplicationPair, Volume
 from openevs.domain.volumes import GIB
 from openevs.runtime import Runtime
+from openevs.services.replications import new_link_export
 
 AZ_A, AZ_B = "az1.dc1", "az2.dc2"
 
@@ -30,7 +31,7 @@ def add_pair(runtime: Runtime, project_id: str, prod: str, dr: str, size_gb: int
     with runtime.db.session() as session:
         session.add(ReplicationPair(
             id=pid, project_id=project_id, volume_ids=f"{prod},{dr}", priority_station=AZ_A,
-            production_volume_id=prod, dr_volume_id=dr, link_export="link-" + pid[:8],
+            production_volume_id=prod, dr_volume_id=dr, link_export=new_link_export(runtime.sealer),
             volume_size_gb=size_gb, volume_type="SSD", **{**values, **row},
         ))  # fmt: skip
         session.flush()

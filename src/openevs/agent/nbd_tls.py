@@ -22,6 +22,7 @@ tools may stay in clear text); without a PKI, OFF.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,24 +31,39 @@ from openevs.domain.addresses import is_loopback
 from openevs.security import PeerRejected, PkiError, pki, tls
 from openevs.security.identity import CertRole, Identity
 from openevs.security.pki import TlsFiles
+from openevs.security.reloading import ReloadingContext, ReloadingServerContext
 
 
 @dataclass(frozen=True)
 class AgentTls:
-    """The agent's certificate files and the TLS policy of its NBD port."""
+    """The agent's certificate files and the TLS policy of its NBD port.
+
+    The `reloading_*` forms re-read the files when they change, so a CA rotation
+    (docs/security.md) applies to the next connection without a restart: a
+    certificate of a dropped CA is refused on the NBD port and the link, and
+    the agent presents its reissued certificate to its peers."""
 
     files: TlsFiles
     policy: TlsPolicy
 
-    def server_context(self) -> ssl.SSLContext:
-        return tls.server_context(self.files, client_cert_required=False)
+    def server_context(self, files: TlsFiles | None = None) -> ssl.SSLContext:
+        return tls.server_context(files or self.files, client_cert_required=False)
 
-    def link_server_context(self) -> ssl.SSLContext:
+    def link_server_context(self, files: TlsFiles | None = None) -> ssl.SSLContext:
         """The link protocol's side of an upgraded connection: agents only (link_server.py)."""
-        return tls.server_context(self.files, client_cert_required=True)
+        return tls.server_context(files or self.files, client_cert_required=True)
 
-    def link_context(self) -> ssl.SSLContext:
-        return tls.client_context(self.files, check_hostname=False)
+    def link_context(self, files: TlsFiles | None = None) -> ssl.SSLContext:
+        return tls.client_context(files or self.files, check_hostname=False)
+
+    def reloading_server_context(self) -> ssl.SSLContext:
+        return ReloadingServerContext(self.files, self.server_context).context
+
+    def reloading_link_server_context(self) -> ssl.SSLContext:
+        return ReloadingServerContext(self.files, self.link_server_context).context
+
+    def reloading_link_context(self) -> Callable[[], ssl.SSLContext]:
+        return ReloadingContext(self.files, self.link_context).current
 
 
 def default_policy(nbd_host: str) -> TlsPolicy:

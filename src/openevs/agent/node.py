@@ -52,11 +52,12 @@ class StorageNode:
         self.boot_id = uuid.uuid4().hex
         self.fd_limits = (0, 0)  # (soft, hard) RLIMIT_NOFILE, set by the runner
         # With TLS the link protocol is mutual TLS and serves agent certificates only.
-        self.links = LinkServer(self._link_export, tls=tls.link_server_context() if tls is not None else None)
+        link_tls = tls.reloading_link_server_context() if tls is not None else None
+        self.links = LinkServer(self._link_export, tls=link_tls)
         serve_tls = tls is not None and tls.policy is not TlsPolicy.OFF
         self.nbd = NbdServer(
             self.resolve_export, nbd_host, nbd_port,
-            tls=tls.server_context() if serve_tls and tls else None,
+            tls=tls.reloading_server_context() if serve_tls and tls else None,
             tls_policy=tls.policy if serve_tls and tls else None,
             counted_volume=self._counted_volume,
             link_handler=self.links.accept,
@@ -65,7 +66,7 @@ class StorageNode:
         self._lock = asyncio.Lock()
         self.replication = ReplicationManager(
             self.pool, self._drop_export, self._connection_count, side=az,
-            link_tls=tls.link_context() if tls is not None else None,
+            link_tls=tls.reloading_link_context() if tls is not None else None,
             tls=tls.files if tls is not None else None,
             resync_rate_bytes_per_s=resync_rate_bytes_per_s,
         )  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -223,8 +224,14 @@ class HttpMetrics:
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A scraper that hung up, or a client that failed the TLS handshake: one line, no traceback.
+        log.debug("metrics listener: connection from %s failed", client_address, exc_info=True)
+
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 30  # a client that stalls (mid-handshake, say) frees its thread
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         log.debug("metrics listener: " + format, *args)
 
@@ -235,20 +242,27 @@ StartResponse = Callable[[str, list[tuple[str, str]]], object]
 class MetricsListener:
     """`/metrics` and `/agents/<az>/metrics` on their own address, in a daemon thread."""
 
-    def __init__(self, runtime: Runtime, host: str, port: int) -> None:
+    def __init__(self, runtime: Runtime, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.runtime = runtime
         self.registry = runtime.metrics.registry
         self.registry.register(FleetCollector(runtime))
         self._server = make_server(
             host, port, self._app, server_class=_ThreadingServer, handler_class=_QuietHandler
         )
+        if tls is not None:
+            # The handshake runs in the request's thread (on its first read), not in the
+            # accepting one, so a client that stalls in it delays nobody else.
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.scheme = "http" if tls is None else "https"
         self.host, self.port = host, int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property
     def base_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        return f"{self.scheme}://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
     def start(self) -> MetricsListener:
         self._thread.start()

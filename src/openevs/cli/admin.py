@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-from openevs.cli import pki
+from openevs.cli import pki, sealing_keys
 from openevs.cli.server_side import prepare, settings_or_exit
 from openevs.db.models import Project, RoleAssignment, User
 from openevs.domain.errors import OpenEvsError
@@ -24,12 +24,13 @@ user_app = typer.Typer(help="Users.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(user_app, name="user")
 app.add_typer(pki.app, name="pki")
+app.add_typer(sealing_keys.app, name="secrets")
 out = Console()
 err = Console(stderr=True)
 
 
 def _db() -> Any:
-    db, _ = prepare(settings_or_exit())
+    db, _, _ = prepare(settings_or_exit())
     return db
 
 

@@ -24,8 +24,10 @@ from openevs.logs import configure_logging
 from openevs.runtime import Runtime
 from openevs.security import SecurityError
 from openevs.security.pki import CA_CERT, bundle_that_issued
+from openevs.security.sealing import Sealer, SealError
 from openevs.security.tls import client_context, public_server_context
 from openevs.services import identity
+from openevs.services.sealing import check_key
 from openevs.witness.__main__ import witness
 
 err = Console(stderr=True)
@@ -126,14 +128,33 @@ def clouds_yaml(settings: Settings, password: str | None) -> str:
     return text
 
 
-def prepare(settings: Settings) -> tuple[Database, str | None]:
-    """Create the data dir, migrate, bootstrap the admin; returns the new password if any."""
+def sealer_or_exit(settings: Settings) -> Sealer:
+    """The deployment's sealing key file (made with a new key if there is none); exit 2 if unusable."""
+    try:
+        sealer, made = Sealer.load_or_create(path := settings.sealing_key_path())
+    except (SealError, OSError) as exc:
+        err.print(f"[red]configuration error:[/red] OPENEVS_SECRETS_KEY_FILE: {exc}")
+        raise typer.Exit(2) from exc
+    if made:
+        err.print(f"sealing key created: {path} (copy it to every api and worker host)")
+    return sealer
+
+
+def prepare(settings: Settings) -> tuple[Database, str | None, Sealer]:
+    """Create the data dir, migrate, check the sealing key, bootstrap the admin (new password or None)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
+    sealer = sealer_or_exit(settings)
+    upgrade(settings.db_url, sealer)
     db = Database(settings.db_url)
+    try:
+        check_key(db, sealer)
+    except SealError as exc:
+        db.dispose()
+        err.print(f"[red]configuration error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
     with db.session() as session:
         created = identity.bootstrap(session, settings.admin_password)
-    return db, created
+    return db, created, sealer
 
 
 def _start_metrics(runtime: Runtime) -> Any:
@@ -144,8 +165,16 @@ def _start_metrics(runtime: Runtime) -> Any:
     if not listen:
         return None
     host, _, port = listen.rpartition(":")
+    tls = None
+    files = runtime.settings.metrics_tls_files()
+    if files is not None:
+        try:
+            tls = public_server_context(*files)
+        except SecurityError as exc:
+            err.print(f"[red]configuration error:[/red] the /metrics listener's certificate: {exc.message}")
+            raise typer.Exit(2) from exc
     try:
-        return MetricsListener(runtime, host.strip("[]"), int(port)).start()
+        return MetricsListener(runtime, host.strip("[]"), int(port), tls).start()
     except (OSError, ValueError) as exc:
         err.print(f"[red]configuration error:[/red] OPENEVS_METRICS_LISTEN={listen}: cannot listen: {exc}")
         raise typer.Exit(2) from exc
@@ -288,10 +317,10 @@ def serve() -> None:
     settings = controller_settings_or_exit()
     _logging(settings)
     tls = api_tls_context(settings)
-    db, created = prepare(settings)
+    db, created, sealer = prepare(settings)
     supervisor = AgentSupervisor(settings)
     supervisor.start()
-    runtime = Runtime(settings, db, _agent_clients(settings, supervisor))  # type: ignore[arg-type]
+    runtime = Runtime(settings, db, _agent_clients(settings, supervisor), sealer=sealer)  # type: ignore[arg-type]
     reconciler = Reconciler(runtime)
     try:
         supervisor.wait_ready(timeout_s=30)
@@ -316,8 +345,8 @@ def api() -> None:
     settings = controller_settings_or_exit()
     _logging(settings)
     tls = api_tls_context(settings)
-    db, created = prepare(settings)
-    runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
+    db, created, sealer = prepare(settings)
+    runtime = Runtime(settings, db, _agent_clients(settings, None), sealer=sealer)  # type: ignore[arg-type]
     metrics = _start_metrics(runtime)
     _announce(settings, created, metrics.base_url if metrics else None)
     try:
@@ -334,8 +363,8 @@ def worker() -> None:
 
     settings = controller_settings_or_exit()
     _logging(settings)
-    db, _ = prepare(settings)
-    runtime = Runtime(settings, db, _agent_clients(settings, None))  # type: ignore[arg-type]
+    db, _, sealer = prepare(settings)
+    runtime = Runtime(settings, db, _agent_clients(settings, None), sealer=sealer)  # type: ignore[arg-type]
     reconciler = Reconciler(runtime)
     metrics = _start_metrics(runtime)
     if metrics is not None:
@@ -358,7 +387,7 @@ def db_upgrade() -> None:
     """Apply every Alembic migration to OPENEVS_DATABASE_URL (or the embedded SQLite)."""
     settings = settings_or_exit()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.db_url)
+    upgrade(settings.db_url, sealer_or_exit(settings))
     out.print(f"database at newest revision: {settings.db_url.split('@')[-1]}")
 
 

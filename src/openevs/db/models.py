@@ -114,8 +114,9 @@ class Attachment(Base):
     volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
     server_id: Mapped[str] = mapped_column(ForeignKey("servers.id"), index=True)
     device: Mapped[str] = mapped_column(String(64))
-    # The NBD export name granted to this attachment (an unguessable secret);
-    # null until os-initialize_connection, cleared on terminate/detach.
+    # The NBD export name granted to this attachment (an unguessable secret), sealed
+    # with the deployment key (security/sealing.py, purpose "export"); null until
+    # os-initialize_connection, cleared on terminate/detach.
     export_name: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
     export_read_only: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -136,6 +137,15 @@ class Agent(Base):
     healthy: Mapped[bool] = mapped_column(Boolean, default=False)
     checked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     capacity_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DeploymentKey(Base):
+    """Which key the deployment's secrets are sealed with (its id only, never the key):
+    a controller whose key file lacks it refuses to start (services/sealing.py)."""
+
+    __tablename__ = "deployment_keys"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kid: Mapped[str] = mapped_column(String(16))
 
 
 class ReplicationGroup(Base):
@@ -193,7 +203,8 @@ class ReplicationPair(Base):
     )
     # Generation of the roles; bumped by failover and switchover (the fence).
     epoch: Mapped[int] = mapped_column(Integer, default=1)
-    # NBD export on the DR agent through which the primary writes (per epoch secret).
+    # NBD export on the DR agent through which the primary writes (per epoch secret),
+    # sealed with the deployment key (security/sealing.py, purpose "link").
     link_export: Mapped[str] = mapped_column(String(128))
     volume_size_gb: Mapped[int] = mapped_column(Integer)
     volume_type: Mapped[str] = mapped_column(String(64))

@@ -44,11 +44,14 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+def upgrade(url: str, sealer: object | None = None) -> None:
+    """Bring the schema to the newest revision (idempotent). `sealer` (a
+    security.sealing.Sealer) is the key the migrations seal existing secrets with."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    cfg = alembic_config(url)
+    cfg.attributes["sealer"] = sealer
+    command.upgrade(cfg, "head")
 
 
 class Database:

@@ -12,6 +12,7 @@ from openevs.contract import AgentHealth, AgentRequestFailed, AgentUnavailable
 from openevs.db.models import Agent, Attachment, Volume, utcnow
 from openevs.reconciler.roles import push_roles
 from openevs.runtime import Runtime
+from openevs.services.connections import open_export
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,12 @@ class AgentWatcher:
             ).all()
             known = set(session.scalars(select(Volume.id).where(Volume.availability_zone == az)))
         push_roles(self.runtime, az)
-        for name, volume_id, read_only in grants:
-            if name is not None:
+        live_names = set()
+        for sealed, volume_id, read_only in grants:
+            if sealed is not None:
+                name = open_export(self.runtime, sealed)
                 agent.grant_export(name, volume_id, read_only)
-        live_names = {g[0] for g in grants}
+                live_names.add(name)
         for export in agent.list_exports():
             if export.name not in live_names:
                 agent.revoke_export(export.name)

@@ -23,6 +23,7 @@ from openevs.reconciler.driver import StepFailed
 from openevs.reconciler.roles import arbiter_for, az_of, nbd_address, set_role
 from openevs.runtime import Runtime
 from openevs.services.connections import regrant_exports
+from openevs.services.replications import open_link
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def promote(
         epoch=flip.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        peer=Peer(host=host, port=port, export=flip.link_export, az=peer_az),
+        peer=Peer(host=host, port=port, export=open_link(runtime.sealer, flip.link_export), az=peer_az),
         mirroring=mirroring,
         arbiter=arbiter,
     )
@@ -89,7 +90,7 @@ def demote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> None:
         epoch=flip.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        link_export=flip.link_export,
+        link_export=open_link(runtime.sealer, flip.link_export),
     )
     set_role(runtime, flip.old_primary, request, primary=True)
 

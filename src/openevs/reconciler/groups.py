@@ -94,7 +94,7 @@ def reprotect(runtime: Runtime, group: ReplicationGroup) -> None:
     the old primary wrote that never reached its peer (read from it here)."""
     for pair in members(runtime, group.id):
         old_dirty = dirty_of(runtime, pair.dr_volume_id)
-        set_role(runtime, pair.dr_volume_id, secondary_config(pair, False), primary=False)
+        set_role(runtime, pair.dr_volume_id, secondary_config(runtime, pair, False), primary=False)
         primary = primary_config(runtime, pair, False, True).replace(add_dirty=old_dirty.ranges)
         set_role(runtime, pair.production_volume_id, primary, primary=True)
     GROUPS.advance(runtime, group, GT.REPROTECTED, pending={}, failure_detail=None)

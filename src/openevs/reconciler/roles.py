@@ -34,6 +34,7 @@ from openevs.reconciler.driver import StepFailed
 from openevs.runtime import Runtime
 from openevs.services.agent_errors import failure_detail
 from openevs.services.arbitration import witness_of
+from openevs.services.replications import open_link
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,13 @@ def nbd_address(runtime: Runtime, az: str) -> tuple[str, int]:
         return row.nbd_host, row.nbd_port
 
 
-def secondary_config(pair: ReplicationPair, initial: bool) -> ReplicationRequest:
+def secondary_config(runtime: Runtime, pair: ReplicationPair, initial: bool) -> ReplicationRequest:
     return ReplicationRequest(
         role=Role.SECONDARY,
         epoch=pair.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        link_export=pair.link_export,
+        link_export=open_link(runtime.sealer, pair.link_export),
         initial_sync=initial,
     )
 
@@ -105,7 +106,7 @@ def primary_config(
         epoch=pair.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
-        peer=Peer(host=host, port=port, export=pair.link_export, az=peer_az),
+        peer=Peer(host=host, port=port, export=open_link(runtime.sealer, pair.link_export), az=peer_az),
         mirroring=mirroring,
         initial_sync=initial,
         arbiter=arbiter,
@@ -139,7 +140,7 @@ def resume(runtime: Runtime, volume_id: str) -> None:
 
 def configure_pair(runtime: Runtime, pair: ReplicationPair, initial: bool, mirroring: bool = True) -> None:
     """Give the DR disk its secondary role, then the production disk its primary role."""
-    set_role(runtime, pair.dr_volume_id, secondary_config(pair, initial), primary=False)
+    set_role(runtime, pair.dr_volume_id, secondary_config(runtime, pair, initial), primary=False)
     primary = primary_config(runtime, pair, initial, mirroring)
     set_role(runtime, pair.production_volume_id, primary, primary=True)
 
@@ -169,7 +170,7 @@ def push_roles(runtime: Runtime, az: str) -> None:
     for pair in pairs:
         try:
             if azs.get(pair.dr_volume_id) == az:
-                agent.set_replication(pair.dr_volume_id, secondary_config(pair, False))
+                agent.set_replication(pair.dr_volume_id, secondary_config(runtime, pair, False))
             if azs.get(pair.production_volume_id) == az:
                 state = None
                 with contextlib.suppress(AgentUnavailable, AgentRequestFailed):

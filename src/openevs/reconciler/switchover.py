@@ -31,7 +31,7 @@ def restore(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> PairFlip
     """Give an interrupted switchover's old primary its primary role back, at an epoch
     above the plan's, resyncing to its peer; returns the pair's new plan."""
     epoch = flip.epoch + 1
-    link = new_link_export()
+    link = new_link_export(runtime.sealer)
     # The flip helpers with the roles swapped: the DR disk stays secondary.
     back = PairFlip(epoch=epoch, link_export=link, new_primary=flip.old_primary, old_primary=flip.new_primary)
     demote(runtime, pair, back)
@@ -42,7 +42,7 @@ def restore(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> PairFlip
             .where(ReplicationPair.id == pair.id)
             .values(epoch=epoch, link_export=link, updated_at=utcnow())
         )
-    return flip.replace(epoch=epoch + 1, link_export=new_link_export())
+    return flip.replace(epoch=epoch + 1, link_export=new_link_export(runtime.sealer))
 
 
 def _carry_out(

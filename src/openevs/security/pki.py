@@ -102,6 +102,11 @@ def _write(path: Path, data: bytes, mode: int, replace: bool) -> None:
             os.unlink(tmp)
 
 
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, mode 0600 from the first byte."""
+    _write(path, data, KEY_MODE, replace=True)
+
+
 def _refuse_existing(paths: Iterable[Path], force: bool) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:

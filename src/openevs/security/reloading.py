@@ -44,22 +44,17 @@ def files_stamp(files: TlsFiles) -> Stamp:
     return tuple(stamps)
 
 
-class ReloadingServerContext:
-    """The accepting side of mutual TLS over files that may be replaced while it runs."""
+class ReloadingContext:
+    """A context rebuilt from its files when they change (`current()`); a client calls
+    it for each new connection (the agents' replication link, agent/node.py)."""
 
-    def __init__(
-        self,
-        files: TlsFiles,
-        build: Callable[[TlsFiles], ssl.SSLContext] = server_context,
-    ) -> None:
+    def __init__(self, files: TlsFiles, build: Callable[[TlsFiles], ssl.SSLContext]) -> None:
         self.files = files
         self._build = build
         self._stamp = files_stamp(files)
         self._current = build(files)  # PkiError here: the component refuses to start
         self._failed_stamp: Stamp | None = None
         self.reloads = 0
-        self.context = build(files)
-        self.context.sni_callback = self._on_hello
 
     def current(self) -> ssl.SSLContext:
         """The context of the files as they are now (the previous one if they do not work)."""
@@ -75,6 +70,19 @@ class ReloadingServerContext:
                 self.reloads += 1
                 log.info("TLS certificate, key or CA bundle reloaded from %s", self.files.cert.parent)
         return self._current
+
+
+class ReloadingServerContext(ReloadingContext):
+    """The accepting side of TLS over files that may be replaced while it runs."""
+
+    def __init__(
+        self,
+        files: TlsFiles,
+        build: Callable[[TlsFiles], ssl.SSLContext] = server_context,
+    ) -> None:
+        super().__init__(files, build)
+        self.context = build(files)
+        self.context.sni_callback = self._on_hello
 
     def _on_hello(self, conn: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
         conn.context = self.current()

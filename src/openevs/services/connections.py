@@ -3,7 +3,9 @@ and the AZ availability the controller last observed.
 
 An export name is an unguessable per-attachment secret: whoever holds it can
 reach the disk, so it is only handed to the attachment's owner and revoked
-when the attachment goes.
+when the attachment goes. The database holds it sealed with the deployment
+key (security/sealing.py): the controller opens it to hand it out again and
+to re-grant it after an agent restart.
 
 When the agent's NBD port requires TLS (it reports its policy in its
 health), the connection info has the TLS form: `uri` is `nbds://...`,
@@ -66,9 +68,12 @@ def initialize_connection(
             raise InvalidState("the volume is not attached; attach it to a server first")
         att = _pick_attachment(atts, connector)
         if att.export_name is None:
-            att.export_name = "att-" + secrets.token_urlsafe(24)
+            export_name = "att-" + secrets.token_urlsafe(24)
+            att.export_name = runtime.sealer.seal(export_name, EXPORT)
+        else:
+            export_name = open_export(runtime, att.export_name)
         att.export_read_only = export_is_read_only(session, volume.id)
-        export_name, read_only, az = att.export_name, att.export_read_only, volume.availability_zone
+        read_only, az = att.export_read_only, volume.availability_zone
         agent_row = session.get(Agent, az)
         if agent_row is None or not agent_row.nbd_port:
             raise ServiceUnavailable(f"the storage agent of {az} has not reported its NBD address yet")
@@ -120,18 +125,27 @@ def terminate_connection(
         if not atts:
             return
         att = _pick_attachment(atts, connector)
-        export_name, az = att.export_name, volume.availability_zone
-        if export_name is None:
+        sealed, az = att.export_name, volume.availability_zone
+        if sealed is None:
             return
-    revoke_attachment_export(runtime, az, export_name)
+    revoke_attachment_export(runtime, az, sealed)
     with UnitOfWork(runtime) as uow:
         row = uow.session.get(Attachment, att.id)
-        if row is not None and row.export_name == export_name:
+        if row is not None and row.export_name == sealed:
             row.export_name = None
 
 
-def revoke_attachment_export(runtime: Runtime, az: str, export_name: str | None) -> None:
-    if export_name:
+EXPORT = "export"  # the sealing purpose of export names
+
+
+def open_export(runtime: Runtime, sealed: str) -> str:
+    return runtime.sealer.open(sealed, EXPORT)
+
+
+def revoke_attachment_export(runtime: Runtime, az: str, sealed: str | None) -> None:
+    """Revoke the grant of an attachment's export, given as its row holds it (sealed)."""
+    if sealed:
+        export_name = open_export(runtime, sealed)
         call_agent(runtime, az, lambda a: a.revoke_export(export_name))
 
 
@@ -151,6 +165,8 @@ def regrant_exports(runtime: Runtime, volume_ids: list[str], *, writable: bool =
                 if att.export_name is None:
                     continue
                 att.export_read_only = read_only
-                grants.append((volume.availability_zone, att.export_name, vid, read_only))
+                grants.append(
+                    (volume.availability_zone, open_export(runtime, att.export_name), vid, read_only)
+                )
     for az, name, vid, read_only in grants:
         runtime.agent(az).grant_export(name, vid, read_only)

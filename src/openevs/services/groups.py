@@ -36,6 +36,7 @@ from openevs.domain.measurement import GroupResync, group_resync
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger, PairStatus, ReplicationStatus
 from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
+from openevs.security.sealing import Sealer
 from openevs.services import arbitration, unit_of_work
 from openevs.services.agent_limits import lock_azs
 from openevs.services.listing import Page, paginate
@@ -310,13 +311,13 @@ def delete_group(runtime: Runtime, project_id: str, group_id: str) -> None:
         transition(uow.session, group, GroupTrigger.DELETE)
 
 
-def _flip_plan(pairs: list[ReplicationPair]) -> dict[str, PairFlip]:
+def _flip_plan(pairs: list[ReplicationPair], sealer: Sealer) -> dict[str, PairFlip]:
     """Per member: the next epoch, a fresh link secret, and the roles after the flip.
     Fixed when the request is accepted, so a crashed reconciler resumes the same plan."""
     return {
         p.id: PairFlip(
             epoch=p.epoch + 1,
-            link_export=new_link_export(),
+            link_export=new_link_export(sealer),
             new_primary=p.dr_volume_id,
             old_primary=p.production_volume_id,
         )
@@ -359,7 +360,7 @@ def failover_group(runtime: Runtime, project_id: str, group_id: str, force: bool
         if (group.status, group.epoch) != seen:
             raise ChangedConcurrently(f"group {group_id} moved on while the witness was asked; retry")
         pairs = members(uow.session, group.id)
-        pending = dump_plan(FailoverPlan(pairs=_flip_plan(pairs), epoch=epoch, force=force))
+        pending = dump_plan(FailoverPlan(pairs=_flip_plan(pairs, runtime.sealer), epoch=epoch, force=force))
         transition(uow.session, group, GroupTrigger.FAILOVER, pending=pending)
         uow.wake_reconciler()
 
@@ -382,7 +383,7 @@ def reverse_group(runtime: Runtime, project_id: str, group_id: str) -> None:
             )
         if not pairs:
             raise InvalidState("the group has no replication pairs to switch over")
-        pending = dump_plan(SwitchoverPlan(pairs=_flip_plan(pairs), epoch=group.epoch + 1))
+        pending = dump_plan(SwitchoverPlan(pairs=_flip_plan(pairs, runtime.sealer), epoch=group.epoch + 1))
         transition(uow.session, group, GroupTrigger.REVERSE, pending=pending)
         uow.wake_reconciler()
 

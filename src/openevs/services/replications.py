@@ -24,6 +24,7 @@ from openevs.domain.replication import PAIR_MACHINE, PairStatus, PairTrigger
 from openevs.domain.states import ServerStatus, VolumeStatus
 from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
+from openevs.security.sealing import Sealer
 from openevs.services.agent_limits import check_agent_pairs
 from openevs.services.listing import Page, paginate
 from openevs.services.unit_of_work import UnitOfWork, transition
@@ -48,8 +49,13 @@ def get_pair(session: Session, project_id: str, pair_id: str) -> ReplicationPair
     return pair
 
 
-def new_link_export() -> str:
-    return "link-" + secrets.token_urlsafe(24)
+def new_link_export(sealer: Sealer) -> str:
+    """A fresh link secret, sealed for the database (open it with `open_link`)."""
+    return sealer.seal("link-" + secrets.token_urlsafe(24), "link")
+
+
+def open_link(sealer: Sealer, sealed: str) -> str:
+    return sealer.open(sealed, "link")
 
 
 def _load_disks(session: Session, project_id: str, ids: list[str], station: str) -> tuple[Volume, Volume]:
@@ -96,7 +102,7 @@ def _check_dr_servers(session: Session, dr: Volume) -> None:
 
 def create_pair(runtime: Runtime, project_id: str, new: NewPair) -> ReplicationPair:
     with UnitOfWork(runtime) as uow:
-        pair = _new_pair(uow.session, uow.settings, project_id, new)
+        pair = _new_pair(uow.session, uow.settings, project_id, new, runtime.sealer)
         uow.wake_reconciler()
     return pair
 
@@ -106,7 +112,9 @@ def show_pair(runtime: Runtime, project_id: str, pair_id: str) -> ReplicationPai
         return get_pair(uow.session, project_id, pair_id)
 
 
-def _new_pair(session: Session, settings: Settings, project_id: str, new: NewPair) -> ReplicationPair:
+def _new_pair(
+    session: Session, settings: Settings, project_id: str, new: NewPair, sealer: Sealer
+) -> ReplicationPair:
     rep.check_model(new.replication_model)
     check_text(new.name, "name")
     check_text(new.description, "description")
@@ -151,7 +159,7 @@ def _new_pair(session: Session, settings: Settings, project_id: str, new: NewPai
         production_volume_id=production.id,
         dr_volume_id=dr.id,
         epoch=1,
-        link_export=new_link_export(),
+        link_export=new_link_export(sealer),
         volume_size_gb=production.size_gb,
         volume_type=production.volume_type,
         multiattach=production.multiattach,

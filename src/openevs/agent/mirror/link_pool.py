@@ -108,9 +108,14 @@ class LinkConnection:
                 future.set_exception(ConnectionError(reason))
 
 
+# The link's client TLS: a context, or what gives the one to use for each new connection
+# (security/reloading.py: rebuilt when the certificate files change).
+LinkTls = ssl.SSLContext | Callable[[], ssl.SSLContext] | None
+
+
 async def open_link_connection(
     host: str, port: int, token: str, on_lost: Callable[[LinkConnection, str], None],
-    *, tls: ssl.SSLContext | None = None, az: str = "",
+    *, tls: LinkTls = None, az: str = "",
 ) -> LinkConnection:  # fmt: skip
     """Connect to a peer agent's NBD port and upgrade to the link protocol (session `token`).
 
@@ -122,7 +127,7 @@ async def open_link_connection(
         writer.write(wire.upgrade_request(greeting, token))
         wire.check_upgrade_reply(await reader.readexactly(wire.UPGRADE_REPLY_BYTES))
         if tls is not None:
-            await writer.start_tls(tls, server_hostname=host)
+            await writer.start_tls(tls() if callable(tls) else tls, server_hostname=host)
             ssl_object = writer.get_extra_info("ssl_object")
             if ssl_object is None:
                 raise ConnectionError("the link did not start TLS")
@@ -138,7 +143,7 @@ class LinkPool:
 
     def __init__(
         self, host: str, port: int, *, connections: int = CONNECTIONS,
-        request_timeout_s: float = REQUEST_TIMEOUT_S, tls: ssl.SSLContext | None = None, az: str = "",
+        request_timeout_s: float = REQUEST_TIMEOUT_S, tls: LinkTls = None, az: str = "",
     ) -> None:  # fmt: skip
         self.host = host
         self.port = port
@@ -299,7 +304,7 @@ class LinkPool:
 class LinkPools:
     """One pool per peer agent address, alive while a pair uses it."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls: LinkTls = None) -> None:
         self._tls = tls
         self._pools: dict[tuple[str, int], LinkPool] = {}
         self._closing: set[asyncio.Task[None]] = set()

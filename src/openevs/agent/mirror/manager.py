@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 from collections.abc import Awaitable, Callable
 
 from openevs.agent.grants import validate_export_name
@@ -28,7 +27,7 @@ from openevs.agent.mirror import engine
 from openevs.agent.mirror.changes import ChangeLog
 from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
 from openevs.agent.mirror.groups import Groups
-from openevs.agent.mirror.link_pool import LinkPools
+from openevs.agent.mirror.link_pool import LinkPools, LinkTls
 from openevs.agent.mirror.plan import Action, plan_config_change
 from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.ratelimit import TokenBucket
@@ -60,7 +59,7 @@ class ReplicationManager:
         drop_export: Callable[[str], Awaitable[None]],
         connection_count: Callable[[str], int],
         side: str = "",
-        link_tls: ssl.SSLContext | None = None,
+        link_tls: LinkTls = None,
         tls: TlsFiles | None = None,  # this agent's certificate: for its calls to witnesses
         resync_rate_bytes_per_s: int = 0,
     ) -> None:
