@@ -35,13 +35,13 @@ EXPORT, LINK, PLANNED = (
 
 @pytest.fixture
 def old_db(db_kind: str, tmp_path: Path) -> Iterator[str]:
-    """An empty database at 0003_scale, the revision before the one under test."""
+    """An empty database at 0004_drills, the revision before the one under test."""
     if db_kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'old.db'}"
     else:
         name = f"openevs_mig_{uuid.uuid4().hex[:10]}"
         url = _pg_database(name)
-    command.upgrade(alembic_config(url), "0003_scale")
+    command.upgrade(alembic_config(url), "0004_drills")
     yield url
     if db_kind != "sqlite":
         _drop_pg_database(name)
@@ -96,7 +96,7 @@ def test_the_migration_seals_every_secret_and_the_downgrade_opens_them(old_db: s
             assert row is not None and row.kid == sealer.current_kid
         cfg = alembic_config(old_db)
         cfg.attributes["sealer"] = sealer
-        command.downgrade(cfg, "0003_scale")
+        command.downgrade(cfg, "0004_drills")
         assert _values(db) == (EXPORT, LINK, PLANNED)
     finally:
         db.dispose()

@@ -7,7 +7,7 @@ file of the settings (created if there is none); a database with nothing to
 convert needs no key.
 
 Revision ID: 0004_secrets
-Revises: 0003_scale
+Revises: 0004_drills
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_secrets"
-down_revision = "0003_scale"
+down_revision = "0004_drills"
 branch_labels = None
 depends_on = None
 
