@@ -118,6 +118,7 @@ def _check_data(stack: FaultStack, couples: list[Couple], wl: Workload, primary_
         assert not lost, f"{dst} lacks acknowledged writes of {src}: {lost[:3]}"
 
 
+@pytest.mark.long
 def test_agent_killed_mid_resync_and_mid_reprotect(fault_stack: FaultStack) -> None:
     s = fault_stack.session
     agents = fault_stack.agents
