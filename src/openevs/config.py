@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # tls_cert/tls_key when they are set, and a loopback one stays plain HTTP.
     metrics_tls_cert: Path | None = None
     metrics_tls_key: Path | None = None
+    # With HTTPS on, scrapers must also present a certificate signed by this CA bundle
+    # (Prometheus: tls_config cert_file/key_file); unset, any client may read the metrics.
+    metrics_tls_client_ca: Path | None = None
     metrics_volumes: str = ""
     # Resync bandwidth of each embedded agent, all its pairs together (bytes/s, 0: no limit);
     # a pair's own limit is set through the API (docs/monitoring.md, "Resync rate").
@@ -180,7 +183,7 @@ class Settings(BaseSettings):
     @field_validator(
         "tls_cert", "tls_key", "tls_ca", "agent_tls_cert", "agent_tls_key", "agent_tls_ca",
         "control_tls_cert", "control_tls_key", "control_tls_ca", "secrets_key_file",
-        "metrics_tls_cert", "metrics_tls_key",
+        "metrics_tls_cert", "metrics_tls_key", "metrics_tls_client_ca",
         mode="before",
     )  # fmt: skip
     @classmethod
@@ -194,6 +197,11 @@ class Settings(BaseSettings):
         if (self.metrics_tls_cert is None) != (self.metrics_tls_key is None):
             raise ValueError(
                 "OPENEVS_METRICS_TLS_CERT and OPENEVS_METRICS_TLS_KEY go together: set both or neither"
+            )
+        if self.metrics_tls_client_ca is not None and self.metrics_tls_files() is None:
+            raise ValueError(
+                "OPENEVS_METRICS_TLS_CLIENT_CA needs HTTPS on the /metrics listener: set"
+                " OPENEVS_METRICS_TLS_CERT and OPENEVS_METRICS_TLS_KEY too"
             )
         for prefix in ("agent_tls", "control_tls"):
             trio = [getattr(self, f"{prefix}_{part}") for part in ("cert", "key", "ca")]

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -18,6 +17,7 @@ import yaml
 from rich.console import Console
 
 from openevs.agent.__main__ import agent
+from openevs.cli.server_metrics import metrics_endpoints, prometheus_targets, start_metrics
 from openevs.config import ConfigError, Settings, load_settings
 from openevs.db.session import Database, upgrade
 from openevs.logs import configure_logging
@@ -157,58 +157,6 @@ def prepare(settings: Settings) -> tuple[Database, str | None, Sealer]:
     return db, created, sealer
 
 
-def _start_metrics(runtime: Runtime) -> Any:
-    """The controller's /metrics listener (OPENEVS_METRICS_LISTEN), or None when turned off."""
-    from openevs.api.metrics import MetricsListener
-
-    listen = runtime.settings.metrics_listen
-    if not listen:
-        return None
-    host, _, port = listen.rpartition(":")
-    tls = None
-    files = runtime.settings.metrics_tls_files()
-    if files is not None:
-        try:
-            tls = public_server_context(*files)
-        except SecurityError as exc:
-            err.print(f"[red]configuration error:[/red] the /metrics listener's certificate: {exc.message}")
-            raise typer.Exit(2) from exc
-    try:
-        return MetricsListener(runtime, host.strip("[]"), int(port), tls).start()
-    except (OSError, ValueError) as exc:
-        err.print(f"[red]configuration error:[/red] OPENEVS_METRICS_LISTEN={listen}: cannot listen: {exc}")
-        raise typer.Exit(2) from exc
-
-
-def metrics_endpoints(settings: Settings, base_url: str | None) -> dict[str, Any]:
-    """Every /metrics URL: the controller's, and each AZ's agent (a standalone agent's own
-    plain-HTTP control API; else through the controller's listener: embedded agents, and
-    agents on mutual TLS, which answer only the controller's certificate)."""
-    agents: dict[str, str] = {}
-    for az in settings.azs:
-        url = settings.agent_urls.get(az, "")
-        if url.startswith("http://"):
-            agents[az] = url.rstrip("/") + "/metrics"
-        elif base_url is not None:
-            agents[az] = f"{base_url}/agents/{az}/metrics"
-    return {"controller": None if base_url is None else f"{base_url}/metrics", "agents": agents}
-
-
-def prometheus_targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The /metrics URLs as Prometheus file_sd target groups (labels: component, az)."""
-    groups = []
-    urls = [(metrics["controller"], {"component": "controller"})] if metrics["controller"] else []
-    urls += [(url, {"component": "agent", "az": az}) for az, url in metrics["agents"].items()]
-    for url, labels in urls:
-        parts = urlsplit(url)
-        if parts.path != "/metrics":
-            labels["__metrics_path__"] = parts.path
-        if parts.scheme != "http":
-            labels["__scheme__"] = parts.scheme
-        groups.append({"targets": [parts.netloc], "labels": labels})
-    return groups
-
-
 def _write_json(path: Path, value: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=2) + "\n")
@@ -328,7 +276,7 @@ def serve() -> None:
         err.print(f"[yellow]warning:[/yellow] not every storage agent is up yet: {exc}")
     reconciler.watcher.check()  # AZ health and NBD addresses of this run before the API answers
     reconciler.start()
-    metrics = _start_metrics(runtime)
+    metrics = start_metrics(runtime)
     _announce(settings, created, metrics.base_url if metrics else None)
     try:
         _run_api(runtime, tls)
@@ -347,7 +295,7 @@ def api() -> None:
     tls = api_tls_context(settings)
     db, created, sealer = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None), sealer=sealer)  # type: ignore[arg-type]
-    metrics = _start_metrics(runtime)
+    metrics = start_metrics(runtime)
     _announce(settings, created, metrics.base_url if metrics else None)
     try:
         _run_api(runtime, tls)
@@ -366,7 +314,7 @@ def worker() -> None:
     db, _, sealer = prepare(settings)
     runtime = Runtime(settings, db, _agent_clients(settings, None), sealer=sealer)  # type: ignore[arg-type]
     reconciler = Reconciler(runtime)
-    metrics = _start_metrics(runtime)
+    metrics = start_metrics(runtime)
     if metrics is not None:
         out.print(f"metrics: worker {metrics.base_url}/metrics")
     try:

@@ -102,6 +102,13 @@ def public_server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def require_client_certificates(ctx: ssl.SSLContext, ca: Path) -> None:
+    """Make a public server ask every client for a certificate that `ca` signed (the
+    /metrics listener's scrapers); no role is checked, only the signature."""
+    _load_ca(ctx, ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+
+
 def public_client_context(ca: Path | None = None) -> ssl.SSLContext:
     """A client that verifies the server against ca (default: the system's trust store)."""
     ctx = _context(ssl.PROTOCOL_TLS_CLIENT)

@@ -17,7 +17,7 @@ from openevs.config import ConfigError, Settings, load_settings
 from openevs.runtime import Runtime
 from openevs.security import pki
 from openevs.security.identity import CertRole, Identity
-from openevs.security.tls import public_client_context, public_server_context
+from openevs.security.tls import public_client_context, public_server_context, require_client_certificates
 
 
 @pytest.fixture
@@ -53,6 +53,26 @@ def test_a_verified_scrape_gets_the_metrics_and_clear_text_gets_nothing(
     assert r.status_code == 200
 
 
+def test_with_a_client_ca_a_scraper_without_a_certificate_gets_nothing(
+    runtime: Runtime, pki_dir: Path
+) -> None:
+    files = pki.files_for(pki_dir, "api")
+    tls = public_server_context(files.cert, files.key)
+    require_client_certificates(tls, pki_dir / "ca.pem")
+    started = MetricsListener(runtime, "127.0.0.1", 0, tls).start()
+    try:
+        url = started.base_url + "/metrics"
+        with pytest.raises(httpx.HTTPError):  # verified server, but no client certificate
+            httpx.get(url, verify=public_client_context(pki_dir / "ca.pem"), timeout=10)
+        scraper = pki.issue(pki_dir, Identity(CertRole.CONTROLLER)).files  # any deployment certificate
+        verify = public_client_context(pki_dir / "ca.pem")
+        verify.load_cert_chain(scraper.cert, scraper.key)
+        r = httpx.get(url, verify=verify, timeout=10)
+        assert r.status_code == 200 and "openevs_agent_up" in r.text
+    finally:
+        started.stop()
+
+
 def env(tmp_path: Path, **values: str) -> dict[str, str]:
     return {"OPENEVS_CONFIG": str(tmp_path / "absent.toml"), **values}
 
@@ -69,3 +89,5 @@ def test_which_certificate_the_listener_takes(tmp_path: Path) -> None:
     assert own.metrics_tls_files() == (Path("m.pem"), Path("m.key"))
     with pytest.raises(ConfigError, match="OPENEVS_METRICS_TLS_CERT and OPENEVS_METRICS_TLS_KEY go together"):
         load_settings(env=env(tmp_path, OPENEVS_METRICS_TLS_CERT="m.pem"))
+    with pytest.raises(ConfigError, match="OPENEVS_METRICS_TLS_CLIENT_CA needs HTTPS"):
+        load_settings(env=env(tmp_path, OPENEVS_METRICS_TLS_CLIENT_CA="ca.pem"))
