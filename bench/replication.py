@@ -6,9 +6,10 @@
 (b) fio 1 MiB sequential writes (ioengine=nbd) through the primary's user
     export on an active pair, versus the same disk unpaired (goal: >= 0.7).
 
-Every round copies onto a fresh sparse DR volume (and nbdcopy onto a fresh
-sparse file). With --profile DIR, py-spy samples both agents during the
-copies and writes DIR/{primary,secondary}-copy.txt (top functions by own time).
+Every round copies onto a fresh sparse DR volume (kept to the end: deleting a
+volume of data takes long) and nbdcopy onto a fresh sparse file. With
+--profile DIR, py-spy samples both agents during the copies and writes
+DIR/{primary,secondary}-copy.txt (top functions by own time).
 
 Run: .venv/bin/python bench/replication.py [--size-gib 10 --data-gib 1 --fio-s 10]
 """
@@ -216,7 +217,6 @@ def main() -> None:
                   f"nbdcopy {theirs[-1]:.2f} s")  # fmt: skip
             a.client.delete_replication("vol")
             b.client.delete_replication(dr)
-            b.client.delete_volume(dr)
         stop_profiles(args.profile, spies)
         b.client.create_volume("dr", size)
         best_ours, best_theirs = min(ours), min(theirs)
