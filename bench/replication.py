@@ -156,6 +156,7 @@ def stop_profiles(directory: Path | None, spies: list[subprocess.Popen[bytes]]) 
 
 
 FIO_SIZE = "2G"
+FIO_BYTES = 2 * GiB  # what fio writes
 
 
 def fio_write(agent: PairedAgent, export: str, seconds: int | None) -> float:
@@ -218,7 +219,7 @@ def main() -> None:
             a.client.delete_replication("vol")
             b.client.delete_replication(dr)
         stop_profiles(args.profile, spies)
-        b.client.create_volume("dr", size)
+        dr = f"dr{args.rounds - 1}"  # holds the source's copy: only what fio writes differs
         best_ours, best_theirs = min(ours), min(theirs)
         print(f"(a) initial copy: openevs {best_ours:.2f} s, nbdcopy {best_theirs:.2f} s, "
               f"ratio {best_ours / best_theirs:.2f}x (goal <= 1.2x); CPU s per copy: "
@@ -230,11 +231,11 @@ def main() -> None:
         unpaired = fio_write(a, "att", args.fio_s)
         unpaired_cpu = (cpu_s(*pids) - before) / (unpaired * args.fio_s / 1024)
         b.client.set_replication(
-            "dr", ReplicationRequest(role=Role.SECONDARY, epoch=100, pair_id="bench", link_export="link-fio"),
+            dr, ReplicationRequest(role=Role.SECONDARY, epoch=100, pair_id="bench", link_export="link-fio"),
         )  # fmt: skip
         a.client.set_replication(
             "vol", ReplicationRequest(role=Role.PRIMARY, epoch=100, pair_id="bench",
-                                      peer=b.peer("link-fio"), add_dirty=[(0, size)]),
+                                      peer=b.peer("link-fio"), add_dirty=[(0, FIO_BYTES)]),
         )  # fmt: skip
         while a.state("vol").replication_status != "active":
             time.sleep(0.05)

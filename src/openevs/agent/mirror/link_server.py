@@ -321,7 +321,9 @@ class _ServerConnection(asyncio.BufferedProtocol):
         finally:
             self._in_flight_bytes -= size
             if isinstance(request.payload, memoryview) and not cancelled:
-                self.server.pool.put(request.payload)
+                # Later: the transport still holds its slice of the buffer while it calls
+                # buffer_updated (where this ran eagerly), and a shared buffer is not pooled.
+                asyncio.get_running_loop().call_soon(self.server.pool.put, request.payload)
         if self._closed or self._out is None or self.transport is None:
             return
         self._out.add(wire.encode_reply(error, request.cookie, payload))
