@@ -237,7 +237,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     if os.environ.get("OPENEVS_EVENT_LOOP", "asyncio") != "uvloop":
         return None
     try:
-        import uvloop
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # optional, not a dependency
     except ImportError:
         log.warning("OPENEVS_EVENT_LOOP=uvloop but uvloop is not installed: asyncio's loop")
         return None
