@@ -22,7 +22,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from openevs.agent.mirror import wire
 from openevs.agent.mirror.outbox import Outbox
@@ -52,8 +52,7 @@ class LinkConnection(asyncio.BufferedProtocol):
         self, writer: asyncio.StreamWriter, on_lost: Callable[[LinkConnection, str], None],
         timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:  # fmt: skip
-        transport = writer.transport
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, writer.transport)  # uvloop's is one without subclassing it
         self._writer = writer  # kept: a StreamWriter collected while its transport is open closes it
         self._transport = transport
         self._loop = asyncio.get_running_loop()

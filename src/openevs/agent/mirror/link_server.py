@@ -35,6 +35,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import cast
 
 from openevs.agent.mirror import wire
 from openevs.agent.mirror.outbox import Outbox
@@ -249,7 +250,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is one without subclassing it
         self.transport = transport
         self._out = Outbox(transport)
         if self.server.tls is not None:
