@@ -6,6 +6,11 @@
 (b) fio 1 MiB sequential writes (ioengine=nbd) through the primary's user
     export on an active pair, versus the same disk unpaired (goal: >= 0.7).
 
+Every round copies onto a fresh sparse DR volume (kept to the end: deleting a
+volume of data takes long) and nbdcopy onto a fresh sparse file. With
+--profile DIR, py-spy samples both agents during the copies and writes
+DIR/{primary,secondary}-copy.txt (top functions by own time).
+
 Run: .venv/bin/python bench/replication.py [--size-gib 10 --data-gib 1 --fio-s 10]
 """
 
@@ -16,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,10 +88,10 @@ def time_nbdcopy(src: Path, dst: Path, size: int) -> float:
     return time.perf_counter() - start
 
 
-def time_initial_copy(a: PairedAgent, b: PairedAgent, epoch: int) -> tuple[float, ReplicationState]:
+def time_initial_copy(a: PairedAgent, b: PairedAgent, epoch: int, dr: str) -> tuple[float, ReplicationState]:
     start = time.perf_counter()
     b.client.set_replication(
-        "dr", ReplicationRequest(role=Role.SECONDARY, epoch=epoch, pair_id="bench",
+        dr, ReplicationRequest(role=Role.SECONDARY, epoch=epoch, pair_id="bench",
                                  link_export=f"link-{epoch}", initial_sync=True),
     )  # fmt: skip
     a.client.set_replication(
@@ -99,7 +105,58 @@ def time_initial_copy(a: PairedAgent, b: PairedAgent, epoch: int) -> tuple[float
         time.sleep(0.05)
 
 
+def start_profiles(directory: Path | None, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each agent until stopped (`stop_profiles`), when a directory is given."""
+    if directory is None:
+        return []
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--nolineno",
+                "-o",
+                str(directory / f"{name}-copy.raw"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for name, pid in pids.items()
+    ]
+
+
+def stop_profiles(directory: Path | None, spies: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the samplers and write each agent's top functions by own samples."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=30)
+    if directory is None:
+        return
+    for raw in sorted(directory.glob("*.raw")):
+        own: dict[str, int] = {}
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            leaf = stack.rsplit(";", 1)[-1]
+            own[leaf] = own.get(leaf, 0) + int(count)
+            total += int(count)
+        top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
+        lines = [f"{n / max(total, 1):6.1%}  {leaf}" for leaf, n in top]
+        raw.with_suffix(".txt").write_text(f"{total} samples\n" + "\n".join(lines) + "\n")
+        print(f"profile {raw.stem}: " + "; ".join(lines[:5]))
+
+
 FIO_SIZE = "2G"
+FIO_BYTES = 2 * GiB  # what fio writes
 
 
 def fio_write(agent: PairedAgent, export: str, seconds: int | None) -> float:
@@ -123,9 +180,8 @@ def main() -> None:
     parser.add_argument("--data-gib", type=float, default=1.0)
     parser.add_argument("--fio-s", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--fio-twice", action="store_true", help="measure unpaired before and after the pair"
-    )
+    parser.add_argument("--profile", type=Path, help="py-spy both agents during the copies")
+    parser.add_argument("--fio-twice", action="store_true", help="measure unpaired before and after the pair")
     args = parser.parse_args()
     size, data = args.size_gib * GiB, int(args.data_gib * GiB)
     root = Path(tempfile.mkdtemp(prefix="oevs-bench-"))
@@ -139,25 +195,31 @@ def main() -> None:
               f"of data in {len(extents)} extents")  # fmt: skip
         a.start()
         b.start()
-        b.client.create_volume("dr", size)
 
         assert a.proc is not None and b.proc is not None
         pids = (a.proc.pid, b.proc.pid)
         ours, theirs, our_cpu, their_cpu = [], [], [], []
+        spies = start_profiles(args.profile, {"primary": a.proc.pid, "secondary": b.proc.pid})
         for round_ in range(args.rounds):
+            dst = root / "nbdcopy-dst.img"
+            dst.unlink(missing_ok=True)  # a fresh sparse target every round, for both
             before = children_cpu_s()
-            theirs.append(time_nbdcopy(src, root / "nbdcopy-dst.img", size))
+            theirs.append(time_nbdcopy(src, dst, size))
             their_cpu.append(children_cpu_s() - before)
+            dr = f"dr{round_}"
+            b.client.create_volume(dr, size)
             before = cpu_s(*pids)
-            seconds, state = time_initial_copy(a, b, epoch=round_ + 1)
+            seconds, state = time_initial_copy(a, b, round_ + 1, dr)
             our_cpu.append(cpu_s(*pids) - before)
             ours.append(seconds)
-            assert checksum(src) == checksum(b.image("dr")), "DR differs after the copy"
+            assert checksum(src) == checksum(b.image(dr)), "DR differs after the copy"
             print(f"round {round_ + 1}: openevs {seconds:.2f} s "
                   f"({state.resynced_bytes_total / MiB:.0f} MiB copied in total so far), "
                   f"nbdcopy {theirs[-1]:.2f} s")  # fmt: skip
             a.client.delete_replication("vol")
-            b.client.delete_replication("dr")
+            b.client.delete_replication(dr)
+        stop_profiles(args.profile, spies)
+        dr = f"dr{args.rounds - 1}"  # holds the source's copy: only what fio writes differs
         best_ours, best_theirs = min(ours), min(theirs)
         print(f"(a) initial copy: openevs {best_ours:.2f} s, nbdcopy {best_theirs:.2f} s, "
               f"ratio {best_ours / best_theirs:.2f}x (goal <= 1.2x); CPU s per copy: "
@@ -169,11 +231,11 @@ def main() -> None:
         unpaired = fio_write(a, "att", args.fio_s)
         unpaired_cpu = (cpu_s(*pids) - before) / (unpaired * args.fio_s / 1024)
         b.client.set_replication(
-            "dr", ReplicationRequest(role=Role.SECONDARY, epoch=100, pair_id="bench", link_export="link-fio"),
+            dr, ReplicationRequest(role=Role.SECONDARY, epoch=100, pair_id="bench", link_export="link-fio"),
         )  # fmt: skip
         a.client.set_replication(
             "vol", ReplicationRequest(role=Role.PRIMARY, epoch=100, pair_id="bench",
-                                      peer=b.peer("link-fio"), add_dirty=[(0, size)]),
+                                      peer=b.peer("link-fio"), add_dirty=[(0, FIO_BYTES)]),
         )  # fmt: skip
         while a.state("vol").replication_status != "active":
             time.sleep(0.05)
@@ -187,9 +249,11 @@ def main() -> None:
             unpaired_again = fio_write(a, "att", args.fio_s)
             unpaired = max(unpaired, unpaired_again)
         assert state.replication_status == "active", state
-        print(f"(b) fio 1 MiB seq write: unpaired {unpaired:.0f} MiB/s, "
-              f"active pair {paired:.0f} MiB/s, ratio {paired / unpaired:.2f} (goal >= 0.7); "
-              f"agent CPU s per GiB: unpaired {unpaired_cpu:.2f}, paired {paired_cpu:.2f}")
+        print(
+            f"(b) fio 1 MiB seq write: unpaired {unpaired:.0f} MiB/s, "
+            f"active pair {paired:.0f} MiB/s, ratio {paired / unpaired:.2f} (goal >= 0.7); "
+            f"agent CPU s per GiB: unpaired {unpaired_cpu:.2f}, paired {paired_cpu:.2f}"
+        )
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     finally:
         for agent in (a, b):

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +222,24 @@ def run_agent(
     """Blocking entry point of `python -m openevs.agent` and `openevs agent`."""
     configure_logging(log_format)
     volumes = parse_metrics_volumes(metrics_volumes)
-    asyncio.run(
-        serve_agent(
-            az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness, tls=tls, metrics_volumes=volumes,
-            resync_rate_bytes_per_s=resync_rate_bytes_per_s,
-        )
-    )  # fmt: skip
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(
+            serve_agent(
+                az, Path(pool_dir), listen, nbd_host, nbd_port, witness=witness, tls=tls,
+                metrics_volumes=volumes, resync_rate_bytes_per_s=resync_rate_bytes_per_s,
+            )
+        )  # fmt: skip
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """`OPENEVS_EVENT_LOOP=uvloop` runs the agent on uvloop when it is installed (measured
+    in bench/replication.py, see docs/decisions.md); asyncio's own loop otherwise."""
+    if os.environ.get("OPENEVS_EVENT_LOOP", "asyncio") != "uvloop":
+        return None
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]  # optional, not a dependency
+    except ImportError:
+        log.warning("OPENEVS_EVENT_LOOP=uvloop but uvloop is not installed: asyncio's loop")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -24,6 +24,36 @@ def test_a_write_request_round_trips_even_fed_one_byte_at_a_time() -> None:
     assert frames[0].fua and reader.buffered_bytes == 0
 
 
+@pytest.mark.parametrize("cuts", [[300_000], [65_536], [1, 100_000, 13], [4096, 28, 70_000, 5]])
+def test_the_socket_fills_the_reader_and_large_payloads_land_in_their_own_buffer(cuts: list[int]) -> None:
+    sizes = [4096, 3 * wire.DIRECT_BYTES + 5, 0, wire.DIRECT_BYTES - 1, 1 << 20, 17]
+    stream = b"".join(
+        wire.encode_request(Kind.WRITE, i, 1, i, n) + bytes([i]) * n for i, n in enumerate(sizes)
+    )
+    allocated: list[int] = []
+
+    def allocate(length: int) -> memoryview:
+        allocated.append(length)
+        return memoryview(bytearray(length + 100))[:length]
+
+    reader = FrameReader(requests=True, allocate=allocate)
+    frames: list[LinkRequest] = []
+    position, turn = 0, 0
+    while position < len(stream):  # what a BufferedProtocol's transport does, in varied cuts
+        target = reader.get_buffer()
+        n = min(len(target), cuts[turn % len(cuts)], len(stream) - position)
+        target[:n] = stream[position : position + n]
+        del target
+        reader.buffer_updated(n)
+        position, turn = position + n, turn + 1
+        while (frame := reader.next_frame()) is not None:
+            assert isinstance(frame, LinkRequest)
+            frames.append(frame)
+    assert [bytes(f.payload) for f in frames] == [bytes([i]) * n for i, n in enumerate(sizes)]
+    assert allocated == [n for n in sizes if n >= wire.DIRECT_BYTES]
+    assert reader.buffered_bytes == 0
+
+
 def test_requests_without_payload_carry_only_their_length() -> None:
     data = wire.encode_request(Kind.WRITE_ZEROES, 1, 2, 0, 1 << 30) + wire.encode_request(Kind.FLUSH, 2, 2)
     reader = FrameReader(requests=True)

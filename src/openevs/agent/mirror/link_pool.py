@@ -22,9 +22,10 @@ import logging
 import secrets
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from openevs.agent.mirror import wire
+from openevs.agent.mirror.outbox import Outbox
 from openevs.agent.mirror.wire import FrameReader, Kind, LinkReply
 from openevs.security.identity import CertRole
 from openevs.security.tls import require_peer
@@ -38,72 +39,119 @@ CONNECTIONS = 2
 REQUEST_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
 BACKOFF_S = (0.25, 0.5, 1.0)
-READ_BYTES = 1 << 20
 
 
-class LinkConnection:
-    """One upgraded connection: requests out, replies matched to them by cookie."""
+class LinkConnection(asyncio.BufferedProtocol):
+    """One upgraded connection: requests out (outbox.py), replies matched to them by cookie.
+
+    It becomes the transport's protocol once the upgrade is done: replies are
+    received into the reader's memory and resolved in the same callback, with
+    no reading task."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        on_lost: Callable[[LinkConnection, str], None],
+        self, writer: asyncio.StreamWriter, on_lost: Callable[[LinkConnection, str], None],
+        timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:  # fmt: skip
-        self._reader = reader
-        self._writer = writer
+        transport = cast(asyncio.Transport, writer.transport)  # uvloop's is one without subclassing it
+        self._writer = writer  # kept: a StreamWriter collected while its transport is open closes it
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
         self._on_lost = on_lost
+        self.timeout_s = timeout_s
         self._frames = FrameReader(requests=False)
-        self._pending: dict[int, asyncio.Future[LinkReply]] = {}
+        # cookie -> (reply, deadline, what), oldest first (a dict keeps its insertion order)
+        self._pending: dict[int, tuple[asyncio.Future[LinkReply], float, str]] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._cookies = itertools.count(1)
+        self._out = Outbox(transport)
         self.closed = False
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        transport.set_protocol(self)
 
     def send(
         self, kind: Kind, handle: int = 0, offset: int = 0, length: int = 0,
-        payload: bytes | bytearray | memoryview = b"", fua: bool = False,
+        payload: bytes | bytearray | memoryview = b"", fua: bool = False, what: str = "request",
     ) -> asyncio.Future[LinkReply]:  # fmt: skip
-        """Send a request now (no task); the future of its reply."""
+        """Queue a request now (no task; it leaves at the end of this loop turn); its reply's future.
+
+        `payload` is sent by reference: leave it unchanged until the reply came.
+        Without a reply within `timeout_s` the connection is lost (`on_lost`)."""
         if self.closed:
             raise ConnectionError("link connection closed")
         cookie = next(self._cookies)
-        future: asyncio.Future[LinkReply] = asyncio.get_running_loop().create_future()
-        self._pending[cookie] = future
+        future: asyncio.Future[LinkReply] = self._loop.create_future()
+        self._pending[cookie] = (future, self._loop.time() + self.timeout_s, what)
+        if self._timer is None:
+            self._arm()
         header = wire.encode_request(kind, cookie, handle, offset, length, fua=fua)
-        if len(payload) <= 65536:
-            self._writer.write(header + bytes(payload))
+        if payload:
+            self._out.add(header, payload)
         else:
-            self._writer.write(header)
-            self._writer.write(payload)
+            self._out.add(header)
         return future
 
-    async def _read_loop(self) -> None:
-        reason = "the peer closed the link"
+    # -- asyncio.BufferedProtocol ------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._frames.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.closed:
+            return
+        frames, pending = self._frames, self._pending
         try:
-            while data := await self._reader.read(READ_BYTES):
-                self._frames.receive_data(data)
-                while (frame := self._frames.next_frame()) is not None:
-                    assert isinstance(frame, LinkReply)
-                    future = self._pending.pop(frame.cookie, None)
-                    if future is None:
-                        raise wire.WireError(f"reply to unknown cookie {frame.cookie}")
-                    if not future.done():
-                        future.set_result(frame)
-        except (OSError, wire.WireError) as exc:
-            reason = f"link connection failed: {exc or type(exc).__name__}"
-        except asyncio.CancelledError:
-            reason = "link connection closed"
+            frames.buffer_updated(nbytes)
+            while (frame := frames.next_frame()) is not None:
+                assert isinstance(frame, LinkReply)
+                entry = pending.pop(frame.cookie, None)
+                if entry is None:
+                    raise wire.WireError(f"reply to unknown cookie {frame.cookie}")
+                future = entry[0]
+                if not future.done():
+                    future.set_result(frame)
+        except wire.WireError as exc:
+            self.abort(f"link connection failed: {exc}")
+
+    # -- one timer per connection, at the oldest request's deadline -----------
+
+    def _arm(self) -> None:
+        oldest = next(iter(self._pending.values()), None)
+        self._timer = None if oldest is None else self._loop.call_at(oldest[1], self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        oldest = next(iter(self._pending.values()), None)
+        if oldest is not None and oldest[1] <= self._loop.time():
+            self.abort(f"{oldest[2]}: no answer from the peer within {self.timeout_s:g} s")
+            return
+        self._arm()
+
+    def eof_received(self) -> bool | None:
+        self.abort("the peer closed the link")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"link connection failed: {exc}" if exc is not None else "the peer closed the link"
         self.abort(reason)
+
+    def pause_writing(self) -> None:
+        self._out.pause()
+
+    def resume_writing(self) -> None:
+        self._out.resume()
 
     def abort(self, reason: str) -> None:
         """Drop the connection now, failing every pending request."""
         if self.closed:
             return
         self.closed = True
-        self._writer.transport.abort()
-        if self._task is not asyncio.current_task():
-            self._task.cancel()
+        self._out.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport.abort()
         pending, self._pending = self._pending, {}
         self._on_lost(self, reason)  # the pairs go down before anyone sees the failures
-        for future in pending.values():
+        for future, _deadline, _what in pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(reason))
 
@@ -115,7 +163,7 @@ LinkTls = ssl.SSLContext | Callable[[], ssl.SSLContext] | None
 
 async def open_link_connection(
     host: str, port: int, token: str, on_lost: Callable[[LinkConnection, str], None],
-    *, tls: LinkTls = None, az: str = "",
+    *, tls: LinkTls = None, az: str = "", timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> LinkConnection:  # fmt: skip
     """Connect to a peer agent's NBD port and upgrade to the link protocol (session `token`).
 
@@ -135,7 +183,7 @@ async def open_link_connection(
     except BaseException:
         writer.transport.abort()
         raise
-    return LinkConnection(reader, writer, on_lost)
+    return LinkConnection(writer, on_lost, timeout_s)  # the peer sends nothing unasked: nothing left
 
 
 class LinkPool:
@@ -193,16 +241,10 @@ class LinkPool:
         if not self.up or not self._conns:
             raise ConnectionError(self.last_error or "link is down")
         conn = self._conns[next(self._next) % len(self._conns)]
-        future = conn.send(kind, handle, offset, length, payload, fua)
-        # A timer, not asyncio.timeout(): the NBD server may run the caller eagerly,
-        # outside any task. On expiry every connection is aborted, failing this request.
-        timer = asyncio.get_running_loop().call_later(self.request_timeout_s, self._expired, conn, what)
-        future.add_done_callback(lambda _f: timer.cancel())
-        return future
-
-    def _expired(self, conn: LinkConnection, what: str) -> None:
-        if conn in self._conns:
-            self.drop(f"{what}: no answer from the peer within {self.request_timeout_s:g} s")
+        # The connection's one timer, not asyncio.timeout(): the NBD server may run the
+        # caller eagerly, outside any task. On expiry the connection is lost, so the pool
+        # goes down (`_lost`) and every connection is aborted, failing this request.
+        return conn.send(kind, handle, offset, length, payload, fua, what)
 
     def drop(self, reason: str) -> None:
         """Take the pool down now: every connection aborted, every pair told first."""
@@ -281,7 +323,13 @@ class LinkPool:
                 for _ in range(self._count):
                     conns.append(
                         await open_link_connection(
-                            self.host, self.port, token, self._lost, tls=self._tls, az=self._az
+                            self.host,
+                            self.port,
+                            token,
+                            self._lost,
+                            tls=self._tls,
+                            az=self._az,
+                            timeout_s=self.request_timeout_s,
                         )
                     )
         except BaseException:

@@ -35,10 +35,13 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import cast
 
 from openevs.agent.mirror import wire
+from openevs.agent.mirror.outbox import Outbox
 from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.mirror.wire import FrameReader, Kind, LinkRequest
+from openevs.agent.nbd.buffers import BufferPool
 from openevs.agent.nbd.eager import start_eagerly
 from openevs.agent.nbd.export import FileExport
 from openevs.security import PeerRejected
@@ -75,6 +78,7 @@ class LinkServer:
         self._current: dict[str, _Handle] = {}  # link export -> its valid handle
         self._numbers = itertools.count(1)
         self._connections: set[_ServerConnection] = set()
+        self.pool = BufferPool()  # the large payloads received, reused
 
     # -- what the NBD server and the node call ------------------------------
 
@@ -169,7 +173,7 @@ class LinkServer:
         """Carry out one request; (errno or 0, reply payload)."""
         if request.kind is Kind.OPEN:
             try:
-                name = request.payload.decode()
+                name = bytes(request.payload).decode()
             except UnicodeDecodeError:
                 return errno.EINVAL, b""
             return await self._open(token, name)
@@ -228,21 +232,27 @@ class LinkServer:
                 del self._current[handle.export_name]
 
 
-class _ServerConnection(asyncio.Protocol):
+class _ServerConnection(asyncio.BufferedProtocol):
+    """Requests are received into the reader's memory (a large payload into a pooled
+    buffer of its own, handed to pwrite and back to the pool); the replies of a
+    burst leave in one send (outbox.py)."""
+
     def __init__(self, server: LinkServer, token: str) -> None:
         self.server = server
         self.token = token
-        self.reader = FrameReader(requests=True)
+        self.reader = FrameReader(requests=True, allocate=server.pool.get)
         self.transport: asyncio.Transport | None = None
         self.attaching: asyncio.Task[None] | None = None
+        self._out: Outbox | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight_bytes = 0
         self._paused = False
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is one without subclassing it
         self.transport = transport
+        self._out = Outbox(transport)
         if self.server.tls is not None:
             try:
                 require_peer(transport.get_extra_info("ssl_object"), CertRole.AGENT)
@@ -255,11 +265,29 @@ class _ServerConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closed:
+            return
+        self.reader.buffer_updated(nbytes)
+        self._process()
+
     def data_received(self, data: bytes) -> None:
+        """Bytes that came before the upgrade's end (the NBD layer read them)."""
         if self._closed:
             return
         try:
             self.reader.receive_data(data)
+        except wire.WireError as exc:
+            log.info("replication link connection broke the protocol: %s", exc)
+            self.abort()
+            return
+        self._process()
+
+    def _process(self) -> None:
+        try:
             while (frame := self.reader.next_frame()) is not None:
                 assert isinstance(frame, LinkRequest)
                 self._start(frame)
@@ -282,22 +310,40 @@ class _ServerConnection(asyncio.Protocol):
             task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, request: LinkRequest, size: int) -> None:
+        cancelled = False
         try:
             error, payload = await self.server.serve(self.token, request)
+        except asyncio.CancelledError:
+            cancelled = True  # a thread may still read the payload: never recycle it
+            raise
         except Exception:
             log.exception("replication link request %s failed", request.kind.name)
             error, payload = errno.EIO, b""
         finally:
             self._in_flight_bytes -= size
-        if self._closed or self.transport is None:
+            if isinstance(request.payload, memoryview) and not cancelled:
+                # Later: the transport still holds its slice of the buffer while it calls
+                # buffer_updated (where this ran eagerly), and a shared buffer is not pooled.
+                asyncio.get_running_loop().call_soon(self.server.pool.put, request.payload)
+        if self._closed or self._out is None or self.transport is None:
             return
-        self.transport.write(wire.encode_reply(error, request.cookie, payload))
+        self._out.add(wire.encode_reply(error, request.cookie, payload))
         if self._paused and self._in_flight_bytes <= MAX_IN_FLIGHT_BYTES // 2:
             self._paused = False
             self.transport.resume_reading()
 
+    def pause_writing(self) -> None:
+        if self._out is not None:
+            self._out.pause()
+
+    def resume_writing(self) -> None:
+        if self._out is not None:
+            self._out.resume()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._out is not None:
+            self._out.clear()
         self.server._forget(self)
 
     def abort(self) -> None:
