@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from openevs.config import Settings
 from openevs.contract_client import AgentClient
 from openevs.db.session import Database
 from openevs.domain.errors import ServiceUnavailable
 from openevs.metrics import ControllerMetrics
+
+if TYPE_CHECKING:
+    from openevs.services.agent_errors import PassBreaker
 
 
 @dataclass
@@ -26,12 +30,20 @@ class Runtime:
     wake: threading.Event = field(default_factory=threading.Event)
     on_shutdown: list[Callable[[], None]] = field(default_factory=list)
     metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
+    # The reconciler's view only (`with_breaker`): agent calls short-circuited per pass.
+    breaker: PassBreaker | None = None
 
     def agent(self, az: str) -> AgentClient:
         try:
-            return self.agents[az]
+            client = self.agents[az]
         except KeyError:
             raise ServiceUnavailable(f"no storage agent is configured for AZ {az}") from None
+        return client if self.breaker is None else self.breaker.guard(client)
+
+    def with_breaker(self, breaker: PassBreaker) -> Runtime:
+        """This runtime (same settings, database, agents, wake event and metrics) whose
+        agent calls go through `breaker`; the API's runtime stays without one."""
+        return replace(self, breaker=breaker)
 
     def kick(self) -> None:
         self.wake.set()
