@@ -249,7 +249,7 @@ BATCH_MAX = 1000  # configs in one POST /replication/batch
 
 
 class ReplicationBatchItem(Model):
-    volume_id: str = Field(min_length=1, max_length=ID_MAX)
+    volume_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # the pool's volume ids
     request: ReplicationRequest
 
 
