@@ -29,13 +29,21 @@ round-trips (GET one volume) taken just before each kill. A failover of a
 few intervals is the reconciler reacting at once; tens of intervals would
 mean it waits on timeouts of the dead agent.
 
-Run: .venv/bin/python bench/failover.py [--pairs 10 --repeat 3 --health-interval 0.5]
+`--stop` freezes the primary agent (SIGSTOP) instead of killing it: it stops
+answering without refusing, so every call to it waits out the controller's
+agent client timeout (10 s). That is the case of the reconciler's per-pass circuit breaker
+(services/agent_errors.PassBreaker): one timeout per pass, not one per member.
+The agent is thawed (SIGCONT) before the reprotect.
+
+Run: .venv/bin/python bench/failover.py [--pairs 10 --repeat 3 --health-interval 0.5] [--stop]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -130,6 +138,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--health-interval", type=float, default=0.5, help="OPENEVS_HEALTH_INTERVAL_S")
+    parser.add_argument("--stop", action="store_true", help="SIGSTOP the primary agent instead of SIGKILL")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="openevs-bench-failover-"))
@@ -173,14 +182,21 @@ def main() -> None:
         for i in range(args.repeat):
             other = AZ_B if station == AZ_A else AZ_A
             rtt = api_round_trip_s(s, primary[other][0])
-            agents[station].kill()
+            frozen = agents[station].proc
+            if args.stop and frozen is not None:
+                os.kill(frozen.pid, signal.SIGSTOP)
+            else:
+                agents[station].kill()
             a, b = asyncio.run(failover_once(s, gid, primary[other]))
             to_status.append(a)
             to_writable.append(b)
             rtts.append(rtt)
-            print(f"run {i + 1}: {station} killed -> failovered in {a:.3f}s, "
+            print(f"run {i + 1}: {station} {'frozen' if args.stop else 'killed'} -> failovered in {a:.3f}s, "
                   f"all {args.pairs} DR disks writable in {b:.3f}s (API round-trip {rtt * 1000:.1f} ms)")
-            agents[station].start()
+            if args.stop and frozen is not None:
+                os.kill(frozen.pid, signal.SIGCONT)
+            else:
+                agents[station].start()
             r = s.post(f"{GROUPS}/{gid}/action", {"os-reprotect-replication-consistency-group": None})
             assert r.status_code == 200, r.text
             wait_json(s, f"{GROUPS}/{gid}", "replication_consistency_group",

@@ -245,6 +245,21 @@ class ReplicationRequest(ReplicationConfig):
         return ReplicationConfig.model_validate(self.model_dump(exclude={"initial_sync", "add_dirty"}))
 
 
+BATCH_MAX = 1000  # configs in one POST /replication/batch
+
+
+class ReplicationBatchItem(Model):
+    volume_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # the pool's volume ids
+    request: ReplicationRequest
+
+
+class ReplicationBatch(Model):
+    """Configs applied in order, each exactly as its own PUT would be; the first
+    refusal ends the batch (with that PUT's error) and leaves the earlier ones applied."""
+
+    items: list[ReplicationBatchItem] = Field(max_length=BATCH_MAX)
+
+
 class SyncProgress(Model):
     copied_bytes: int
     total_bytes: int

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from openevs.config import Settings
 from openevs.contract_client import AgentClient
@@ -16,6 +17,9 @@ from openevs.db.session import Database
 from openevs.domain.errors import ServiceUnavailable
 from openevs.metrics import ControllerMetrics
 from openevs.security.sealing import Sealer
+
+if TYPE_CHECKING:
+    from openevs.services.agent_errors import PassBreaker
 
 
 @dataclass
@@ -30,12 +34,20 @@ class Runtime:
     # Seals export names and link exports in the database (security/sealing.py); the
     # commands pass the deployment's key file, the default (a key in memory) is for tests.
     sealer: Sealer = field(default_factory=Sealer.ephemeral)
+    # The reconciler's view only (`with_breaker`): agent calls short-circuited per pass.
+    breaker: PassBreaker | None = None
 
     def agent(self, az: str) -> AgentClient:
         try:
-            return self.agents[az]
+            client = self.agents[az]
         except KeyError:
             raise ServiceUnavailable(f"no storage agent is configured for AZ {az}") from None
+        return client if self.breaker is None else self.breaker.guard(client)
+
+    def with_breaker(self, breaker: PassBreaker) -> Runtime:
+        """This runtime (same settings, database, agents, wake event and metrics) whose
+        agent calls go through `breaker`; the API's runtime stays without one."""
+        return replace(self, breaker=breaker)
 
     def kick(self) -> None:
         self.wake.set()

@@ -72,7 +72,11 @@ def control_routes(tmp: Path, volume_id: str, group_id: str, export: str) -> lis
         path = getattr(route, "path", "")
         filled = path.format(volume_id=volume_id, group_id=group_id, name=export, snapshot_id="snap-1")
         for method in sorted(methods - {"HEAD"}):
-            routes.append((method, filled, bodies.get(method)))
+            body = bodies.get(method)
+            if filled == "/replication/batch":  # a valid batch: what an intruder would send
+                demoted = {"role": "secondary", "epoch": 99, "link_export": "intruder-link"}
+                body = {"items": [{"volume_id": volume_id, "request": demoted}]}
+            routes.append((method, filled, body))
     assert len(routes) >= 18, routes
     return routes
 

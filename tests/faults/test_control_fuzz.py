@@ -125,7 +125,11 @@ def test_stalled_handshakes_do_not_hold_up_the_controller(agent: AgentProcess) -
 PATHS = ["/health", "/volumes", "/volumes/{v}", "/volumes/{v}/grow", "/exports", "/exports/{v}",
          "/volumes/{v}/replication", "/replication", "/volumes/{v}/replication/dirty",
          "/volumes/{v}/replication/pause", "/volumes/{v}/replication/resume", "/groups/{v}/pause",
-         "/groups/{v}/resume", "/{v}", "/volumes/{v}/{v}"]  # fmt: skip
+         "/groups/{v}/resume", "/replication/batch", "/{v}", "/volumes/{v}/{v}"]  # fmt: skip
+BATCHES = [  # POST /replication/batch: unknown volume, an id that is a path
+    b'{"items": [{"volume_id": "vol-x", "request": {"role": "standalone", "epoch": 0}}]}',
+    b'{"items": [{"volume_id": "../vol-a", "request": {"role": "primary", "epoch": 1, "mirroring": false}}]}',
+]
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
@@ -142,7 +146,8 @@ def requests(draw: st.DrawFn) -> tuple[str, str, bytes]:
     path = draw(st.sampled_from(PATHS)).replace("{v}", segment)
     body = draw(st.one_of(st.binary(max_size=300), JSONISH.map(lambda v: json.dumps(v).encode()),
                           st.sampled_from([b'{"size_bytes": 1048576}', b'{"size_bytes": -1}',
-                                           b'{"volume_id": "vol-a", "read_only": true}'])))  # fmt: skip
+                                           b'{"volume_id": "vol-a", "read_only": true}',
+                                           *BATCHES])))  # fmt: skip
     return method, path, body
 
 

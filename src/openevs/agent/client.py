@@ -21,6 +21,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from openevs.contract import (
+    BATCH_MAX,
     AgentHealth,
     AgentRequestFailed,
     AgentUnavailable,
@@ -30,6 +31,8 @@ from openevs.contract import (
     Export,
     ExportGrant,
     ExportList,
+    ReplicationBatch,
+    ReplicationBatchItem,
     ReplicationRequest,
     ReplicationState,
     ReplicationStates,
@@ -197,6 +200,15 @@ class HttpAgentClient:
 
     def set_replication(self, volume_id: str, request: ReplicationRequest) -> ReplicationState:
         return self._call(ReplicationState, "PUT", self._repl_path(volume_id), request)
+
+    def set_replication_batch(self, configs: list[tuple[str, ReplicationRequest]]) -> list[ReplicationState]:
+        states: list[ReplicationState] = []
+        for start in range(0, len(configs), BATCH_MAX):
+            chunk = configs[start : start + BATCH_MAX]
+            items = [ReplicationBatchItem(volume_id=v, request=r) for v, r in chunk]
+            batch = ReplicationBatch(items=items)
+            states += self._call(ReplicationStates, "POST", "/replication/batch", batch).volumes
+        return states
 
     def get_replication(self, volume_id: str) -> ReplicationState:
         return self._call(ReplicationState, "GET", self._repl_path(volume_id))

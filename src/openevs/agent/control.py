@@ -33,6 +33,7 @@ from openevs.contract import (
     Export,
     ExportGrant,
     ExportList,
+    ReplicationBatch,
     ReplicationRequest,
     ReplicationState,
     ReplicationStates,
@@ -158,6 +159,12 @@ def create_control_app(agent: StorageNode) -> FastAPI:
     @app.put("/volumes/{volume_id}/replication")
     async def set_replication(volume_id: str, body: ReplicationRequest) -> ReplicationState:
         return await repl.put(volume_id, body)
+
+    @app.post("/replication/batch")
+    async def set_replication_batch(body: ReplicationBatch) -> ReplicationStates:
+        """Many PUT /volumes/{id}/replication in one call (a group's failover promotes)."""
+        states = [await repl.put(item.volume_id, item.request) for item in body.items]
+        return ReplicationStates(volumes=states, version=repl.changes.version, boot_id=agent.boot_id)
 
     @app.get("/volumes/{volume_id}/replication")
     async def get_replication(volume_id: str) -> ReplicationState:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from openevs.api.auth import RuntimeDep, ScopedDep
-from openevs.api.list_query import LongListQuery, LongText
+from openevs.api.list_query import LongListQuery, LongText, listed
 from openevs.api.timefmt import evs_time
 from openevs.api.volumes import _parse
 from openevs.db.models import ReplicationGroup
@@ -128,12 +128,12 @@ class GroupListQuery(LongListQuery):
 @router.get(BASE + "/detail", include_in_schema=False)
 def list_groups(
     project_id: str, token: ScopedDep, runtime: RuntimeDep, query: Annotated[GroupListQuery, Query()]
-) -> dict[str, Any]:
+) -> JSONResponse:
     page = query.page(groups.GROUP_SORT_KEYS)
     with runtime.db.session() as session:
         rows = groups.list_groups(session, project_id, page, query.filters())
-        views = [group_view(g, *groups.members_view(session, g.id)) for g in rows]
-    return {"replication_consistency_groups": views}
+        members = groups.members_views(session, [g.id for g in rows])
+    return listed({"replication_consistency_groups": [group_view(g, *members[g.id]) for g in rows]})
 
 
 @router.get(BASE + "/{group_id}")

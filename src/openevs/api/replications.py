@@ -7,6 +7,7 @@ one comma-joined string, `progress` and `fault_level` are strings,
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from openevs.api.auth import RuntimeDep, ScopedDep
-from openevs.api.list_query import LongListQuery, LongText
+from openevs.api.list_query import LongListQuery, LongText, listed
 from openevs.api.timefmt import evs_time
 from openevs.db.models import ReplicationPair
 from openevs.domain.arbitration import arbitration_view
@@ -39,9 +40,12 @@ class PairCreateBody(BaseModel):
 
 
 def record_metadata(pair: ReplicationPair) -> str:
-    return json.dumps(
-        {"volume_size": pair.volume_size_gb, "volume_type": pair.volume_type, "multiattach": pair.multiattach}
-    )
+    return _record_metadata(pair.volume_size_gb, pair.volume_type, pair.multiattach)
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # a few sizes and types: one encoding each, not one per row
+def _record_metadata(volume_size_gb: int, volume_type: str, multiattach: bool) -> str:
+    return json.dumps({"volume_size": volume_size_gb, "volume_type": volume_type, "multiattach": multiattach})
 
 
 def pair_view(pair: ReplicationPair) -> dict[str, Any]:
@@ -106,11 +110,11 @@ class PairListQuery(LongListQuery):
 @router.get("/os-vendor-replications/detail", include_in_schema=False)
 def list_pairs(
     project_id: str, token: ScopedDep, runtime: RuntimeDep, query: Annotated[PairListQuery, Query()]
-) -> dict[str, Any]:
+) -> JSONResponse:
     page = query.page(replications.PAIR_SORT_KEYS)
     with runtime.db.session() as session:
         rows = replications.list_pairs(session, project_id, page, query.filters())
-    return {"replications": [pair_view(p) for p in rows]}
+    return listed({"replications": [pair_view(p) for p in rows]})
 
 
 @router.get("/os-vendor-replications/{replication_id}")

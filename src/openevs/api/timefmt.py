@@ -7,7 +7,9 @@ from datetime import datetime
 
 def evs_time(value: datetime | None) -> str | None:
     """EVS/Cinder bodies: `2017-09-28T05:08:32.839953` (UTC, no zone)."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%f") if value else None
+    # isoformat: the same text as strftime("%Y-%m-%dT%H:%M:%S.%f") for a naive time, at
+    # a fraction of its cost (twice per row of a 1,000-row list page)
+    return value.isoformat(timespec="microseconds") if value else None
 
 
 def keystone_time(value: datetime) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, V
 
 from openevs.api.auth import RuntimeDep, ScopedDep
 from openevs.api.identity import base_url
-from openevs.api.list_query import ListQuery, Text
+from openevs.api.list_query import ListQuery, Text, listed
 from openevs.api.timefmt import evs_time
 from openevs.db.models import Attachment, Volume
 from openevs.domain import codes
@@ -197,7 +197,7 @@ def _list(
     request: Request,
     detail: bool,
     query: VolumeListQuery,
-) -> dict[str, Any]:
+) -> JSONResponse:
     scope = None if _every_project(token, query) else project_id
     page = query.page(volumes.VOLUME_SORT_KEYS + ("size",))
     if page.sort_key == "size":
@@ -217,20 +217,20 @@ def _list(
         every = "&all_tenants=1" if scope is None else ""
         href = f"{url}/v2/{project_id}/volumes?limit={page.limit}&marker={rows[-1].id}{every}"
         result["volumes_links"] = [{"rel": "next", "href": href}]
-    return result
+    return listed(result)
 
 
 @router.get("/volumes")
 def list_volumes(
     project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: VolumeListDep
-) -> dict[str, Any]:
+) -> JSONResponse:
     return _list(project_id, token, runtime, request, False, query)
 
 
 @router.get("/volumes/detail")
 def list_volumes_detail(
     project_id: str, token: ScopedDep, runtime: RuntimeDep, request: Request, query: VolumeListDep
-) -> dict[str, Any]:
+) -> JSONResponse:
     return _list(project_id, token, runtime, request, True, query)
 
 

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from openevs.db.list_indexes import list_indexes
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -67,6 +69,7 @@ class Token(Base):
 
 class Volume(Base):
     __tablename__ = "volumes"
+    __table_args__ = list_indexes("volumes")
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
@@ -152,6 +155,7 @@ class ReplicationGroup(Base):
     """A replication consistency group: pairs that split, sync and fail over as one."""
 
     __tablename__ = "replication_groups"
+    __table_args__ = list_indexes("replication_groups")
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
@@ -179,7 +183,10 @@ class ReplicationPair(Base):
 
     __tablename__ = "replication_pairs"
     # "Rows changed lately": the measurement and the group aggregate (reconciler/).
-    __table_args__ = (Index("ix_replication_pairs_updated_at", "updated_at"),)
+    __table_args__ = (
+        Index("ix_replication_pairs_updated_at", "updated_at"),
+        *list_indexes("replication_pairs"),  # the list routes' sort keys and filters
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), index=True

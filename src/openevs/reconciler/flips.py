@@ -10,18 +10,21 @@ same plan; a member whose row already has the plan's epoch is done.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from openevs.contract import AgentRequestFailed, AgentUnavailable, Peer, ReplicationRequest
+from openevs.contract import AgentRequestFailed, AgentUnavailable, Peer, ReplicationRequest, WitnessAddress
 from openevs.contract_plans import FailoverPlan, PairFlip, Plan, SwitchoverPlan, load_plan
 from openevs.db.cas import compare_and_set
-from openevs.db.models import ReplicationGroup, ReplicationPair, Volume, utcnow
+from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.replication import GROUP_MACHINE, GroupTrigger, Role
 from openevs.reconciler.driver import StepFailed
-from openevs.reconciler.roles import arbiter_for, az_of, nbd_address, set_role
+from openevs.reconciler.roles import arbiter_with, set_role
 from openevs.runtime import Runtime
+from openevs.services.agent_errors import failure_detail
+from openevs.services.arbitration import witness_of
 from openevs.services.connections import regrant_exports
 from openevs.services.replications import open_link
 
@@ -61,38 +64,89 @@ def group_epoch_after(group: ReplicationGroup) -> int:
     return planned or group.epoch + 1
 
 
+@dataclass(frozen=True)
+class Places:
+    """What one pass of a flip reads once for all its members (not once per member):
+    the AZ of every member's disks and the NBD address of every agent."""
+
+    azs: dict[str, str]
+    nbd: dict[str, tuple[str, int]]
+
+    @classmethod
+    def read(cls, runtime: Runtime, todo: list[tuple[ReplicationPair, PairFlip]]) -> Places:
+        ids = sorted({v for _, flip in todo for v in (flip.new_primary, flip.old_primary)})
+        with runtime.db.session() as session:
+            rows = session.execute(select(Volume.id, Volume.availability_zone).where(Volume.id.in_(ids)))
+            azs = {vid: az for vid, az in rows}
+            nbd = {a.availability_zone: (a.nbd_host, a.nbd_port) for a in session.scalars(select(Agent))}
+        return cls(azs=azs, nbd={az: addr for az, addr in nbd.items() if addr[1]})
+
+    def az_of(self, volume_id: str) -> str:
+        if volume_id not in self.azs:
+            raise StepFailed(f"volume {volume_id} vanished", rep.FD_INTERNAL)
+        return self.azs[volume_id]
+
+    def nbd_address(self, az: str) -> tuple[str, int]:
+        if az not in self.nbd:
+            raise AgentUnavailable(f"the agent of {az} has not reported its NBD address")
+        return self.nbd[az]
+
+
 def promote(
-    runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool, unit_epoch: int,
-    arbitrated: bool = True,
+    runtime: Runtime, pair: ReplicationPair, flip: PairFlip, mirroring: bool, unit_epoch: int
+) -> None:
+    """The DR disk of one pair becomes primary (`promote_all` of one member)."""
+    promote_all(runtime, [(pair, flip)], mirroring, unit_epoch)
+
+
+def promote_all(
+    runtime: Runtime, todo: list[tuple[ReplicationPair, PairFlip]], mirroring: bool, unit_epoch: int,
+    arbitrated: bool = True, where: Places | None = None,
 ) -> None:  # fmt: skip
-    """The DR disk becomes primary; its arbiter is at `unit_epoch` (the group's);
-    `arbitrated=False`: none (a forced failover that could not reach the witness)."""
-    peer_az = az_of(runtime, flip.old_primary)
-    host, port = nbd_address(runtime, peer_az)
-    arbiter = None
-    if arbitrated:
-        arbiter = arbiter_for(runtime, pair, flip.new_primary, flip.old_primary, unit_epoch)
-    request = ReplicationRequest(
-        role=Role.PRIMARY,
-        epoch=flip.epoch,
-        pair_id=pair.id,
-        group_id=pair.group_id,
-        peer=Peer(host=host, port=port, export=open_link(runtime.sealer, flip.link_export), az=peer_az),
-        mirroring=mirroring,
-        arbiter=arbiter,
-    )
-    set_role(runtime, flip.new_primary, request, primary=False)
+    """The DR disks become primaries; their arbiter is at `unit_epoch` (the group's);
+    `arbitrated=False`: none (a forced failover that could not reach the witness).
+    One batched call per agent (POST /replication/batch), in the members' order;
+    a refusal fails the step as the same member's own call would."""
+    where = where or Places.read(runtime, todo)
+    witnesses: dict[tuple[str, str], WitnessAddress | None] = {}
+    by_az: dict[str, list[tuple[str, ReplicationRequest]]] = {}
+    for pair, flip in todo:
+        az, peer_az = where.az_of(flip.new_primary), where.az_of(flip.old_primary)
+        host, port = where.nbd_address(peer_az)
+        arbiter = None
+        if arbitrated:
+            if (az, peer_az) not in witnesses:
+                witnesses[az, peer_az] = witness_of(runtime, az, peer_az)
+            arbiter = arbiter_with(runtime, pair, witnesses[az, peer_az], unit_epoch)
+        request = ReplicationRequest(
+            role=Role.PRIMARY,
+            epoch=flip.epoch,
+            pair_id=pair.id,
+            group_id=pair.group_id,
+            peer=Peer(host=host, port=port, export=open_link(runtime.sealer, flip.link_export), az=peer_az),
+            mirroring=mirroring,
+            arbiter=arbiter,
+        )
+        by_az.setdefault(az, []).append((flip.new_primary, request))
+    for az, configs in by_az.items():
+        try:
+            runtime.agent(az).set_replication_batch(configs)
+        except AgentRequestFailed as exc:
+            raise StepFailed(str(exc), failure_detail(exc, primary=False)) from exc
 
 
-def demote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> None:
-    request = ReplicationRequest(
+def demote_request(pair: ReplicationPair, flip: PairFlip) -> ReplicationRequest:
+    return ReplicationRequest(
         role=Role.SECONDARY,
         epoch=flip.epoch,
         pair_id=pair.id,
         group_id=pair.group_id,
         link_export=open_link(runtime.sealer, flip.link_export),
     )
-    set_role(runtime, flip.old_primary, request, primary=True)
+
+
+def demote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> None:
+    set_role(runtime, flip.old_primary, demote_request(pair, flip), primary=True)
 
 
 def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger) -> None:
@@ -102,11 +156,13 @@ def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger
     new_station = group.priority_station
     new = GROUP_MACHINE.next(group.status, trigger)
     with runtime.db.session() as session:
+        new_ids = [flip.new_primary for flip in plans.values()]
+        rows = session.execute(select(Volume.id, Volume.availability_zone).where(Volume.id.in_(new_ids)))
+        azs = {vid: az for vid, az in rows}
         for pair_id, flip in plans.items():
-            vol = session.get(Volume, flip.new_primary)
-            if vol is None:
+            if flip.new_primary not in azs:
                 continue
-            new_station = vol.availability_zone
+            new_station = azs[flip.new_primary]
             session.execute(
                 update(ReplicationPair)
                 .where(ReplicationPair.id == pair_id, ReplicationPair.epoch < flip.epoch)
@@ -118,6 +174,9 @@ def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger
                     priority_station=new_station,
                     updated_at=utcnow(),
                 )
+                # No pair object is loaded in this session: nothing to evaluate the
+                # WHERE against (which cost ~10 ms per member).
+                .execution_options(synchronize_session=False)
             )
         won = compare_and_set(
             session, ReplicationGroup, group.id, group.status, new,

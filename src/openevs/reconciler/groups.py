@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, or_, select, update
 
-from openevs.contract import AgentUnavailable
+from openevs.contract import AgentRequestFailed, AgentUnavailable
 from openevs.contract_plans import FailoverPlan, MembershipPlan, PairFlip, ReprotectPlan, SwitchoverPlan
 from openevs.db.models import ReplicationGroup, ReplicationPair, utcnow
 from openevs.domain import replication as rep
@@ -28,17 +28,18 @@ from openevs.domain.measurement import aggregate_group
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger
 from openevs.reconciler.driver import Kind, Step, StepFailed
 from openevs.reconciler.flips import (
+    Places,
     commit_flip,
     demote,
+    demote_request,
     flips,
     group_epoch_after,
     members,
     plan_of,
-    promote,
+    promote_all,
     to_flip,
 )
 from openevs.reconciler.roles import (
-    az_of,
     configure_pair,
     dirty_of,
     primary_config,
@@ -102,29 +103,56 @@ def reprotect(runtime: Runtime, group: ReplicationGroup) -> None:
 
 def failover(runtime: Runtime, group: ReplicationGroup) -> None:
     todo = to_flip(runtime, group.id, flips(group))
+    where = Places.read(runtime, todo)
     # Fence the old primaries first where they answer: promoting first left a window
     # in which both disks of a pair accepted user writes (found by tests/faults).
-    for pair, flip in todo:
-        try:
-            demote(runtime, pair, flip)
-        except (AgentUnavailable, StepFailed) as exc:
-            # The old primary is down: it fences itself at restart until the
-            # controller confirms its role, and then learns it was demoted.
-            log.warning(
-                "group %s: old primary of pair %s not reached (%s); fenced at its restart",
-                group.id,
-                pair.id,
-                exc,
-            )
+    _demote_old_primaries(runtime, group, todo, where)
     epoch = group_epoch_after(group)
-    arbitrated = _witness_grants(runtime, group, todo, epoch)
-    for pair, flip in todo:
-        promote(runtime, pair, flip, mirroring=False, unit_epoch=epoch, arbitrated=arbitrated)
+    arbitrated = _witness_grants(runtime, group, todo, epoch, where)
+    promote_all(runtime, todo, mirroring=False, unit_epoch=epoch, arbitrated=arbitrated, where=where)
     commit_flip(runtime, group, GT.FAILED_OVER)
 
 
+def _demote_old_primaries(
+    runtime: Runtime, group: ReplicationGroup, todo: list[tuple[ReplicationPair, PairFlip]], where: Places
+) -> None:
+    """One batched call per old primaries' agent; where it refuses, member by member,
+    so that one refusal does not keep the others from being fenced."""
+    by_az: dict[str, list[tuple[ReplicationPair, PairFlip]]] = {}
+    for pair, flip in todo:
+        by_az.setdefault(where.az_of(flip.old_primary), []).append((pair, flip))
+    for az, members_of_az in by_az.items():
+        configs = [(flip.old_primary, demote_request(pair, flip)) for pair, flip in members_of_az]
+        try:
+            runtime.agent(az).set_replication_batch(configs)
+            continue
+        except AgentUnavailable as exc:
+            # The old primary is down: it fences itself at restart until the
+            # controller confirms its role, and then learns it was demoted.
+            log.warning(
+                "group %s: old primaries in %s not reached (%s); fenced at their restart", group.id, az, exc
+            )
+            continue
+        except AgentRequestFailed:
+            pass
+        for pair, flip in members_of_az:
+            try:
+                demote(runtime, pair, flip)
+            except (AgentUnavailable, StepFailed) as exc:
+                log.warning(
+                    "group %s: old primary of pair %s not reached (%s); fenced at its restart",
+                    group.id,
+                    pair.id,
+                    exc,
+                )
+
+
 def _witness_grants(
-    runtime: Runtime, group: ReplicationGroup, todo: list[tuple[ReplicationPair, PairFlip]], epoch: int
+    runtime: Runtime,
+    group: ReplicationGroup,
+    todo: list[tuple[ReplicationPair, PairFlip]],
+    epoch: int,
+    where: Places,
 ) -> bool:
     """The witness's grant of the group to the DR side, before anything is promoted
     (services/arbitration.py); False: promote without an arbiter (static priority)."""
@@ -132,7 +160,7 @@ def _witness_grants(
         return True
     plan = plan_of(group)
     force = isinstance(plan, FailoverPlan) and plan.force
-    dr_az = az_of(runtime, todo[0][1].new_primary)
+    dr_az = where.az_of(todo[0][1].new_primary)
     witness = arbitration.witness_of(runtime, group.priority_station, dr_az)
     if witness is None:
         return True  # static priority: promote_config carries no arbiter either

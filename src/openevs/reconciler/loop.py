@@ -22,21 +22,26 @@ from openevs.reconciler.replications import PAIRS
 from openevs.reconciler.snapshots import SNAPSHOTS, settle_rollbacks
 from openevs.reconciler.volumes import VOLUMES
 from openevs.runtime import Runtime
+from openevs.services.agent_errors import PassBreaker
 
 log = logging.getLogger(__name__)
 
 
 class Reconciler:
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.watcher = AgentWatcher(runtime)
-        self.auto_failover = AutoFailover(runtime)
-        self.measurements = Measurements(runtime)
+        # An agent that did not answer is not called again in the same pass
+        # (services/agent_errors.PassBreaker): one timeout per pass, not one per row.
+        self.breaker = PassBreaker()
+        self.runtime = runtime.with_breaker(self.breaker)
+        self.watcher = AgentWatcher(self.runtime)
+        self.auto_failover = AutoFailover(self.runtime)
+        self.measurements = Measurements(self.runtime)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_health = 0.0
 
     def run_once(self) -> int:
+        self.breaker.reset()
         with self.runtime.metrics.reconcile_pass.time():
             return self._pass()
 

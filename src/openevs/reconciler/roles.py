@@ -24,6 +24,7 @@ from openevs.contract import (
     Peer,
     ReplicationRequest,
     ReplicationState,
+    WitnessAddress,
 )
 from openevs.contract_client import AgentClient
 from openevs.db.models import Agent, ReplicationGroup, ReplicationPair, Volume
@@ -82,7 +83,13 @@ def arbiter_for(
 ) -> Arbiter | None:
     """The arbiter a primary config carries (None: static priority, two AZs)."""
     primary_az, dr_az = az_of(runtime, primary_volume), az_of(runtime, dr_volume)
-    witness = witness_of(runtime, primary_az, dr_az)
+    return arbiter_with(runtime, pair, witness_of(runtime, primary_az, dr_az), epoch)
+
+
+def arbiter_with(
+    runtime: Runtime, pair: ReplicationPair, witness: WitnessAddress | None, epoch: int
+) -> Arbiter | None:
+    """`arbiter_for` with the witness of the pair's two AZs already read."""
     if witness is None:
         if len(runtime.settings.azs) > 2 or runtime.settings.witness:
             log.warning("pair %s: no witness address known yet; static priority until one is", pair.id)

@@ -19,7 +19,15 @@ from openevs.domain import replication as rep
 from openevs.domain.replication import GroupTrigger
 from openevs.domain.switchover import Action, Phase, decide_switchover_member, switchover_ready, view_of
 from openevs.reconciler.driver import StepFailed, timed_out
-from openevs.reconciler.flips import commit_flip, demote, flips, group_epoch_after, promote, to_flip
+from openevs.reconciler.flips import (
+    commit_flip,
+    demote,
+    flips,
+    group_epoch_after,
+    promote,
+    promote_all,
+    to_flip,
+)
 from openevs.reconciler.roles import primary_config, resume, set_role, state_of, unit_epoch_of
 from openevs.runtime import Runtime
 from openevs.services.replications import new_link_export
@@ -106,6 +114,5 @@ def reverse(runtime: Runtime, group: ReplicationGroup) -> None:
         if timed_out(runtime, group):
             raise StepFailed("the primaries did not get in sync for the switchover in time", rep.FD_LINK)
         return
-    for pair, flip in todo:
-        promote(runtime, pair, flip, mirroring=True, unit_epoch=group_epoch_after(group))
+    promote_all(runtime, todo, mirroring=True, unit_epoch=group_epoch_after(group))
     commit_flip(runtime, group, GroupTrigger.REVERSED)

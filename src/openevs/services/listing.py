@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, inspect, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from openevs.domain import codes
@@ -73,25 +73,45 @@ def parse_page(
     return Page(lim, marker or None, off, key, direction, since)
 
 
+def _after(model: Any, column: Any, value: Any, anchor_id: str, direction: str) -> ColumnElement[bool]:
+    """The rows after the marker's (value, id) in the page's order."""
+    if value is None:  # NULL compares to nothing: the marker's ties only
+        return and_(column.is_(None), model.id > anchor_id if direction == "asc" else model.id < anchor_id)
+    # A row-value comparison: the index (project_id, key, id) seeks straight to the
+    # marker instead of walking every row before it (db/list_indexes.py).
+    here, there = tuple_(column, model.id), tuple_(value, anchor_id)
+    return here > there if direction == "asc" else here < there
+
+
+def columns_of(model: Any) -> Select[Any]:
+    """A select of every column of `model`, each named as the model's attribute: its
+    rows read like the model's objects (`row.name`, `row.metadata_`), for a view,
+    without the ORM building, tracking and instrumenting an object per row (a list
+    page of 1,000 rows spent a third of its time there)."""
+    return select(*(attr.class_attribute for attr in inspect(model).column_attrs))
+
+
 def paginate(session: Session, model: Any, stmt: Select[Any], page: Page) -> list[Any]:
-    """Apply changes-since, marker (keyset), sorting, offset and limit to `stmt`."""
+    """Apply changes-since, marker (keyset), sorting, offset and limit to `stmt`: the
+    model's objects for `select(model)`, rows for `columns_of(model)`."""
     column = getattr(model, page.sort_key)
     if page.changes_since is not None:
         stmt = stmt.where(or_(model.updated_at >= page.changes_since, model.created_at >= page.changes_since))
     if page.marker:
-        anchor = session.scalar(stmt.where(model.id == page.marker))
+        found = stmt.with_only_columns(column, model.id).where(model.id == page.marker)
+        anchor = session.execute(found).first()
         if anchor is None:
             raise NotFound(f"marker {page.marker[:64]!r} not found", code=codes.FILTER_MARKER_INVALID)
-        value = getattr(anchor, page.sort_key)
-        after = column > value if page.sort_dir == "asc" else column < value
-        tie = model.id > anchor.id if page.sort_dir == "asc" else model.id < anchor.id
-        stmt = stmt.where(or_(after, and_(column == value, tie)))
+        stmt = stmt.where(_after(model, column, anchor[0], anchor[1], page.sort_dir))
     if page.sort_dir == "asc":
         stmt = stmt.order_by(column.asc(), model.id.asc())
     else:
         stmt = stmt.order_by(column.desc(), model.id.desc())
     stmt = stmt.offset(page.offset).limit(page.limit)
-    return list(session.scalars(stmt))
+    described = stmt.column_descriptions
+    if len(described) == 1 and described[0]["expr"] is model:
+        return list(session.scalars(stmt))
+    return list(session.execute(stmt).all())
 
 
-__all__ = ["Page", "parse_page", "paginate", "select"]
+__all__ = ["Page", "columns_of", "parse_page", "paginate", "select"]

@@ -26,7 +26,7 @@ from openevs.domain.volumes import check_text
 from openevs.runtime import Runtime
 from openevs.security.sealing import Sealer
 from openevs.services.agent_limits import check_agent_pairs
-from openevs.services.listing import Page, paginate
+from openevs.services.listing import Page, columns_of, paginate
 from openevs.services.unit_of_work import UnitOfWork, transition
 
 PAIR_SORT_KEYS = ("created_at", "updated_at", "name", "status", "id")
@@ -182,7 +182,7 @@ def _new_pair(
 def list_pairs(
     session: Session, project_id: str, page: Page, filters: dict[str, str | None]
 ) -> list[ReplicationPair]:
-    stmt = select(ReplicationPair).where(ReplicationPair.project_id == project_id)
+    stmt = columns_of(ReplicationPair).where(ReplicationPair.project_id == project_id)
     if filters.get("name"):
         stmt = stmt.where(ReplicationPair.name == filters["name"])
     if filters.get("status"):

@@ -22,7 +22,7 @@ from openevs.domain.states import VOLUME_MACHINE, VolumeStatus, VolumeTrigger
 from openevs.domain.volumes import check_metadata, check_new_size, check_size, check_text
 from openevs.runtime import Runtime
 from openevs.services.agent_limits import check_agent_volumes
-from openevs.services.listing import Page, paginate
+from openevs.services.listing import Page, columns_of, paginate
 from openevs.services.replications import refuse_if_paired
 from openevs.services.unit_of_work import UnitOfWork, transition
 from openevs.services.volume_sources import clone_source, refuse_if_snapshots, snapshot_source
@@ -174,7 +174,7 @@ def list_volumes(
     session: Session, project_id: str | None, page: Page, filters: dict[str, str | None]
 ) -> list[Volume]:
     """One page of a project's volumes (project_id None: of every project, for an admin)."""
-    stmt = select(Volume)
+    stmt = columns_of(Volume)
     if project_id is not None:
         stmt = stmt.where(Volume.project_id == project_id)
     if filters.get("name"):

@@ -141,3 +141,34 @@ def test_failover_fences_the_old_primary(agents: tuple[PairedAgent, PairedAgent]
     state = b.wait_status("dr", "active")
     print(f"\nreprotect resynced {state.resynced_bytes_total - before} B")
     wait_for("checksums", lambda: a.checksum("vol") == b.checksum("dr"))
+
+
+def test_batch_promotes_in_order_and_stops_at_the_first_refusal(
+    agents: tuple[PairedAgent, PairedAgent],
+) -> None:
+    """POST /replication/batch (a group failover's promotes in one call): each config
+    as its own PUT; a refusal answers that PUT's error and leaves the ones before it."""
+    a, b = agents
+    for vol in ("m1", "m2"):
+        a.client.create_volume(vol, 8 * MiB)
+        b.client.create_volume(f"{vol}-dr", 8 * MiB)
+        pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
+    for vol in ("m1", "m2"):
+        a.wait_status(vol, "active")
+
+    def promoted(vol: str, epoch: int = 2) -> tuple[str, ReplicationRequest]:
+        return f"{vol}-dr", ReplicationRequest(
+            role=Role.PRIMARY, epoch=epoch, pair_id=f"p-{vol}", group_id="g1",
+            peer=a.peer(f"link-{vol}-2"), mirroring=False,
+        )  # fmt: skip
+
+    stale = promoted("m2", epoch=0)
+    with pytest.raises(AgentRequestFailed) as refused:
+        b.client.set_replication_batch([promoted("m1"), stale, promoted("m2")])
+    assert refused.value.reason == "stale_epoch"
+    assert b.state("m1-dr").role == "primary"
+    assert b.state("m2-dr").role == "secondary"  # not reached
+
+    states = b.client.set_replication_batch([promoted("m1"), promoted("m2")])  # m1 again: a no-op
+    got = [(s.volume_id, s.role, s.epoch) for s in states]
+    assert got == [("m1-dr", "primary", 2), ("m2-dr", "primary", 2)]
