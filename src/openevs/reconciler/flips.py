@@ -135,7 +135,7 @@ def promote_all(
             raise StepFailed(str(exc), failure_detail(exc, primary=False)) from exc
 
 
-def demote_request(pair: ReplicationPair, flip: PairFlip) -> ReplicationRequest:
+def demote_request(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> ReplicationRequest:
     return ReplicationRequest(
         role=Role.SECONDARY,
         epoch=flip.epoch,
@@ -146,7 +146,7 @@ def demote_request(pair: ReplicationPair, flip: PairFlip) -> ReplicationRequest:
 
 
 def demote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> None:
-    set_role(runtime, flip.old_primary, demote_request(pair, flip), primary=True)
+    set_role(runtime, flip.old_primary, demote_request(runtime, pair, flip), primary=True)
 
 
 def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger) -> None:

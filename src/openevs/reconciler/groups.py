@@ -122,7 +122,7 @@ def _demote_old_primaries(
     for pair, flip in todo:
         by_az.setdefault(where.az_of(flip.old_primary), []).append((pair, flip))
     for az, members_of_az in by_az.items():
-        configs = [(flip.old_primary, demote_request(pair, flip)) for pair, flip in members_of_az]
+        configs = [(flip.old_primary, demote_request(runtime, pair, flip)) for pair, flip in members_of_az]
         try:
             runtime.agent(az).set_replication_batch(configs)
             continue

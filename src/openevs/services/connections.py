@@ -169,7 +169,8 @@ def regrant_exports(runtime: Runtime, volume_ids: list[str], *, writable: bool =
                 continue
             read_only = False if writable else export_is_read_only(session, att.volume_id)
             att.export_read_only = read_only
-            grants.append((volume.availability_zone, open_export(runtime, att.export_name), att.volume_id, read_only))
+            name = open_export(runtime, att.export_name)
+            grants.append((volume.availability_zone, name, att.volume_id, read_only))
     if not grants:
         return
     with ThreadPoolExecutor(max_workers=REGRANT_CONCURRENCY) as pool:
