@@ -107,6 +107,7 @@ class ServeProcess:
     admin_password: str | None = ADMIN_PASSWORD  # None: serve generates and prints one
     extra_env: dict[str, str] = field(default_factory=dict)
     ca_file: Path | None = None  # with OPENEVS_TLS_CERT in extra_env: the CA bundle to verify it with
+    command: str = "serve"  # or "api" / "worker" (a split deployment on PostgreSQL)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
@@ -133,6 +134,10 @@ class ServeProcess:
     @property
     def clouds_yaml_path(self) -> Path:
         return self.data_dir / "clouds.yaml"
+
+    @property
+    def azs(self) -> tuple[str, ...]:
+        return tuple(self.extra_env.get("OPENEVS_AZS", ",".join(AZS)).split(","))
 
     def pool_dir(self, az: str) -> Path:
         return self.data_dir / "pools" / az
@@ -171,7 +176,7 @@ class ServeProcess:
         out_path, err_path = self.log_paths()
         with out_path.open("wb") as out, err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "openevs.cli.main", "serve"],
+                [sys.executable, "-m", "openevs.cli.main", self.command],
                 cwd=self.root,  # no stray openevs.toml is picked up
                 env=self.env(),
                 stdin=subprocess.DEVNULL,
@@ -213,7 +218,7 @@ class ServeProcess:
             def all_available() -> bool:
                 self._check_alive()
                 assert session is not None
-                return all(session.azs().get(az) for az in AZS)
+                return all(session.azs().get(az) for az in self.azs)
 
             wait_for("every AZ to show available", all_available, remaining())
         except AssertionError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, delete, update
 from sqlalchemy.orm import Session
 
 from openevs.db.models import utcnow
@@ -56,4 +56,14 @@ def set_if(session: Session, model: Any, ident: str, expected: dict[str, Any], *
         .execution_options(synchronize_session=False)
     )
     result = session.execute(stmt)
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def delete_in_status(session: Session, model: Any, ident: str, expected: str) -> bool:
+    """Delete row `ident` only while its status is `expected`; True if this call removed it.
+
+    Two workers can run the same delete step on the same row: only the one whose
+    DELETE removed it did the transition (and says so in the log)."""
+    stmt = delete(model).where(model.id == ident, model.status == expected)
+    result = session.execute(stmt.execution_options(synchronize_session=False))
     return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]

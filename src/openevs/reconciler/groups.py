@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import or_, select, update
 
 from openevs.contract import AgentRequestFailed, AgentUnavailable
 from openevs.contract_plans import FailoverPlan, MembershipPlan, PairFlip, ReprotectPlan, SwitchoverPlan
+from openevs.db.cas import delete_in_status
 from openevs.db.models import ReplicationGroup, ReplicationPair, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.arbitration import arbiter_key
@@ -175,11 +176,11 @@ def _witness_grants(
 
 def remove(runtime: Runtime, group: ReplicationGroup) -> None:
     with runtime.db.session() as session:
-        session.execute(
-            delete(ReplicationGroup).where(
-                ReplicationGroup.id == group.id, ReplicationGroup.status == GroupStatus.DELETING
-            )
-        )
+        won = delete_in_status(session, ReplicationGroup, group.id, GroupStatus.DELETING)
+    if won:
+        log.info("group %s deleted", group.id)
+    else:
+        log.info("group %s: deleted meanwhile; left to whoever deleted it", group.id)
 
 
 PlanKind = type[MembershipPlan] | type[ReprotectPlan] | type[FailoverPlan] | type[SwitchoverPlan] | None

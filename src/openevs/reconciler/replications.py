@@ -14,6 +14,7 @@ import logging
 from sqlalchemy import delete, update
 
 from openevs.contract import AgentRequestFailed, AgentUnavailable, ReplicationState
+from openevs.db.cas import delete_in_status
 from openevs.db.models import ReplicationClaim, ReplicationPair, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.measurement import measure_pair
@@ -49,12 +50,11 @@ def remove(runtime: Runtime, pair: ReplicationPair) -> None:
         log.warning("pair %s: exports not re-granted yet (done when the agent returns): %s", pair.id, exc)
     with runtime.db.session() as session:
         session.execute(delete(ReplicationClaim).where(ReplicationClaim.pair_id == pair.id))
-        session.execute(
-            delete(ReplicationPair).where(
-                ReplicationPair.id == pair.id, ReplicationPair.status == PairStatus.DELETING
-            )
-        )
-    log.info("pair %s deleted; both disks are ordinary disks again", pair.id)
+        won = delete_in_status(session, ReplicationPair, pair.id, PairStatus.DELETING)
+    if won:
+        log.info("pair %s deleted; both disks are ordinary disks again", pair.id)
+    else:
+        log.info("pair %s: deleted meanwhile; left to whoever deleted it", pair.id)
 
 
 def _error_status(pair: ReplicationPair) -> dict[str, str]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import exists, select
 
 from openevs.contract_snapshots import CopyRequest
+from openevs.db.cas import delete_in_status
 from openevs.db.models import Attachment, ReplicationClaim, ReplicationPair, Snapshot, Volume, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.errors import OpenEvsError
@@ -63,8 +64,11 @@ def extend(runtime: Runtime, volume: Volume) -> None:
 def remove(runtime: Runtime, volume: Volume) -> None:
     runtime.agent(volume.availability_zone).delete_volume(volume.id)
     with runtime.db.session() as session:
-        session.execute(delete(Volume).where(Volume.id == volume.id, Volume.status == VolumeStatus.DELETING))
-    log.info("volume %s deleted", volume.id)
+        won = delete_in_status(session, Volume, volume.id, VolumeStatus.DELETING)
+    if won:
+        log.info("volume %s deleted", volume.id)
+    else:
+        log.info("volume %s: deleted meanwhile; left to whoever deleted it", volume.id)
 
 
 def _keep_size(volume: Volume) -> dict[str, int]:

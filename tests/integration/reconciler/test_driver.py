@@ -4,6 +4,7 @@ once with the failure_detail of the pool that refused; a lost race is left alone
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from openevs.agent.client import HttpAgentClient
 from openevs.db.models import ReplicationPair, Volume, utcnow
 from openevs.domain import replication as rep
 from openevs.domain.states import VolumeTrigger
+from openevs.reconciler import volumes
 from openevs.reconciler.replications import PAIRS
 from openevs.reconciler.volumes import VOLUMES
 from openevs.runtime import Runtime
@@ -97,3 +99,20 @@ def test_a_lost_race_is_left_to_the_winner(runtime: Runtime, project_id: str) ->
     assert VOLUMES.advance(runtime, stale, VolumeTrigger.DELETE) is True
     assert VOLUMES.advance(runtime, stale, VolumeTrigger.DELETE) is False  # read as available: lost
     assert row(runtime, Volume, vid).status == "deleting"
+
+
+def test_a_delete_run_by_two_workers_is_logged_once(
+    runtime: Runtime, project_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers read the same deleting rows: both run the step, only the one whose
+    DELETE removed the row says it deleted it (the scale-out test counts these lines)."""
+    vid = add_volume(runtime, project_id, AZ_A)
+    with runtime.db.session() as session:
+        session.execute(update(Volume).where(Volume.id == vid).values(status="deleting"))
+    stale = row(runtime, Volume, vid)
+    assert isinstance(stale, Volume)
+    caplog.set_level(logging.INFO, logger="openevs.reconciler")
+    volumes.remove(runtime, stale)
+    volumes.remove(runtime, stale)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"volume {vid} deleted", f"volume {vid}: deleted meanwhile; left to whoever deleted it"]
