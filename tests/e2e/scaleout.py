@@ -57,6 +57,8 @@ class ScaleOutStack:
             "OPENEVS_CONTROL_TLS_KEY": str(controller.key),
             "OPENEVS_CONTROL_TLS_CA": str(controller.ca),
             "OPENEVS_AGENT_TIMEOUT_S": "120",
+            # one sealing key for every controller process (the first one makes it)
+            "OPENEVS_SECRETS_KEY_FILE": str(self.pki_dir / "secrets.key"),
         }
 
         def process(command: str, i: int) -> ServeProcess:
