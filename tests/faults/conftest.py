@@ -14,6 +14,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures shared with th
     agent_data_dir,
     api,
     controller_factory,
+    sealer,
     supervisor,
 )
 
