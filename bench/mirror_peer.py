@@ -202,6 +202,14 @@ def fdatasyncs(pid: int, run: Any) -> int:
     return calls
 
 
+def bitmap_syncs(agent: PairedAgent) -> int:
+    """fdatasyncs of dirty bitmaps (the activity log) the agent made so far, from /metrics."""
+    for line in agent.client.metrics_text().decode().splitlines():
+        if line.startswith("openevs_replication_bitmap_sync_duration_seconds_count"):
+            return int(float(line.split()[-1]))
+    return 0
+
+
 def table(rows: dict[str, dict[str, Result]]) -> None:
     print(f"{'job':20} {'side':16} {'IOPS':>9} {'MiB/s':>8} {'w p99 us':>9} {'CPU s/GiB':>10}")
     for job, sides in rows.items():
@@ -284,11 +292,13 @@ def measure_openevs(root: Path, size: int, seconds: int, rows: dict[str, dict[st
         if strace:
             job = "4k-rand-qd1-fsync"
             results: list[Result] = []
+            bitmap_before = bitmap_syncs(a)
             primary = fdatasyncs(a.proc.pid, lambda: results.append(fio(uri, job, size, seconds, pids)))
             flushes = results[0].flushes
+            bitmap = bitmap_syncs(a) - bitmap_before
             secondary = fdatasyncs(b.proc.pid, lambda: results.append(fio(uri, job, size, seconds, pids)))
             print(f"strace, {job} paired: primary {primary} fdatasync+fsync for {flushes} flushes "
-                  f"= {primary / max(flushes, 1):.2f} per flush; secondary {secondary} for "
+                  f"= {primary / max(flushes, 1):.2f} per flush (of them {bitmap} of the dirty bitmap); secondary {secondary} for "
                   f"{results[1].flushes} = {secondary / max(results[1].flushes, 1):.2f} per flush")  # fmt: skip
     finally:
         for agent in (a, b):
