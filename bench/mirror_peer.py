@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +146,17 @@ def qemu_mirror(root: Path, size: int) -> Iterator[tuple[str, tuple[int, ...], Q
     fill(tgt, size)
     nbd_port, tgt_port = free_port(), free_port()
     target = subprocess.Popen(
-        ["nbdkit", "--foreground", "--exit-with-parent", "-p", str(tgt_port), "-i", "127.0.0.1", "file", str(tgt)]
+        [
+            "nbdkit",
+            "--foreground",
+            "--exit-with-parent",
+            "-p",
+            str(tgt_port),
+            "-i",
+            "127.0.0.1",
+            "file",
+            str(tgt),
+        ]
     )
     daemon = subprocess.Popen(
         ["qemu-storage-daemon",
@@ -183,10 +193,12 @@ def start_mirror(qmp: Qmp, tgt_port: int) -> None:
         time.sleep(0.05)
 
 
-def fdatasyncs(pid: int, run: Any) -> int:
+def fdatasyncs(pid: int, run: Callable[[], None]) -> int:
     """fdatasync calls of process `pid` (all threads) while `run()` runs."""
     out = Path(tempfile.mkstemp(prefix="oevs-strace-")[1])
-    tracer = subprocess.Popen(["strace", "-c", "-f", "-e", "trace=fdatasync,fsync", "-o", str(out), "-p", str(pid)])
+    tracer = subprocess.Popen(
+        ["strace", "-c", "-f", "-e", "trace=fdatasync,fsync", "-o", str(out), "-p", str(pid)]
+    )
     time.sleep(0.5)  # attached
     try:
         run()
@@ -214,8 +226,15 @@ def table(rows: dict[str, dict[str, Result]]) -> None:
     print(f"{'job':20} {'side':16} {'IOPS':>9} {'MiB/s':>8} {'w p99 us':>9} {'CPU s/GiB':>10}")
     for job, sides in rows.items():
         for side, r in sides.items():
-            print(f"{job:20} {side:16} {r.iops:9.0f} {r.mib_s:8.1f} {r.write_p99_us:9.0f} {r.cpu_s_per_gib:10.1f}")
-        paired, unpaired, qemu = sides["openevs paired"], sides["openevs unpaired"], sides.get("qemu mirrored")
+            print(
+                f"{job:20} {side:16} {r.iops:9.0f} {r.mib_s:8.1f} {r.write_p99_us:9.0f} "
+                f"{r.cpu_s_per_gib:10.1f}"
+            )
+        paired, unpaired, qemu = (
+            sides["openevs paired"],
+            sides["openevs unpaired"],
+            sides.get("qemu mirrored"),
+        )
         line = f"{job:20} paired/unpaired {paired.iops / unpaired.iops:.2f}"
         if qemu is not None:
             line += f", paired/qemu-mirrored {paired.iops / qemu.iops:.2f}"
@@ -263,7 +282,9 @@ def _target_port(pid: int) -> int:
     return int(argv[argv.index(b"-p") + 1])
 
 
-def measure_openevs(root: Path, size: int, seconds: int, rows: dict[str, dict[str, Result]], strace: bool) -> None:
+def measure_openevs(
+    root: Path, size: int, seconds: int, rows: dict[str, dict[str, Result]], strace: bool
+) -> None:
     a, b = PairedAgent(root / "a", "az1"), PairedAgent(root / "b", "az2")
     try:
         a.pool.mkdir(parents=True)
@@ -293,13 +314,15 @@ def measure_openevs(root: Path, size: int, seconds: int, rows: dict[str, dict[st
             job = "4k-rand-qd1-fsync"
             results: list[Result] = []
             bitmap_before = bitmap_syncs(a)
-            primary = fdatasyncs(a.proc.pid, lambda: results.append(fio(uri, job, size, seconds, pids)))
+            run = lambda: results.append(fio(uri, job, size, seconds, pids))  # noqa: E731
+            primary = fdatasyncs(a.proc.pid, run)
             flushes = results[0].flushes
             bitmap = bitmap_syncs(a) - bitmap_before
-            secondary = fdatasyncs(b.proc.pid, lambda: results.append(fio(uri, job, size, seconds, pids)))
+            secondary = fdatasyncs(b.proc.pid, run)
             print(f"strace, {job} paired: primary {primary} fdatasync+fsync for {flushes} flushes "
-                  f"= {primary / max(flushes, 1):.2f} per flush (of them {bitmap} of the dirty bitmap); secondary {secondary} for "
-                  f"{results[1].flushes} = {secondary / max(results[1].flushes, 1):.2f} per flush")  # fmt: skip
+                  f"= {primary / max(flushes, 1):.2f} per flush (of them {bitmap} of the dirty bitmap); "
+                  f"secondary {secondary} for {results[1].flushes} = "
+                  f"{secondary / max(results[1].flushes, 1):.2f} per flush")  # fmt: skip
     finally:
         for agent in (a, b):
             agent.kill()
