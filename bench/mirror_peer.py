@@ -169,9 +169,11 @@ def qemu_mirror(root: Path, size: int) -> Iterator[tuple[str, tuple[int, ...], Q
     )  # fmt: skip
     qmp = None
     try:
-        wait_port(nbd_port)
         wait_port(tgt_port)
-        qmp = Qmp(qmp_path)
+        deadline = time.monotonic() + 10
+        while not qmp_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        qmp = Qmp(qmp_path)  # the options are taken in order: the NBD server is up
         yield f"nbd://127.0.0.1:{nbd_port}/src", (daemon.pid, target.pid), qmp
     finally:
         if qmp is not None:
