@@ -81,6 +81,26 @@ def test_concurrent_syncs_share_one_fdatasync(tmp_path: Path, monkeypatch: pytes
     assert calls == 1
 
 
+def test_a_lazy_clear_costs_no_fdatasync_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bitmap = BitmapFile(tmp_path / "v.bitmap")
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+
+    async def main() -> None:
+        bitmap.set_now([1, 2])
+        await bitmap.sync()
+        bitmap.clear_now([2], keep=[])
+        bitmap.set_now([1])  # on disk already: nothing to make durable
+        await bitmap.sync()
+        bitmap.set_now([3])  # a new bit: one fdatasync, the clear rides along
+        await bitmap.sync()
+
+    asyncio.run(main())
+    assert len(calls) == 2
+    assert set(BitmapFile(tmp_path / "v.bitmap").load()) == {1, 3}
+
+
 def test_a_bitmap_never_written_holds_no_file_and_no_descriptor(tmp_path: Path) -> None:
     path = tmp_path / "v.bitmap"
     bitmap = BitmapFile(path)

@@ -17,7 +17,8 @@ Rules this module keeps:
 - bits are cleared lazily, and only after a peer FLUSH that began after the
   data was sent: a region the peer received is `unflushed` until a FLUSH
   that started later completes; a hot extent is cooled only when no write
-  was made there since the previous round and none is in flight;
+  was made there for KEEP_IDLE_ROUNDS rounds (one round when more than
+  HOT_KEEP are hot) and none is in flight;
 - when the link is lost, exactly what the peer received but may not hold
   durably becomes dirty (its bits are on disk already); the hot extents are
   then done with and their other bits go (lazily), except extents with a
@@ -30,6 +31,7 @@ import asyncio
 import contextlib
 import errno
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from openevs.agent.mirror import engine
@@ -40,7 +42,14 @@ from openevs.agent.mirror.regions import BitMap
 from openevs.agent.mirror.tasks import Changes
 
 SHORT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
-COOL_INTERVAL_S = 2.0  # hot extents idle this long are flushed on the peer and cleared
+COOL_INTERVAL_S = 2.0  # housekeeping period: flush the peer, clear what it holds durably
+# Like DRBD's activity log, hot extents stay hot while there are few of them: an
+# extent cools once idle for KEEP_IDLE_ROUNDS rounds, or for one round when more
+# than HOT_KEEP extents are hot. A random writer then finds its extents hot (no
+# bitmap fdatasync before its write); a crash of the primary resyncs about
+# HOT_KEEP extents (4 GiB) at most, plus what was made hot within a round.
+HOT_KEEP = 1024
+KEEP_IDLE_ROUNDS = 10
 RETIRE_WAIT_ROUNDS = 60  # x 0.1 s: forwards in flight end within the request timeout
 
 
@@ -57,7 +66,8 @@ class ActivityLog:
         self.hot: dict[int, int] = {}
         self.hot_pending: set[int] = set()  # extents whose bits are being persisted
         self._write_seq = 0
-        self._round_seq = -1  # write counter at the previous housekeeping round
+        # write counter at the last KEEP_IDLE_ROUNDS housekeeping rounds (newest last)
+        self._rounds: deque[int] = deque(maxlen=KEEP_IDLE_ROUNDS)
         self.forwards = 0  # forwarded writes in flight
         # Regions the peer received (copied or forwarded) since its last FLUSH: in
         # sync once it flushes, dirty if the link is lost before.
@@ -203,9 +213,9 @@ class ActivityLog:
             link = current_link()
             if not self._state.in_sync_path or link is None:
                 continue
-            previous, self._round_seq = self._round_seq, self._write_seq
+            idle_since = self._idle_since()
             busy = engine.busy_extents(self._state.writing)
-            candidates = engine.cool_candidates(self.hot, previous, busy)
+            candidates = engine.cool_candidates(self.hot, idle_since, busy)
             copied = self._unflushed.copy()
             if not candidates and not copied:
                 continue
@@ -213,7 +223,19 @@ class ActivityLog:
                 await link.flush()  # begins after every candidate's last write ended
             except LinkDown:
                 continue
-            self._cool(engine.cooled(self.hot, candidates, previous), copied)
+            self._cool(engine.cooled(self.hot, candidates, idle_since), copied)
+
+    def _idle_since(self) -> int:
+        """This round's cooling threshold (write counter): the previous round's when
+        more than HOT_KEEP extents are hot, else the one KEEP_IDLE_ROUNDS rounds ago
+        (NEVER_WRITTEN until there were that many: only extents never written cool)."""
+        rounds = self._rounds
+        if len(self.hot) > HOT_KEEP:
+            since = rounds[-1] if rounds else NEVER_WRITTEN
+        else:
+            since = rounds[0] if len(rounds) == rounds.maxlen else NEVER_WRITTEN
+        rounds.append(self._write_seq)
+        return since
 
     async def retire(self, link: PeerLink) -> None:
         """A link closed on purpose (pause, demotion, new peer): what was forwarded

@@ -47,6 +47,9 @@ class BitmapFile:
         self.on_disk = BitMap()  # regions whose bit is set in the file
         self._sync_lock = asyncio.Lock()
         self._generation = 0  # bumped by every pwrite
+        # generation of the last write that must be durable when sync() returns (set
+        # bits, clear_all); a lazy clear_now needs no fdatasync of its own
+        self._wanted = 0
         self._synced = 0  # generation known durable
 
     def _open(self) -> int:
@@ -106,6 +109,7 @@ class BitmapFile:
         if not new:
             return False
         self._write(new, new, BitMap())
+        self._wanted = self._generation
         return True
 
     def clear_now(self, regions: Iterable[int], keep: Iterable[BitMap]) -> None:
@@ -122,11 +126,13 @@ class BitmapFile:
         if self._fd >= 0 or self.path.exists():
             os.ftruncate(self._open(), 0)
             self._generation += 1
+            self._wanted = self._generation
         self.on_disk.clear()
 
     async def sync(self) -> None:
-        """Make every pwrite done before this call durable (shared fdatasync)."""
-        target = self._generation
+        """Make every set bit (and clear_all) done before this call durable (shared
+        fdatasync); lazy clears ride along with the next one."""
+        target = self._wanted
         if self._synced >= target:
             return
         async with self._sync_lock:
