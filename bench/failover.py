@@ -36,6 +36,7 @@ agent client timeout (10 s). That is the case of the reconciler's per-pass circu
 The agent is thawed (SIGCONT) before the reprotect.
 
 Run: .venv/bin/python bench/failover.py [--pairs 10 --repeat 3 --health-interval 0.5] [--stop]
+     [--poll-s 0.01]
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--health-interval", type=float, default=0.5, help="OPENEVS_HEALTH_INTERVAL_S")
     parser.add_argument("--stop", action="store_true", help="SIGSTOP the primary agent instead of SIGKILL")
+    parser.add_argument("--poll-s", type=float, default=POLL_S,
+                        help="each client's pause between two polls (they share the serve process)")
     parser.add_argument("--poll-s", type=float, default=POLL_S,
                         help="each client's pause between two polls (they share the serve process)")
     args = parser.parse_args()
