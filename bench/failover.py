@@ -132,6 +132,7 @@ async def failover_once(
         r = await http.post(GROUPS.replace("{p}", session.project_id) + f"/{gid}/action",
                             json={"os-failover-replication-consistency-group": None})
         assert r.status_code == 200, r.text
+        print(f"  the failover POST answered after {time.perf_counter() - t0:.3f}s")
         results = await asyncio.gather(until_failovered(t0), *(until_writable(v, t0) for v in new_primaries))
     return results[0], max(results[1:])
 
