@@ -145,8 +145,6 @@ def main() -> None:
     parser.add_argument("--stop", action="store_true", help="SIGSTOP the primary agent instead of SIGKILL")
     parser.add_argument("--poll-s", type=float, default=POLL_S,
                         help="each client's pause between two polls (they share the serve process)")
-    parser.add_argument("--poll-s", type=float, default=POLL_S,
-                        help="each client's pause between two polls (they share the serve process)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="openevs-bench-failover-"))
