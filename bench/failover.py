@@ -36,6 +36,7 @@ agent client timeout (10 s). That is the case of the reconciler's per-pass circu
 The agent is thawed (SIGCONT) before the reprotect.
 
 Run: .venv/bin/python bench/failover.py [--pairs 10 --repeat 3 --health-interval 0.5] [--stop]
+     [--poll-s 0.01]
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ MiB = 1 << 20
 AZ_A, AZ_B = "az1.dc1", "az3.dc3"
 GROUPS = "/v2/{p}/os-vendor-replication-consistency-groups"
 PAIRS = "/v2/{p}/os-vendor-replications"
-POLL_S = 0.01
+POLL_S = 0.01  # --poll-s: how often each of the pair-count + 1 clients asks again
 
 
 async def write_once(addr: tuple[str, int, str, bool], offset: int, data: bytes) -> None:
@@ -96,7 +97,9 @@ def api_round_trip_s(session: Session, volume_id: str, n: int = 20) -> float:
     return statistics.median(times)
 
 
-async def failover_once(session: Session, gid: str, new_primaries: list[str]) -> tuple[float, float]:
+async def failover_once(
+    session: Session, gid: str, new_primaries: list[str], poll_s: float = POLL_S
+) -> tuple[float, float]:
     """POST failover; return (s to failovered, s until every new primary took an NBD write)."""
     headers = {"X-Auth-Token": session.token}
     async with httpx.AsyncClient(base_url=session.url(""), headers=headers, timeout=30) as http:
@@ -109,7 +112,7 @@ async def failover_once(session: Session, gid: str, new_primaries: list[str]) ->
                     return time.perf_counter() - t0
                 if group["status"].startswith("error"):
                     raise RuntimeError(f"failover failed: {group}")
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(poll_s)
 
         async def until_writable(vid: str, t0: float) -> float:
             path = f"/v2/{session.project_id}/volumes/{vid}/action"
@@ -123,12 +126,13 @@ async def failover_once(session: Session, gid: str, new_primaries: list[str]) ->
                         return time.perf_counter() - t0
                 except Exception:  # noqa: BLE001 - not writable yet: read-only, fenced, refused
                     pass
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(poll_s)
 
         t0 = time.perf_counter()
         r = await http.post(GROUPS.replace("{p}", session.project_id) + f"/{gid}/action",
                             json={"os-failover-replication-consistency-group": None})
         assert r.status_code == 200, r.text
+        print(f"  the failover POST answered after {time.perf_counter() - t0:.3f}s")
         results = await asyncio.gather(until_failovered(t0), *(until_writable(v, t0) for v in new_primaries))
     return results[0], max(results[1:])
 
@@ -139,6 +143,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--health-interval", type=float, default=0.5, help="OPENEVS_HEALTH_INTERVAL_S")
     parser.add_argument("--stop", action="store_true", help="SIGSTOP the primary agent instead of SIGKILL")
+    parser.add_argument("--poll-s", type=float, default=POLL_S,
+                        help="each client's pause between two polls (they share the serve process)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="openevs-bench-failover-"))
@@ -187,7 +193,7 @@ def main() -> None:
                 os.kill(frozen.pid, signal.SIGSTOP)
             else:
                 agents[station].kill()
-            a, b = asyncio.run(failover_once(s, gid, primary[other]))
+            a, b = asyncio.run(failover_once(s, gid, primary[other], args.poll_s))
             to_status.append(a)
             to_writable.append(b)
             rtts.append(rtt)
@@ -212,7 +218,8 @@ def main() -> None:
             med, worst = statistics.median(values), max(values)
             print(f"{label:28}{med:>9.3f}s{worst:>9.3f}s{med / interval:>19.1f}x{med / rtt:>17.0f}x")
         print(f"(health interval {interval}s; API round-trip median {rtt * 1000:.1f} ms; "
-              f"{args.repeat} runs; ratios use the medians)")
+              f"{args.repeat} runs; ratios use the medians; {args.pairs + 1} clients polling "
+              f"every {args.poll_s * 1000:g} ms)")
     finally:
         serve.close()
         for agent in agents.values():

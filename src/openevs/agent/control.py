@@ -162,8 +162,9 @@ def create_control_app(agent: StorageNode) -> FastAPI:
 
     @app.post("/replication/batch")
     async def set_replication_batch(body: ReplicationBatch) -> ReplicationStates:
-        """Many PUT /volumes/{id}/replication in one call (a group's failover promotes)."""
-        states = [await repl.put(item.volume_id, item.request) for item in body.items]
+        """Many PUT /volumes/{id}/replication in one call (a group's failover promotes),
+        saved as one group commit (ReplicationManager.put_many)."""
+        states = await repl.put_many([(item.volume_id, item.request) for item in body.items])
         return ReplicationStates(volumes=states, version=repl.changes.version, boot_id=agent.boot_id)
 
     @app.get("/volumes/{volume_id}/replication")

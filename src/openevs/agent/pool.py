@@ -102,9 +102,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Replace `path` by `data` (mode 0600): a temporary file, fsync, rename, fsync the
-    directory, so a crash leaves the old file or the new one, never a torn one."""
+    directory, so a crash leaves the old file or the new one, never a torn one.
+
+    `sync_dir=False` leaves the directory fsync to the caller (a group commit of
+    many files: one directory fsync for all, before any of them is acknowledged)."""
     tmp = path.with_name(f".tmp-{path.name}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -116,7 +119,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.rename(tmp, path)
-        fsync_dir(path.parent)
+        if sync_dir:
+            fsync_dir(path.parent)
     except OSError as exc:
         raise PoolIOError(f"cannot save {path}: {exc.strerror or exc}") from exc
 

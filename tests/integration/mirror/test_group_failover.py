@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from openevs.agent.mirror.config import load_configs
 from openevs.agent.nbd.errors import NbdError
 from openevs.contract import AgentRequestFailed, ReplicationRequest
 from openevs.domain.replication import Role
@@ -168,7 +169,16 @@ def test_batch_promotes_in_order_and_stops_at_the_first_refusal(
     assert refused.value.reason == "stale_epoch"
     assert b.state("m1-dr").role == "primary"
     assert b.state("m2-dr").role == "secondary"  # not reached
+    assert saved(b) == {"m1-dr": (Role.PRIMARY, 2), "m2-dr": (Role.SECONDARY, 1)}
 
     states = b.client.set_replication_batch([promoted("m1"), promoted("m2")])  # m1 again: a no-op
     got = [(s.volume_id, s.role, s.epoch) for s in states]
     assert got == [("m1-dr", "primary", 2), ("m2-dr", "primary", 2)]
+    # The group commit: every config renamed into place, no temporary file left.
+    assert saved(b) == {"m1-dr": (Role.PRIMARY, 2), "m2-dr": (Role.PRIMARY, 2)}
+    assert not list(b.pool.glob(".tmp-*"))
+
+
+def saved(agent: PairedAgent) -> dict[str, tuple[Role, int]]:
+    """The configs on disk (what the agent loads when it starts again)."""
+    return {vol: (c.role, c.epoch) for vol, c in load_configs(agent.pool).items()}

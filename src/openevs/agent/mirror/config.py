@@ -32,8 +32,17 @@ def load_configs(root: Path) -> dict[str, ReplicationConfig]:
     return configs
 
 
-def save_config(root: Path, volume_id: str, config: ReplicationConfig) -> None:
-    write_atomic(config_path(root, volume_id), config.model_dump_json(indent=1).encode())
+def save_config(root: Path, volume_id: str, config: ReplicationConfig, *, sync_dir: bool = True) -> None:
+    """`sync_dir=False`: durable only once the caller fsyncs `root` (sync_configs)."""
+    write_atomic(config_path(root, volume_id), config.model_dump_json(indent=1).encode(), sync_dir=sync_dir)
+
+
+def sync_configs(root: Path) -> None:
+    """Make the renames of `save_config(..., sync_dir=False)` durable: one directory fsync."""
+    try:
+        fsync_dir(Path(root))
+    except OSError as exc:
+        raise PoolIOError(f"cannot sync {root}: {exc.strerror or exc}") from exc
 
 
 def remove_config(root: Path, volume_id: str) -> None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from openevs.agent.grants import validate_export_name
 from openevs.agent.mirror import engine
 from openevs.agent.mirror.changes import ChangeLog
-from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config
+from openevs.agent.mirror.config import BITMAP_SUFFIX, load_configs, remove_config, save_config, sync_configs
 from openevs.agent.mirror.groups import Groups
 from openevs.agent.mirror.link_pool import LinkPools, LinkTls
 from openevs.agent.mirror.plan import Action, plan_config_change
@@ -78,6 +78,7 @@ class ReplicationManager:
         self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
         self._lock = asyncio.Lock()
+        self._group_commit = False  # in put_many: the saves' directory fsync waits for the batch's end
         self.resync_bucket = TokenBucket(resync_rate_bytes_per_s)  # the agent's limit, over all syncs
 
     def _new_replica(self, volume_id: str, config: ReplicationConfig) -> Replica:
@@ -207,32 +208,49 @@ class ReplicationManager:
         return self.groups.members(group_id)
 
     async def put(self, volume_id: str, request: ReplicationRequest) -> ReplicationState:
+        async with self._lock:
+            return await self._put(volume_id, request)
+
+    async def put_many(self, items: Sequence[tuple[str, ReplicationRequest]]) -> list[ReplicationState]:
+        """Each (volume, request) as its own `put`, in order, under one hold of the lock;
+        the first refusal raises and leaves the ones before it applied. A group commit:
+        every config is written and fsynced and renamed as it comes, and the pool
+        directory is fsynced once at the end, before the answer (or the refusal), so
+        what the caller hears of is durable, as with one put at a time."""
+        async with self._lock:
+            self._group_commit = True
+            try:
+                return [await self._put(volume_id, request) for volume_id, request in items]
+            finally:
+                self._group_commit = False
+                await asyncio.to_thread(sync_configs, self.pool.root)
+
+    async def _put(self, volume_id: str, request: ReplicationRequest) -> ReplicationState:
         config, add = request.config(), request.add_dirty
         for offset, length in add:
             if offset < 0 or length < 0:
                 raise InvalidVolumeRequest(f"add_dirty range ({offset}, {length}) is negative")
-        async with self._lock:
-            await asyncio.to_thread(self.pool.info, volume_id)
-            if config.role is not Role.STANDALONE and config.link_export is not None:
-                validate_export_name(config.link_export)
-            current = self.replicas.get(volume_id)
-            actions = plan_config_change(
-                current.config if current is not None else None, config,
-                initial_sync=request.initial_sync,
-                fenced=current is not None and current.state.fenced,
-            )  # fmt: skip
-            try:
-                await self._carry_out(volume_id, current, config, actions)
-            finally:
-                self.changes.touch(volume_id)
-                if (changed := self.replicas.get(volume_id)) is not None:
-                    changed.notify()  # the sync and housekeeping wait for changes, not time
-            replica = self.replicas.get(volume_id)
-            if replica is None:
-                return self.describe(volume_id)  # standalone now
-            if add:
-                await replica.mark_ranges(add)
-            return replica.describe()
+        await asyncio.to_thread(self.pool.info, volume_id)
+        if config.role is not Role.STANDALONE and config.link_export is not None:
+            validate_export_name(config.link_export)
+        current = self.replicas.get(volume_id)
+        actions = plan_config_change(
+            current.config if current is not None else None, config,
+            initial_sync=request.initial_sync,
+            fenced=current is not None and current.state.fenced,
+        )  # fmt: skip
+        try:
+            await self._carry_out(volume_id, current, config, actions)
+        finally:
+            self.changes.touch(volume_id)
+            if (changed := self.replicas.get(volume_id)) is not None:
+                changed.notify()  # the sync and housekeeping wait for changes, not time
+        replica = self.replicas.get(volume_id)
+        if replica is None:
+            return self.describe(volume_id)  # standalone now
+        if add:
+            await replica.mark_ranges(add)
+        return replica.describe()
 
     async def _carry_out(
         self, volume_id: str, current: Replica | None, new: ReplicationConfig, actions: list[Action]
@@ -292,7 +310,9 @@ class ReplicationManager:
             case Action.SET_MIRRORING:
                 replica.set_mirroring(new.mirroring)
             case Action.SAVE:
-                await asyncio.to_thread(save_config, self.pool.root, replica.volume_id, new)
+                await asyncio.to_thread(
+                    save_config, self.pool.root, replica.volume_id, new, sync_dir=not self._group_commit
+                )
                 replica.config = new
                 replica.link_open = True
                 self._index_link_export(replica, old)
