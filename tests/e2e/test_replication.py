@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,8 +47,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, StandaloneAgent, Sessi
         agent.stop()
 
 
-def nbd_address(session: Session, volume_id: str, az: str) -> tuple[str, int, str, bool]:
-    """Attach the disk to a (stopped) server of its AZ and get the NBD grant."""
+def connection_data(session: Session, volume_id: str, az: str) -> dict[str, Any]:
+    """Attach the disk to a (stopped) server of its AZ and get the NBD grant's data."""
     r = session.post(
         "/v2.1/{p}/servers", {"server": {"name": f"host-{volume_id[:8]}", "availability_zone": az}}
     )
@@ -62,7 +63,12 @@ def nbd_address(session: Session, volume_id: str, az: str) -> tuple[str, int, st
         {"os-initialize_connection": {"connector": {"server_id": sid}}},
     )
     assert r.status_code == 200, r.text
-    data = r.json()["connection_info"]["data"]
+    data: dict[str, Any] = r.json()["connection_info"]["data"]
+    return data
+
+
+def nbd_address(session: Session, volume_id: str, az: str) -> tuple[str, int, str, bool]:
+    data = connection_data(session, volume_id, az)
     return data["host"], data["port"], data["export_name"], data["read_only"]
 
 

@@ -22,6 +22,7 @@ from openevs.security import pki, tls
 from openevs.security.identity import CertRole, Identity
 from tests.e2e.agents import StandaloneAgent
 from tests.e2e.conftest import ServeProcess, Session
+from tests.e2e.test_replication import connection_data
 from tests.support.api import make_disk, wait_json
 
 pytestmark = pytest.mark.e2e
@@ -48,23 +49,6 @@ def tls_stack(tmp_path: Path) -> Iterator[tuple[ServeProcess, Path, Session]]:
     finally:
         serve.close()
         agent.stop()
-
-
-def connection_data(session: Session, volume_id: str, az: str) -> dict[str, Any]:
-    r = session.post("/v2.1/{p}/servers", {"server": {"name": f"h-{volume_id[:8]}", "availability_zone": az}})
-    sid = r.json()["server"]["id"]
-    assert session.post(f"/v2.1/{{p}}/servers/{sid}/action", {"os-stop": None}).status_code == 202
-    r = session.post(
-        f"/v2.1/{{p}}/servers/{sid}/os-volume_attachments", {"volumeAttachment": {"volumeId": volume_id}}
-    )
-    assert r.status_code == 200, r.text
-    r = session.post(
-        f"/v2/{{p}}/volumes/{volume_id}/action",
-        {"os-initialize_connection": {"connector": {"server_id": sid}}},
-    )
-    assert r.status_code == 200, r.text
-    data: dict[str, Any] = r.json()["connection_info"]["data"]
-    return data
 
 
 async def _open(data: dict[str, Any], ca_file: Path | None) -> NbdClient:
