@@ -73,12 +73,14 @@ class StorageNode:
         self.witness_port = 0  # the witness this agent also serves (runner.py), 0: none
         self.snapshots = SnapshotStore(self.pool, self._drop_export)
         self.replication.before_discard = self.snapshots.preserve_data
+        self.replication.live_chain = self.snapshots.live_chain
 
     @property
     def nbd_port(self) -> int:
         return self.nbd.port
 
     async def start(self) -> None:
+        self.snapshots.start()
         await self.replication.start()
         await self.nbd.start()
         log.info("agent %s: NBD on %s:%d", self.az, self.nbd_host, self.nbd_port)

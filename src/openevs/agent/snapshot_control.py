@@ -21,6 +21,7 @@ def add_snapshot_routes(app: FastAPI, agent: StorageNode) -> None:
 
     @app.get("/volumes/{volume_id}/snapshots")
     async def list_snapshots(volume_id: str) -> SnapshotList:
+        await store.drain(volume_id)  # preserved_bytes counts what the overlay has pending
         return SnapshotList(snapshots=store.list(volume_id))
 
     @app.put("/volumes/{volume_id}/snapshots/{snapshot_id}")
@@ -33,6 +34,7 @@ def add_snapshot_routes(app: FastAPI, agent: StorageNode) -> None:
 
     @app.get("/volumes/{volume_id}/snapshots/{snapshot_id}")
     async def get_snapshot(volume_id: str, snapshot_id: str) -> SnapshotInfo:
+        await store.drain(volume_id)
         return store.info(volume_id, snapshot_id)
 
     @app.delete("/volumes/{volume_id}/snapshots/{snapshot_id}")

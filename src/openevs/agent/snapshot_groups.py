@@ -57,21 +57,36 @@ class GroupTakes:
     async def _take_all(members: list[Member]) -> list[Snapshot]:
         # Flush the disks first, while no write pays a copy: the fdatasync after the
         # switch then has little left to write, and first writes do not queue behind it.
+        await asyncio.gather(*(chain.drain() for chain, _ in members))
         await asyncio.gather(*(chain.settle() for chain, _ in members))
         prepared: list[tuple[VolumeChain, Snapshot]] = []
+        chains = sorted({c for c, _ in members}, key=lambda c: str(c.volume_path))
         async with AsyncExitStack() as locks:
-            for chain in sorted({c for c, _ in members}, key=lambda c: str(c.volume_path)):
+            for chain in chains:
                 await locks.enter_async_context(chain.mutate)
+                await chain.wait_unfrozen()  # no delete merges a newest away meanwhile
+            held: list[VolumeChain] = []
             try:
                 for chain, snapshot_id in members:
                     prepared.append((chain, await chain.prepare(snapshot_id)))
+                # Every member's overlay emptied, with writes held on all of them for
+                # what came since the first drain.
+                await asyncio.gather(*(chain.drain() for chain in chains))
+                for chain in chains:
+                    held.append(chain)
+                    chain.hold()
+                await asyncio.gather(*(chain.drain() for chain in chains))
             except BaseException:
+                for chain in held:
+                    chain.release()
                 for chain, snap in prepared:
                     await chain.discard_prepared(snap)
                 raise
             # The instant: one synchronous step, no await until every member switched.
             for chain, snap in prepared:
                 chain.snaps.append(snap)
+            for chain in chains:
+                chain.release()
         await asyncio.gather(*(chain.settle() for chain, _ in prepared))
         return [snap for _, snap in prepared]
 

@@ -98,6 +98,22 @@ class SnapshotStore:
                 for name in snap.entry.exports:
                     self.exports[name] = (volume_id, snap.snapshot_id)
 
+    def start(self) -> None:
+        """In the event loop: drain what a killed agent left in the overlays."""
+        for chain in self.chains.values():
+            chain.start()
+
+    def live_chain(self, volume_id: str) -> VolumeChain | None:
+        """The chain whose overlay a reader of the volume's live content must see, if any."""
+        chain = self.chains.get(volume_id)
+        return chain if chain is not None and chain.overlay.pending else None
+
+    async def drain(self, volume_id: str) -> None:
+        """The volume's disk file holds its live content (pending regions drained)."""
+        chain = self.chains.get(volume_id)
+        if chain is not None:
+            await chain.drain()
+
     def close(self) -> None:
         for job in self._jobs.values():
             job.stopped = True
@@ -267,6 +283,7 @@ class SnapshotStore:
 
         async def run(job: Job) -> None:
             chain, snap = self._snapshot(volume_id, snapshot_id)
+            await chain.drain()  # pending regions changed since too: preserved first
             chain.readers += 1
             try:
                 regions = changed_since([s.layer for s in chain.snaps], chain.snaps.index(snap))
@@ -322,7 +339,10 @@ class SnapshotStore:
         """Before the volume's content is discarded behind the write path (a reprotect's
         punch): its newest snapshot preserves every region holding data (holes stay zero)."""
         chain = self.chains.get(volume_id)
-        if chain is None or not chain.snaps:
+        if chain is None:
+            return
+        await chain.drain()  # the disk file is the live disk again, pending regions preserved
+        if not chain.snaps:
             return
         for offset, length in data_extents(chain.volume_fd(), 0, chain.snaps[-1].layer.size_bytes):
             for start in range(offset, offset + length, CHUNK_BYTES):

@@ -20,8 +20,10 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,12 +45,21 @@ from openevs.agent.snapshot_chain import (
     merge_on_delete,
     plan_read,
     regions_of,
+    runs,
     source_of,
     to_preserve,
 )
+from openevs.agent.snapshot_overlay import DATA_FILE, MAP_FILE, Overlay
+
+log = logging.getLogger(__name__)
 
 SNAPSHOTS_DIR = "snapshots"
 CHAIN_FILE = "chain.json"
+DRAIN_BATCH_REGIONS = 256  # 16 MiB preserved per fdatasync
+COPY_STEP_REGIONS = 64  # 4 MiB copied from the overlay per step of the event loop
+# Seconds the background drain waits after the overlay filled (0: it starts at once);
+# FLUSH, FUA and every reader that needs the disk file whole drain regardless.
+DRAIN_DELAY_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_DELAY_S", "0"))
 
 
 class ChainEntry(BaseModel):
@@ -166,6 +177,11 @@ class VolumeChain:
         self.deletes = asyncio.Lock()  # one delete (merge) at a time
         self.readers = 0  # copy and rollback jobs reading the chain
         self.readers_done = asyncio.Event()
+        self.overlay = Overlay(directory)
+        self._volume_wfd = -1  # the drain's writable descriptor of the disk file
+        self._hold: asyncio.Event | None = None  # set while a take drains for its instant
+        self._drain_lock = asyncio.Lock()
+        self._drainer: asyncio.Task[None] | None = None
 
     # -- files ------------------------------------------------------------
 
@@ -177,8 +193,18 @@ class VolumeChain:
             manifest = ChainFile()
         except (OSError, ValueError) as exc:
             raise PoolIOError(f"cannot read {path}: {exc}") from exc
+        base = self.overlay.load()
+        if base is not None:
+            # Pending regions preserve into `base`: a newer snapshot in chain.json is one
+            # whose switch a crash cut short (a take drains the overlay before it switches).
+            ids = [e.id for e in manifest.snapshots]
+            keep_count = ids.index(base) + 1 if base in ids else (0 if base == "" else len(ids))
+            if keep_count < len(ids):
+                manifest = ChainFile(snapshots=manifest.snapshots[:keep_count])
+                write_atomic(path, manifest.model_dump_json(indent=1).encode())
         self.snaps = [Snapshot(self.directory, entry) for entry in manifest.snapshots]
-        keep = {CHAIN_FILE} | {f"{e.id}{s}" for e in manifest.snapshots for s in (".delta", ".bitmap")}
+        keep = {CHAIN_FILE, DATA_FILE, MAP_FILE}
+        keep |= {f"{e.id}{s}" for e in manifest.snapshots for s in (".delta", ".bitmap")}
         for leftover in self.directory.iterdir():
             if leftover.name not in keep:
                 leftover.unlink(missing_ok=True)
@@ -195,12 +221,25 @@ class VolumeChain:
                 raise VolumeNotFound(f"volume file {self.volume_path.name} not found") from None
         return self._volume_fd
 
+    def volume_wfd(self) -> int:
+        if self._volume_wfd < 0:
+            try:
+                self._volume_wfd = os.open(self.volume_path, os.O_RDWR)
+            except FileNotFoundError:
+                raise VolumeNotFound(f"volume file {self.volume_path.name} not found") from None
+        return self._volume_wfd
+
     def close(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            self._drainer = None
         for snap in self.snaps:
             snap.close()
-        if self._volume_fd >= 0:
-            os.close(self._volume_fd)
-            self._volume_fd = -1
+        self.overlay.close()
+        for fd in (self._volume_fd, self._volume_wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._volume_fd = self._volume_wfd = -1
 
     def find(self, snapshot_id: str) -> Snapshot | None:
         return next((s for s in self.snaps if s.snapshot_id == snapshot_id), None)
@@ -211,38 +250,198 @@ class VolumeChain:
 
     # -- the write path ----------------------------------------------------
 
+    @property
+    def live(self) -> bool:
+        """Writes must ask the chain (it has snapshots, or regions pending in the overlay)."""
+        return bool(self.snaps) or bool(self.overlay.pending)
+
+    async def write(
+        self, offset: int, data: bytes | bytearray | memoryview,
+        pwrite: Callable[[int, bytes | bytearray | memoryview], None],
+    ) -> None:  # fmt: skip
+        """A user write: into the overlay (a region to preserve or pending), else `pwrite`
+        to the disk file once its regions are preserved (the overlay full: the copy first).
+
+        The choice and the pwrite are one synchronous step: no region becomes pending
+        between them."""
+        length = len(data)
+        while True:
+            if self._hold is not None:
+                await self._hold.wait()
+                continue
+            if self._to_overlay(offset, length):
+                self.overlay.put(self.volume_fd(), offset, data)
+                return
+            newest = self.newest
+            if not to_preserve(None if newest is None else newest.layer, offset, length):
+                pwrite(offset, data)
+                return
+            await self.preserve(offset, length)
+
+    def _to_overlay(self, offset: int, length: int) -> bool:
+        overlay = self.overlay
+        if overlay.any_pending(offset, length):
+            return True
+        newest = self.newest
+        if newest is None or not to_preserve(newest.layer, offset, length):
+            return False
+        count = len(regions_of(offset, length))
+        if not overlay.has_room(count):
+            return False
+        if not overlay.pending:
+            overlay.begin(newest.snapshot_id)
+        self._kick()
+        return True
+
+    async def direct(self, offset: int, length: int) -> bool:
+        """Before a write-like change of the disk file itself (zeroing, trim): its regions
+        preserved and none pending; False if some are pending (the caller writes through
+        `write` instead, or skips an advisory trim). True means: change it now, in this step."""
+        while True:
+            if self._hold is not None:
+                await self._hold.wait()
+                continue
+            if self.overlay.any_pending(offset, length):
+                return False
+            newest = self.newest
+            if not to_preserve(None if newest is None else newest.layer, offset, length):
+                return True
+            await self.preserve(offset, length)
+
+    def wants_overlay(self, offset: int, length: int) -> bool:
+        """A write of the range would go to the overlay now."""
+        if self.overlay.any_pending(offset, length):
+            return True
+        newest = self.newest
+        return (
+            newest is not None and bool(to_preserve(newest.layer, offset, length))
+            and self.overlay.has_room(len(regions_of(offset, length)))
+        )  # fmt: skip
+
+    def read_live(self, buf: bytearray | memoryview, offset: int) -> None:
+        """Synchronous: patch what the disk file gave for `offset` with the pending regions."""
+        if self.overlay.pending:
+            self.overlay.patch(buf, offset)
+
+    def pending_ranges(self) -> list[tuple[int, int]]:
+        return self.overlay.pending_ranges()
+
+    # -- the drain -------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_forever())
+
+    def start(self) -> None:
+        """In the event loop: drain what a killed process left pending."""
+        if self.overlay.pending:
+            self._kick()
+
+    async def _drain_forever(self) -> None:
+        if DRAIN_DELAY_S:
+            await asyncio.sleep(DRAIN_DELAY_S)
+        while self.overlay.pending:
+            try:
+                await self.drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next flush reports it to its client
+                log.error("snapshots of %s: cannot drain the overlay: %s", self.volume_path.name, exc)
+                await asyncio.sleep(1.0)
+
+    async def drain(self, regions: Iterable[int] | None = None) -> None:
+        """Until every region pending now (of `regions` only, if given) is in the disk file,
+        its old content preserved (durable) first."""
+        pending = self.overlay.pending
+        if not pending:
+            return
+        todo = sorted(pending) if regions is None else sorted(r for r in regions if r in pending)
+        while todo:
+            async with self._drain_lock:
+                batch = [r for r in todo[:DRAIN_BATCH_REGIONS] if r in pending]
+                todo = todo[DRAIN_BATCH_REGIONS:]
+                if batch:
+                    await self._drain_batch(batch)
+
+    async def _drain_batch(self, batch: list[int]) -> None:
+        await self.preserve_regions(batch, threaded=True)
+        overlay, wfd = self.overlay, self.volume_wfd()
+        for first, count in runs(batch):
+            for step in range(first, first + count, COPY_STEP_REGIONS):
+                stop = min(first + count, step + COPY_STEP_REGIONS)
+                # Only the drain clears regions and it holds the lock: all still pending.
+                overlay.copy_out(range(step, stop), wfd)
+                await asyncio.sleep(0)
+        if not overlay.pending:
+            overlay.reset()
+
+    async def drain_for_instant(self) -> None:
+        """Before a take's switch: drain while writes go on, then hold them (`release`)
+        and drain what came meanwhile, so the overlay is empty at the switch."""
+        await self.drain()
+        self.hold()
+        try:
+            await self.drain()
+        except BaseException:
+            self.release()
+            raise
+
+    def hold(self) -> None:
+        """Writes wait from now until `release` (a take's instant)."""
+        if self._hold is None:
+            self._hold = asyncio.Event()
+
+    def release(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.set()
+
     async def preserve(self, offset: int, length: int) -> None:
         """Before a write of [offset, offset+length): preserve its regions into the newest snapshot."""
+        await self.preserve_regions(regions_of(offset, length))
+
+    async def preserve_regions(self, regions: Iterable[int], threaded: bool = False) -> None:
+        """Preserve `regions` into the newest snapshot (`threaded`: copy in a thread; only
+        for regions whose disk file nothing else writes meanwhile: pending ones)."""
+        wanted = list(regions)
         while True:
             if self._frozen is not None:
                 await self._frozen.wait()
                 continue
             newest = self.newest
-            todo = to_preserve(None if newest is None else newest.layer, offset, length)
-            if newest is None or not todo:
+            if newest is None:
+                return
+            limit, preserved = newest.layer.region_count, newest.layer.preserved
+            todo = [r for r in wanted if r < limit and r not in preserved]
+            if not todo:
                 return
             waits = [newest.inflight[r] for r in todo if r in newest.inflight]
             mine = [r for r in todo if r not in newest.inflight]
             if mine:
-                await self._copy_regions(newest, mine)
+                await self._copy_regions(newest, mine, threaded)
             if waits:
                 await asyncio.gather(*waits)
 
-    async def _copy_regions(self, snap: Snapshot, regions: list[int]) -> None:
+    async def _copy_regions(self, snap: Snapshot, regions: list[int], threaded: bool = False) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         for region in regions:
             snap.inflight[region] = done
         try:
             fd, size = self.volume_fd(), snap.layer.size_bytes
-            zero: list[int] = []
-            for region in regions:
-                start = region * REGION_BYTES
-                data = pread_full(fd, start, min(REGION_BYTES, size - start))
-                if data.count(0) == len(data):
-                    zero.append(region)  # recorded by a bit: the delta stays a hole there
-                else:
-                    os.pwrite(snap.fd, data, start)  # recorded by its allocation
+
+            def copy() -> list[int]:
+                zero: list[int] = []
+                for region in regions:
+                    start = region * REGION_BYTES
+                    data = pread_full(fd, start, min(REGION_BYTES, size - start))
+                    if data.count(0) == len(data):
+                        zero.append(region)  # recorded by a bit: the delta stays a hole there
+                    else:
+                        os.pwrite(snap.fd, data, start)  # recorded by its allocation
+                return zero
+
+            zero = await asyncio.to_thread(copy) if threaded else copy()
             await record(snap, len(zero) < len(regions), zero)
             snap.layer.preserved.update(regions)
             done.set_result(None)
@@ -259,14 +458,34 @@ class VolumeChain:
 
     async def take(self, snapshot_id: str) -> Snapshot:
         """Make `snapshot_id` the newest snapshot; an existing one is success."""
+        await self.drain()  # while writes go on: little is left for the instant
         async with self.mutate:
+            await self.wait_unfrozen()
             existing = self.find(snapshot_id)
             if existing is not None:
                 return existing
             snap = await self.prepare(snapshot_id)
+            try:
+                await self.drain_for_instant()
+            except BaseException:
+                await self.discard_prepared(snap)
+                raise
             self.snaps.append(snap)  # from here on, writes preserve into it
+            self.release()
         await self.settle()
         return snap
+
+    async def wait_unfrozen(self) -> None:
+        """Under `mutate`: until no delete merges the newest away (it froze the drain's
+        preservation, and only starts under `mutate`, so none starts after this)."""
+        while self._frozen is not None:
+            self.mutate.release()
+            try:
+                frozen = self._frozen
+                if frozen is not None:
+                    await frozen.wait()
+            finally:
+                await self.mutate.acquire()
 
     async def prepare(self, snapshot_id: str) -> Snapshot:
         """Under `mutate`: the snapshot's files, and `chain.json` naming it, before any
@@ -323,6 +542,8 @@ class VolumeChain:
                 remaining = [s for s in self.snaps if s is not snap]
                 await asyncio.to_thread(self.save, remaining)
                 self.snaps = remaining
+                if self.overlay.base == snap.snapshot_id:
+                    self.overlay.rebase(remaining[-1].snapshot_id if remaining else "")
             await asyncio.to_thread(snap.remove)
         finally:
             snap.deleting = False
@@ -389,6 +610,7 @@ class VolumeChain:
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         self.snaps = []
+        self.overlay.pending = {}
 
 
 def chain_directory(pool_root: Path, volume_id: str) -> Path:

@@ -88,6 +88,7 @@ def verify_router(node: StorageNode) -> APIRouter:
     @router.post("/volumes/{volume_id}/replication/hash")
     async def hash_volume(volume_id: str, body: HashRequest) -> RegionHashes:
         r = replica(volume_id)
+        await node.snapshots.drain(volume_id)  # the file holds what the overlay has pending
         regions = _regions(body.offset, body.length)
         primary = r.state.role is Role.PRIMARY
         seq = r.activity.write_seq if primary else 0

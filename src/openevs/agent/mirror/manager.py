@@ -32,6 +32,7 @@ from openevs.agent.mirror.plan import Action, plan_config_change
 from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.ratelimit import TokenBucket
 from openevs.agent.mirror.replica import Replica
+from openevs.agent.mirror.sync import LiveView
 from openevs.agent.mirror.user_export import MirroredExport
 from openevs.agent.nbd.export import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FileExport, fallocate
 from openevs.agent.pool import (
@@ -74,6 +75,8 @@ class ReplicationManager:
         self._by_link_export: dict[str, str] = {}  # link export -> volume (the lookup per OPEN)
         # Set by the node: called before a volume's whole content is discarded (snapshots).
         self.before_discard: Callable[[str], Awaitable[None]] | None = None
+        # Set by the node: a volume whose live content is partly outside its file (snapshots).
+        self.live_chain: Callable[[str], LiveView | None] = lambda _v: None
         self.groups = Groups(self.replicas)
         self.quorum = Quorum(side, self._arbitration_changed, tls)
         self.quorum.still_needed = self._lease_needed
@@ -91,6 +94,7 @@ class ReplicationManager:
             on_change=self.changes.touch,
             quorum=self.quorum,
             resync_bucket=self.resync_bucket,
+            live=lambda: self.live_chain(volume_id),
         )  # fmt: skip
 
     # -- arbitration (quorum.py, solo.py) ----------------------------------

@@ -32,7 +32,7 @@ from openevs.agent.mirror.quorum import Quorum
 from openevs.agent.mirror.ratelimit import TokenBucket
 from openevs.agent.mirror.replica_link import ReplicaLink
 from openevs.agent.mirror.solo import SoloGate
-from openevs.agent.mirror.sync import Sync
+from openevs.agent.mirror.sync import LiveView, Sync
 from openevs.agent.mirror.tasks import Changes, TaskSet
 from openevs.agent.mirror.writes import ForwardOp, LocalOp, WritePath
 from openevs.agent.pool import data_extents
@@ -53,8 +53,10 @@ class Replica:
         quorum: Quorum,
         resync_bucket: TokenBucket | None = None,
         on_change: Callable[[str], None] = lambda _v: None,
+        live: Callable[[], LiveView | None] = lambda: None,
     ) -> None:  # fmt: skip
         self.volume_id = volume_id
+        self._live = live
         self.config = config
         self.state = st = MirrorState(role=config.role, mirroring=config.mirroring)
         self.image_path = os.fspath(image_path)
@@ -74,6 +76,7 @@ class Replica:
         self.sync = Sync(
             volume_id, st, self.activity, changes, self._current_link, self._data_fd, self._size,
             pair_rate=lambda: self.config.resync_rate_bytes_per_s, agent_bucket=resync_bucket,
+            live=live,
         )  # fmt: skip
         self._quorum = quorum
         self.gate = SoloGate(volume_id, st, quorum, self._arbiter, changes, self._peer_flush)
@@ -182,8 +185,12 @@ class Replica:
         """The initial copy: every data extent is dirty, and the peer is blank (it
         was punched), so all-zero chunks need no request."""
         self.sync.peer_blank = True
+        live = self._live()
+        pending = live.pending_ranges() if live is not None else []
         extents = await asyncio.to_thread(data_extents, self._data_fd(), 0, self.size_bytes)
-        await self.mark_ranges(extents)
+        live = self._live()  # regions still pending (a snapshot overlay) are data too
+        pending += live.pending_ranges() if live is not None else []
+        await self.mark_ranges(extents + pending)
 
     async def clear_bitmap(self) -> None:
         await self.activity.clear()

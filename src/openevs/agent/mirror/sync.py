@@ -27,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from openevs.agent.mirror import engine
 from openevs.agent.mirror.activity import ActivityLog
@@ -45,13 +46,24 @@ PIPELINE = 16  # sync requests in flight
 _ZEROS = bytes(engine.MAX_CHUNK_REGIONS * REGION_BYTES)
 
 
+class LiveView(Protocol):
+    """A volume whose live content is not all in its file (a snapshot overlay's pending
+    regions): reads of it are patched in the event loop, where nothing moves them."""
+
+    def read_live(self, buf: bytearray | memoryview, offset: int) -> None: ...
+
+    def pending_ranges(self) -> list[tuple[int, int]]: ...
+
+
 class Sync:
     def __init__(
         self, volume_id: str, state: MirrorState, activity: ActivityLog, changes: Changes,
         current_link: Callable[[], PeerLink | None], fd: Callable[[], int], size_bytes: Callable[[], int],
         pair_rate: Callable[[], int] = lambda: 0, agent_bucket: TokenBucket | None = None,
+        live: Callable[[], LiveView | None] = lambda: None,
     ) -> None:  # fmt: skip
         self._volume_id = volume_id
+        self._live = live
         self._state = state
         self._activity = activity
         self._changes = changes
@@ -156,7 +168,11 @@ class Sync:
             buffer = self._buffers.pop() if self._buffers else bytearray(len(_ZEROS))
             try:
                 generation = link.generation
-                data = await asyncio.to_thread(self._read_chunk, offset, length, buffer)
+                live = self._live()
+                if live is None:
+                    data = await asyncio.to_thread(self._read_chunk, offset, length, buffer)
+                else:  # pending regions: read and patched in one step of the loop
+                    data = self._read_live_chunk(offset, length, buffer, live)
                 if data is None:
                     if not self.peer_blank:
                         await link.write_zeroes(offset, length)
@@ -204,6 +220,20 @@ class Sync:
         if (buffer == _ZEROS) if length == len(buffer) else (bytes(view) == _ZEROS[:length]):
             return None
         return view
+
+    def _read_live_chunk(
+        self, offset: int, length: int, buffer: bytearray, live: LiveView
+    ) -> memoryview | None:
+        view = memoryview(buffer)[:length]
+        fd, done = self._fd(), 0
+        while done < length:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                view[done:] = _ZEROS[: length - done]
+                break
+            done += n
+        live.read_live(view, offset)
+        return None if bytes(view) == _ZEROS[:length] else view
 
     def _finish(self) -> None:
         """The dirty set drained: the peer holds every write (in its page cache, as

@@ -1,0 +1,285 @@
+"""The write-back overlay of a disk with snapshots (docs/decisions.md "Snapshots").
+
+A first write to a region the newest snapshot has not preserved yet does
+not wait for the copy-before-write: the region's new content (merged with
+its old bytes from the disk file when the write covers it only partly) is
+pwritten into `overlay.data` at the same offset, the region's byte in
+`overlay.map` is set, and the write is acknowledged (page cache, like any
+write). The region is *pending*: its live content is the overlay's, and
+the disk file still holds the old bytes, which are the newest snapshot's
+view. `VolumeChain.drain` (a background task, and every FLUSH or FUA
+before it answers) preserves pending regions as before, in batches (one
+fdatasync for many), then copies them into the disk file and clears them.
+
+Rules this module keeps:
+
+- a region's map byte is set only after its overlay bytes were pwritten
+  whole (so a process killed at any point, whose page cache the kernel
+  keeps, leaves no region recorded with torn content), and cleared before
+  its overlay bytes are punched;
+- the map's header names the boot it was written in: after a reboot (a
+  power cut) the overlay is discarded whole. Nothing it held was flushed
+  (a flush drains before it answers), and the disk file still holds each
+  pending region's content from before its first write since the drain;
+- the header also names the snapshot pending regions preserve into (the
+  newest when the overlay filled): chain.json may name a newer one whose
+  switch a crash cut short (`VolumeChain.load` drops it);
+- the disk file of a pending region is written by the drain only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from openevs.agent.mirror.engine import REGION_BYTES
+from openevs.agent.nbd.export import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
+from openevs.agent.pool import data_extents
+from openevs.agent.snapshot_chain import regions_of
+
+DATA_FILE = "overlay.data"
+MAP_FILE = "overlay.map"
+HEADER_BYTES = 128
+MAGIC = b"OEVSOVL1"
+DEFAULT_CAP_BYTES = 1 << 30
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> bytes:
+    try:
+        with open(_BOOT_ID_PATH, "rb") as f:
+            return f.read().strip()[:48]
+    except OSError:
+        return b"unknown"
+
+
+def cap_bytes_from_env() -> int:
+    """`OPENEVS_SNAPSHOT_OVERLAY_MIB` (per disk); 0 turns the overlay off."""
+    raw = os.environ.get("OPENEVS_SNAPSHOT_OVERLAY_MIB")
+    return DEFAULT_CAP_BYTES if raw is None else max(0, int(raw)) << 20
+
+
+def _pread_full(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            return data + bytes(length - len(data))
+        data += more
+    return data
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class Overlay:
+    """One disk's pending regions: their bytes, their record, and the in-memory map."""
+
+    def __init__(self, directory: Path, cap_bytes: int | None = None) -> None:
+        self.directory = directory
+        self.data_path = directory / DATA_FILE
+        self.map_path = directory / MAP_FILE
+        cap = cap_bytes_from_env() if cap_bytes is None else cap_bytes
+        self.cap_regions = cap // REGION_BYTES
+        self.pending: dict[int, int] = {}  # region -> seq of its last write
+        self.seq = 0
+        self.drained = 0  # copy steps so far: readers in threads re-check against it
+        self.base = ""  # the snapshot the pending regions preserve into
+        self._fd = -1
+        self._map_fd = -1
+
+    # -- files ------------------------------------------------------------
+
+    def load(self) -> str | None:
+        """Pending regions left by a killed process; their base snapshot (None: nothing pending)."""
+        try:
+            map_fd = os.open(self.map_path, os.O_RDWR)
+        except FileNotFoundError:
+            self.data_path.unlink(missing_ok=True)
+            return None
+        try:
+            header = _pread_full(map_fd, 0, HEADER_BYTES)
+            size = os.fstat(map_fd).st_size
+            pending: list[int] = []
+            if header.startswith(MAGIC) and header[8:56].rstrip(b"\0") == boot_id():
+                for offset, length in data_extents(map_fd, HEADER_BYTES, max(0, size - HEADER_BYTES)):
+                    chunk = _pread_full(map_fd, offset, length)
+                    first = offset - HEADER_BYTES
+                    pending.extend(first + i for i, b in enumerate(chunk) if b)
+        finally:
+            os.close(map_fd)
+        if not pending:  # empty, or written before a reboot: nothing in it was flushed
+            self.remove()
+            return None
+        self.base = header[56:HEADER_BYTES].rstrip(b"\0").decode()
+        self._open()
+        self.pending = dict.fromkeys(pending, 0)
+        return self.base
+
+    def _open(self) -> None:
+        if self._fd < 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._map_fd = os.open(self.map_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def begin(self, snapshot_id: str) -> None:
+        """The overlay is empty and a region is about to be recorded: name its base first."""
+        self.base = snapshot_id
+        self._open()
+        self._write_header()
+
+    def rebase(self, snapshot_id: str) -> None:
+        """The base snapshot was deleted: pending regions now preserve into `snapshot_id`."""
+        self.base = snapshot_id
+        if self._fd >= 0 and self.pending:
+            self._write_header()
+
+    def _write_header(self) -> None:
+        snapshot_id = self.base
+        header = MAGIC + boot_id().ljust(48, b"\0") + snapshot_id.encode().ljust(HEADER_BYTES - 56, b"\0")
+        _pwrite_all(self._map_fd, header[:HEADER_BYTES], 0)
+
+    def close(self) -> None:
+        for fd in (self._fd, self._map_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._map_fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        self.pending = {}
+        self.map_path.unlink(missing_ok=True)
+        self.data_path.unlink(missing_ok=True)
+
+    # -- the write path (synchronous, in the event loop) --------------------
+
+    def any_pending(self, offset: int, length: int) -> bool:
+        pending = self.pending
+        return bool(pending) and any(r in pending for r in regions_of(offset, length))
+
+    def has_room(self, regions: int) -> bool:
+        return len(self.pending) + regions <= self.cap_regions
+
+    def put(self, disk_fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """The write's bytes into the overlay, every region of it whole; then recorded."""
+        self._open()
+        fd, pending = self._fd, self.pending
+        length = len(data)
+        end = offset + length
+        regions = regions_of(offset, length)
+        first, last = regions.start, regions.stop - 1
+        start, stop = first * REGION_BYTES, (last + 1) * REGION_BYTES
+        if offset > start and first not in pending:
+            _pwrite_all(fd, _pread_full(disk_fd, start, offset - start), start)
+        _pwrite_all(fd, data, offset)
+        if end < stop and last not in pending:
+            _pwrite_all(fd, _pread_full(disk_fd, end, stop - end), end)
+        self.seq += 1
+        seq = self.seq
+        if not all(r in pending for r in regions):
+            _pwrite_all(self._map_fd, b"\1" * len(regions), HEADER_BYTES + first)
+        for r in regions:
+            pending[r] = seq
+
+    # -- reads --------------------------------------------------------------
+
+    def patch(self, buf: bytearray | memoryview, offset: int) -> None:
+        """Overwrite the pending regions' parts of `buf` (read from the disk file at `offset`)."""
+        view = memoryview(buf)
+        for run_start, run_stop in self._pending_runs(offset, len(view)):
+            lo, hi = max(offset, run_start), min(offset + len(view), run_stop)
+            view[lo - offset : hi - offset] = _pread_full(self._fd, lo, hi - lo)
+
+    def _pending_runs(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Byte ranges [start, stop) of consecutive pending regions meeting the range."""
+        out: list[tuple[int, int]] = []
+        pending = self.pending
+        if not pending:
+            return out
+        for r in regions_of(offset, length):
+            if r in pending:
+                lo, hi = r * REGION_BYTES, (r + 1) * REGION_BYTES
+                if out and out[-1][1] == lo:
+                    out[-1] = (out[-1][0], hi)
+                else:
+                    out.append((lo, hi))
+        return out
+
+    def extents(self, base: list[tuple[int, int]], offset: int, length: int) -> list[tuple[int, int]]:
+        """`base` (the disk file's (length, flags) extents from offset) with pending regions as data."""
+        runs = self._pending_runs(offset, length)
+        if not runs:
+            return base
+        pieces: list[tuple[int, int, int]] = []  # (start, stop, flags)
+        pos = offset
+        for ext_len, flags in base:
+            pieces.append((pos, pos + ext_len, flags))
+            pos += ext_len
+        for lo, hi in runs:
+            lo, hi = max(lo, offset), min(hi, offset + length)
+            cut: list[tuple[int, int, int]] = []
+            for s, e, f in pieces:
+                if e <= lo or s >= hi:
+                    cut.append((s, e, f))
+                    continue
+                if s < lo:
+                    cut.append((s, lo, f))
+                cut.append((max(s, lo), min(e, hi), 0))
+                if e > hi:
+                    cut.append((hi, e, f))
+            pieces = cut
+        merged: list[tuple[int, int]] = []
+        for s, e, f in pieces:
+            if merged and merged[-1][1] == f:
+                merged[-1] = (merged[-1][0] + e - s, f)
+            else:
+                merged.append((e - s, f))
+        return merged
+
+    def pending_ranges(self) -> list[tuple[int, int]]:
+        """(offset, length) of every pending run (for a copy that must see them as data)."""
+        out: list[tuple[int, int]] = []
+        for r in sorted(self.pending):
+            lo = r * REGION_BYTES
+            if out and out[-1][0] + out[-1][1] == lo:
+                out[-1] = (out[-1][0], out[-1][1] + REGION_BYTES)
+            else:
+                out.append((lo, REGION_BYTES))
+        return out
+
+    # -- the drain ------------------------------------------------------------
+
+    def copy_out(self, regions: Iterable[int], disk_fd: int) -> None:
+        """Synchronous: consecutive pending `regions` into the disk file, then cleared.
+
+        Their preservation is durable already (the caller's)."""
+        regions = sorted(regions)
+        if not regions:
+            return
+        first, count = regions[0], len(regions)
+        assert regions[-1] == first + count - 1, "consecutive regions only"
+        start, length = first * REGION_BYTES, count * REGION_BYTES
+        data = _pread_full(self._fd, start, length)
+        size = os.fstat(disk_fd).st_size
+        if start < size:
+            _pwrite_all(disk_fd, memoryview(data)[: min(length, size - start)], start)
+        _pwrite_all(self._map_fd, bytes(count), HEADER_BYTES + first)
+        for r in regions:
+            del self.pending[r]
+        with contextlib.suppress(OSError):  # else the space comes back at `reset`
+            fallocate(self._fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length)
+        self.drained += 1
+
+    def reset(self) -> None:
+        """Nothing pending: give the overlay's space back (the map first)."""
+        if self.pending or self._fd < 0:
+            return
+        os.ftruncate(self._map_fd, 0)
+        os.ftruncate(self._fd, 0)
