@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+import struct
 from pathlib import Path
 
 from openevs.agent.mirror.engine import REGION_BYTES
@@ -42,6 +42,10 @@ from openevs.agent.snapshot_chain import regions_of
 DATA_FILE = "overlay.data"
 MAP_FILE = "overlay.map"
 HEADER_BYTES = 128
+ENTRY_BYTES = 2  # per region: the mask of the 4 KiB blocks the overlay holds
+BLOCK_BYTES = 4096
+BLOCKS = REGION_BYTES // BLOCK_BYTES
+FULL_MASK = (1 << BLOCKS) - 1
 MAGIC = b"OEVSOVL1"
 DEFAULT_CAP_BYTES = 1 << 30
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -89,6 +93,7 @@ class Overlay:
         cap = cap_bytes_from_env() if cap_bytes is None else cap_bytes
         self.cap_regions = cap // REGION_BYTES
         self.pending: dict[int, int] = {}  # region -> seq of its last write
+        self.masks: dict[int, int] = {}  # region -> its 4 KiB blocks the overlay holds (bit i)
         self.seq = 0
         self.drained = 0  # copy steps so far: readers in threads re-check against it
         self.base = ""  # the snapshot the pending regions preserve into
@@ -107,20 +112,22 @@ class Overlay:
         try:
             header = _pread_full(map_fd, 0, HEADER_BYTES)
             size = os.fstat(map_fd).st_size
-            pending: list[int] = []
+            masks: dict[int, int] = {}
             if header.startswith(MAGIC) and header[8:56].rstrip(b"\0") == boot_id():
                 for offset, length in data_extents(map_fd, HEADER_BYTES, max(0, size - HEADER_BYTES)):
-                    chunk = _pread_full(map_fd, offset, length)
-                    first = offset - HEADER_BYTES
-                    pending.extend(first + i for i, b in enumerate(chunk) if b)
+                    chunk = _pread_full(map_fd, offset, length - length % ENTRY_BYTES)
+                    first = (offset - HEADER_BYTES) // ENTRY_BYTES
+                    entries = struct.unpack(f"<{len(chunk) // ENTRY_BYTES}H", chunk)
+                    masks.update((first + i, m) for i, m in enumerate(entries) if m)
         finally:
             os.close(map_fd)
-        if not pending:  # empty, or written before a reboot: nothing in it was flushed
+        if not masks:  # empty, or written before a reboot: nothing in it was flushed
             self.remove()
             return None
         self.base = header[56:HEADER_BYTES].rstrip(b"\0").decode()
         self._open()
-        self.pending = dict.fromkeys(pending, 0)
+        self.masks = masks
+        self.pending = dict.fromkeys(masks, 0)
         return self.base
 
     def _open(self) -> None:
@@ -155,6 +162,7 @@ class Overlay:
     def remove(self) -> None:
         self.close()
         self.pending = {}
+        self.masks = {}
         self.map_path.unlink(missing_ok=True)
         self.data_path.unlink(missing_ok=True)
 
@@ -168,34 +176,72 @@ class Overlay:
         return len(self.pending) + regions <= self.cap_regions
 
     def put(self, disk_fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """The write's bytes into the overlay, every region of it whole; then recorded."""
+        """The write's bytes into the overlay, its edge blocks whole; then recorded.
+
+        The overlay holds 4 KiB blocks: a block the overlay lacks reads from the disk
+        file, which holds the live bytes of every block not in the overlay."""
         self._open()
-        fd, pending = self._fd, self.pending
+        fd, masks = self._fd, self.masks
         length = len(data)
         end = offset + length
-        regions = regions_of(offset, length)
-        first, last = regions.start, regions.stop - 1
-        start, stop = first * REGION_BYTES, (last + 1) * REGION_BYTES
-        if offset > start and first not in pending:
-            _pwrite_all(fd, _pread_full(disk_fd, start, offset - start), start)
+        b0, b1 = offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1
+        head, tail = b0 * BLOCK_BYTES, b1 * BLOCK_BYTES
+        if offset > head and not self._holds(b0):
+            _pwrite_all(fd, _pread_full(disk_fd, head, offset - head), head)
         _pwrite_all(fd, data, offset)
-        if end < stop and last not in pending:
-            _pwrite_all(fd, _pread_full(disk_fd, end, stop - end), end)
+        if end < tail and not self._holds(b1 - 1):
+            _pwrite_all(fd, _pread_full(disk_fd, end, tail - end), end)
+        first, last = b0 // BLOCKS, (b1 - 1) // BLOCKS
+        new = []
+        for r in range(first, last + 1):
+            lo, hi = max(b0, r * BLOCKS) - r * BLOCKS, min(b1, (r + 1) * BLOCKS) - r * BLOCKS
+            new.append(masks.get(r, 0) | (((1 << (hi - lo)) - 1) << lo))
+        if any(masks.get(r) != m for r, m in zip(range(first, last + 1), new, strict=True)):
+            record = struct.pack(f"<{len(new)}H", *new)
+            _pwrite_all(self._map_fd, record, HEADER_BYTES + first * ENTRY_BYTES)
         self.seq += 1
-        seq = self.seq
-        if not all(r in pending for r in regions):
-            _pwrite_all(self._map_fd, b"\1" * len(regions), HEADER_BYTES + first)
-        for r in regions:
+        seq, pending = self.seq, self.pending
+        for r, m in zip(range(first, last + 1), new, strict=True):
+            masks[r] = m
             pending[r] = seq
+
+    def _holds(self, block: int) -> bool:
+        region, bit = divmod(block, BLOCKS)
+        return bool(self.masks.get(region, 0) >> bit & 1)
 
     # -- reads --------------------------------------------------------------
 
     def patch(self, buf: bytearray | memoryview, offset: int) -> None:
-        """Overwrite the pending regions' parts of `buf` (read from the disk file at `offset`)."""
+        """Overwrite the overlay's blocks in `buf` (read from the disk file at `offset`)."""
         view = memoryview(buf)
-        for run_start, run_stop in self._pending_runs(offset, len(view)):
-            lo, hi = max(offset, run_start), min(offset + len(view), run_stop)
-            view[lo - offset : hi - offset] = _pread_full(self._fd, lo, hi - lo)
+        end = offset + len(view)
+        for run_start, run_stop in self._held_runs(offset, len(view)):
+            lo, hi = max(offset, run_start), min(end, run_stop)
+            if lo < hi:
+                view[lo - offset : hi - offset] = _pread_full(self._fd, lo, hi - lo)
+
+    def _held_runs(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Byte ranges [start, stop) of the overlay's blocks in pending regions meeting the range."""
+        out: list[tuple[int, int]] = []
+        masks = self.masks
+        if not masks:
+            return out
+        for r in regions_of(offset, length):
+            mask = masks.get(r)
+            if not mask:
+                continue
+            base = r * REGION_BYTES
+            if mask == FULL_MASK:
+                spans = [(base, base + REGION_BYTES)]
+            else:
+                block = BLOCK_BYTES
+                spans = [(base + i * block, base + (i + 1) * block) for i in range(BLOCKS) if mask >> i & 1]
+            for lo, hi in spans:
+                if out and out[-1][1] == lo:
+                    out[-1] = (out[-1][0], hi)
+                else:
+                    out.append((lo, hi))
+        return out
 
     def _pending_runs(self, offset: int, length: int) -> list[tuple[int, int]]:
         """Byte ranges [start, stop) of consecutive pending regions meeting the range."""
@@ -256,23 +302,23 @@ class Overlay:
 
     # -- the drain ------------------------------------------------------------
 
-    def copy_out(self, regions: Iterable[int], disk_fd: int) -> None:
-        """Synchronous: consecutive pending `regions` into the disk file, then cleared.
-
-        Their preservation is durable already (the caller's)."""
-        regions = sorted(regions)
-        if not regions:
-            return
-        first, count = regions[0], len(regions)
-        assert regions[-1] == first + count - 1, "consecutive regions only"
-        start, length = first * REGION_BYTES, count * REGION_BYTES
-        data = _pread_full(self._fd, start, length)
+    def copy_data(self, first: int, count: int, disk_fd: int) -> None:
+        """Blocking (a thread may run it): the overlay's blocks of regions [first, first+count)
+        into the disk file. Writes may change them meanwhile: `clear` only those whose seq
+        did not change."""
         size = os.fstat(disk_fd).st_size
-        if start < size:
-            _pwrite_all(disk_fd, memoryview(data)[: min(length, size - start)], start)
-        _pwrite_all(self._map_fd, bytes(count), HEADER_BYTES + first)
-        for r in regions:
+        for lo, hi in self._held_runs(first * REGION_BYTES, count * REGION_BYTES):
+            hi = min(hi, size)
+            if lo < hi:
+                _pwrite_all(disk_fd, _pread_full(self._fd, lo, hi - lo), lo)
+
+    def clear(self, first: int, count: int) -> None:
+        """In the loop, after their copy: the regions are no longer pending (record first)."""
+        start, length = first * REGION_BYTES, count * REGION_BYTES
+        _pwrite_all(self._map_fd, bytes(count * ENTRY_BYTES), HEADER_BYTES + first * ENTRY_BYTES)
+        for r in range(first, first + count):
             del self.pending[r]
+            del self.masks[r]
         with contextlib.suppress(OSError):  # else the space comes back at `reset`
             fallocate(self._fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length)
         self.drained += 1

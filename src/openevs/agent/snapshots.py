@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 SNAPSHOTS_DIR = "snapshots"
 CHAIN_FILE = "chain.json"
 DRAIN_BATCH_REGIONS = 256  # 16 MiB preserved per fdatasync
-COPY_STEP_REGIONS = 64  # 4 MiB copied from the overlay per step of the event loop
+COPY_STEP_REGIONS = 64  # 4 MiB copied from the overlay per thread call
 # Seconds the background drain waits after the overlay filled (0: it starts at once);
 # FLUSH, FUA and every reader that needs the disk file whole drain regardless.
 DRAIN_DELAY_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_DELAY_S", "0"))
@@ -83,6 +83,12 @@ def pread_full(fd: int, offset: int, length: int) -> bytes:
             return data + bytes(length - len(data))
         data += more
     return data
+
+
+def snapshot_pwrite(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 class SharedSync:
@@ -366,12 +372,16 @@ class VolumeChain:
     async def _drain_batch(self, batch: list[int]) -> None:
         await self.preserve_regions(batch, threaded=True)
         overlay, wfd = self.overlay, self.volume_wfd()
+        pending = overlay.pending
         for first, count in runs(batch):
             for step in range(first, first + count, COPY_STEP_REGIONS):
-                stop = min(first + count, step + COPY_STEP_REGIONS)
+                n = min(first + count, step + COPY_STEP_REGIONS) - step
                 # Only the drain clears regions and it holds the lock: all still pending.
-                overlay.copy_out(range(step, stop), wfd)
-                await asyncio.sleep(0)
+                seqs = [pending[r] for r in range(step, step + n)]
+                await asyncio.to_thread(overlay.copy_data, step, n, wfd)
+                if any(pending[r] != seq for r, seq in zip(range(step, step + n), seqs, strict=True)):
+                    overlay.copy_data(step, n, wfd)  # rewritten meanwhile: again, in this step
+                overlay.clear(step, n)
         if not overlay.pending:
             overlay.reset()
 
@@ -441,7 +451,20 @@ class VolumeChain:
                         os.pwrite(snap.fd, data, start)  # recorded by its allocation
                 return zero
 
-            zero = await asyncio.to_thread(copy) if threaded else copy()
+            def copy_runs() -> list[int]:  # the drain's batches: one read per run of regions
+                zero: list[int] = []
+                for first, count in runs(regions):
+                    start = first * REGION_BYTES
+                    view = memoryview(pread_full(fd, start, max(0, min(count * REGION_BYTES, size - start))))
+                    for i in range(count):
+                        piece = view[i * REGION_BYTES : (i + 1) * REGION_BYTES]
+                        if not piece or piece.tobytes().count(0) == len(piece):
+                            zero.append(first + i)
+                        else:
+                            snapshot_pwrite(snap.fd, piece, start + i * REGION_BYTES)
+                return zero
+
+            zero = await asyncio.to_thread(copy_runs) if threaded else copy()
             await record(snap, len(zero) < len(regions), zero)
             snap.layer.preserved.update(regions)
             done.set_result(None)
