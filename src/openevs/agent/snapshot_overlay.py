@@ -30,6 +30,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 from pathlib import Path
@@ -47,7 +48,7 @@ BLOCK_BYTES = 4096
 BLOCKS = REGION_BYTES // BLOCK_BYTES
 FULL_MASK = (1 << BLOCKS) - 1
 MAGIC = b"OEVSOVL1"
-DEFAULT_CAP_BYTES = 1 << 30
+DEFAULT_CAP_BYTES = 2 << 30
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
@@ -60,9 +61,29 @@ def boot_id() -> bytes:
 
 
 def cap_bytes_from_env() -> int:
-    """`OPENEVS_SNAPSHOT_OVERLAY_MIB` (per disk); 0 turns the overlay off."""
+    """`OPENEVS_SNAPSHOT_OVERLAY_MIB` (the agent's, over all its disks); 0 turns the overlay off."""
     raw = os.environ.get("OPENEVS_SNAPSHOT_OVERLAY_MIB")
     return DEFAULT_CAP_BYTES if raw is None else max(0, int(raw)) << 20
+
+
+class Budget:
+    """The overlay space of every disk of an agent together: at most `cap_regions` pending
+    regions (page cache and pool space); past it, first writes copy before they write."""
+
+    def __init__(self, cap_bytes: int) -> None:
+        self.cap_regions = cap_bytes // REGION_BYTES
+        self.used = 0
+
+    def has_room(self, regions: int) -> bool:
+        return self.used + regions <= self.cap_regions
+
+    @property
+    def high(self) -> bool:
+        """Half full: the drains run without waiting for their disk to go idle."""
+        return self.used * 2 >= self.cap_regions
+
+
+BUDGET = Budget(cap_bytes_from_env())
 
 
 def _pread_full(fd: int, offset: int, length: int) -> bytes:
@@ -73,6 +94,23 @@ def _pread_full(fd: int, offset: int, length: int) -> bytes:
             return data + bytes(length - len(data))
         data += more
     return data
+
+
+def copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """[offset, offset+length) of `src` to the same offsets of `dst`, in the kernel when it can
+    (copy_file_range: no copy through user space, no GIL held), else pread/pwrite."""
+    end = offset + length
+    try:
+        while offset < end:
+            n = os.copy_file_range(src, dst, end - offset, offset, offset)
+            if n <= 0:
+                break  # past the end of `src`: the rest reads as zeros
+            offset += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    if offset < end:
+        _pwrite_all(dst, _pread_full(src, offset, end - offset), offset)
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -86,12 +124,11 @@ def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> N
 class Overlay:
     """One disk's pending regions: their bytes, their record, and the in-memory map."""
 
-    def __init__(self, directory: Path, cap_bytes: int | None = None) -> None:
+    def __init__(self, directory: Path, budget: Budget | None = None) -> None:
         self.directory = directory
         self.data_path = directory / DATA_FILE
         self.map_path = directory / MAP_FILE
-        cap = cap_bytes_from_env() if cap_bytes is None else cap_bytes
-        self.cap_regions = cap // REGION_BYTES
+        self.budget = BUDGET if budget is None else budget
         self.pending: dict[int, int] = {}  # region -> seq of its last write
         self.masks: dict[int, int] = {}  # region -> its 4 KiB blocks the overlay holds (bit i)
         self.seq = 0
@@ -128,6 +165,7 @@ class Overlay:
         self._open()
         self.masks = masks
         self.pending = dict.fromkeys(masks, 0)
+        self.budget.used += len(masks)
         return self.base
 
     def _open(self) -> None:
@@ -154,15 +192,17 @@ class Overlay:
         _pwrite_all(self._map_fd, header[:HEADER_BYTES], 0)
 
     def close(self) -> None:
+        """Closed (the agent stops, the disk goes): what is pending stays in the files."""
         for fd in (self._fd, self._map_fd):
             if fd >= 0:
                 os.close(fd)
         self._fd = self._map_fd = -1
+        self.budget.used -= len(self.pending)
+        self.pending = {}
+        self.masks = {}
 
     def remove(self) -> None:
         self.close()
-        self.pending = {}
-        self.masks = {}
         self.map_path.unlink(missing_ok=True)
         self.data_path.unlink(missing_ok=True)
 
@@ -173,7 +213,7 @@ class Overlay:
         return bool(pending) and any(r in pending for r in regions_of(offset, length))
 
     def has_room(self, regions: int) -> bool:
-        return len(self.pending) + regions <= self.cap_regions
+        return self.budget.has_room(regions)
 
     def put(self, disk_fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         """The write's bytes into the overlay, its edge blocks whole; then recorded.
@@ -201,9 +241,12 @@ class Overlay:
             _pwrite_all(self._map_fd, record, HEADER_BYTES + first * ENTRY_BYTES)
         self.seq += 1
         seq, pending = self.seq, self.pending
+        added = 0
         for r, m in zip(range(first, last + 1), new, strict=True):
             masks[r] = m
+            added += r not in pending
             pending[r] = seq
+        self.budget.used += added
 
     def _holds(self, block: int) -> bool:
         region, bit = divmod(block, BLOCKS)
@@ -310,7 +353,7 @@ class Overlay:
         for lo, hi in self._held_runs(first * REGION_BYTES, count * REGION_BYTES):
             hi = min(hi, size)
             if lo < hi:
-                _pwrite_all(disk_fd, _pread_full(self._fd, lo, hi - lo), lo)
+                copy_range(self._fd, disk_fd, lo, hi - lo)
 
     def clear(self, first: int, count: int) -> None:
         """In the loop, after their copy: the regions are no longer pending (record first)."""
@@ -319,6 +362,7 @@ class Overlay:
         for r in range(first, first + count):
             del self.pending[r]
             del self.masks[r]
+        self.budget.used -= count
         with contextlib.suppress(OSError):  # else the space comes back at `reset`
             fallocate(self._fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length)
         self.drained += 1

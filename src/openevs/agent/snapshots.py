@@ -49,7 +49,7 @@ from openevs.agent.snapshot_chain import (
     source_of,
     to_preserve,
 )
-from openevs.agent.snapshot_overlay import DATA_FILE, MAP_FILE, Overlay
+from openevs.agent.snapshot_overlay import DATA_FILE, MAP_FILE, Overlay, copy_range
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,12 @@ SNAPSHOTS_DIR = "snapshots"
 CHAIN_FILE = "chain.json"
 DRAIN_BATCH_REGIONS = 256  # 16 MiB preserved per fdatasync
 COPY_STEP_REGIONS = 64  # 4 MiB copied from the overlay per thread call
-# Seconds the background drain waits after the overlay filled (0: it starts at once);
-# FLUSH, FUA and every reader that needs the disk file whole drain regardless.
-DRAIN_DELAY_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_DELAY_S", "0"))
+# The background drain of a disk waits until no write came to its overlay for IDLE
+# seconds, or its oldest pending write is EXPIRE seconds old, or the agent's overlays
+# are half full (write-back, as the kernel's dirty pages); FLUSH, FUA, takes and every
+# reader that needs the disk file whole drain at once regardless.
+DRAIN_IDLE_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_IDLE_S", "0.5"))
+DRAIN_EXPIRE_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_EXPIRE_S", "5"))
 
 
 class ChainEntry(BaseModel):
@@ -83,12 +86,6 @@ def pread_full(fd: int, offset: int, length: int) -> bytes:
             return data + bytes(length - len(data))
         data += more
     return data
-
-
-def snapshot_pwrite(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
 
 
 class SharedSync:
@@ -188,6 +185,7 @@ class VolumeChain:
         self._hold: asyncio.Event | None = None  # set while a take drains for its instant
         self._drain_lock = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
+        self._last_write = 0.0  # loop time of the last write to the overlay
 
     # -- files ------------------------------------------------------------
 
@@ -277,6 +275,7 @@ class VolumeChain:
                 continue
             if self._to_overlay(offset, length):
                 self.overlay.put(self.volume_fd(), offset, data)
+                self._last_write = asyncio.get_running_loop().time()
                 return
             newest = self.newest
             if not to_preserve(None if newest is None else newest.layer, offset, length):
@@ -344,11 +343,16 @@ class VolumeChain:
             self._kick()
 
     async def _drain_forever(self) -> None:
-        if DRAIN_DELAY_S:
-            await asyncio.sleep(DRAIN_DELAY_S)
-        while self.overlay.pending:
+        overlay, loop = self.overlay, asyncio.get_running_loop()
+        since = loop.time()  # the oldest pending write is at most this old
+        while overlay.pending:
+            now = loop.time()
+            wait = min(self._last_write + DRAIN_IDLE_S, since + DRAIN_EXPIRE_S) - now
+            if wait > 0 and not overlay.budget.high:
+                await asyncio.sleep(min(wait, 0.05))  # re-checks the budget meanwhile
+                continue
             try:
-                await self.drain()
+                await self.drain(sorted(overlay.pending)[:DRAIN_BATCH_REGIONS])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the next flush reports it to its client
@@ -451,17 +455,23 @@ class VolumeChain:
                         os.pwrite(snap.fd, data, start)  # recorded by its allocation
                 return zero
 
-            def copy_runs() -> list[int]:  # the drain's batches: one read per run of regions
+            def copy_runs() -> list[int]:
+                """The drain's batches: regions holding no data extent are recorded by their
+                bit, the others copied whole in the kernel (a region's allocation is its record)."""
                 zero: list[int] = []
                 for first, count in runs(regions):
                     start = first * REGION_BYTES
-                    view = memoryview(pread_full(fd, start, max(0, min(count * REGION_BYTES, size - start))))
-                    for i in range(count):
-                        piece = view[i * REGION_BYTES : (i + 1) * REGION_BYTES]
-                        if not piece or piece.tobytes().count(0) == len(piece):
-                            zero.append(first + i)
+                    stop = min((first + count) * REGION_BYTES, size)
+                    extents = data_extents(fd, start, max(0, stop - start))
+                    holding: set[int] = set()
+                    for offset, length in extents:
+                        holding.update(regions_of(offset, length))
+                    for region in range(first, first + count):
+                        lo = region * REGION_BYTES
+                        if region not in holding or lo >= size:
+                            zero.append(region)
                         else:
-                            snapshot_pwrite(snap.fd, piece, start + i * REGION_BYTES)
+                            copy_range(fd, snap.fd, lo, min(REGION_BYTES, size - lo))
                 return zero
 
             zero = await asyncio.to_thread(copy_runs) if threaded else copy()
@@ -633,7 +643,6 @@ class VolumeChain:
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         self.snaps = []
-        self.overlay.pending = {}
 
 
 def chain_directory(pool_root: Path, volume_id: str) -> Path:

@@ -57,6 +57,8 @@ def test_a_drill_snapshots_the_dr_disks_at_one_instant(agents: tuple[PairedAgent
                 break
         assert drill is not None
         await drill
+        await m1.flush()  # the DR disk files (read below) hold what their overlays had pending
+        await m2.flush()
         await m1.close()
         await m2.close()
         return written

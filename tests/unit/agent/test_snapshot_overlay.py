@@ -10,7 +10,6 @@ takes, deletes and rollbacks with pending regions keep every view right.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -61,6 +60,11 @@ class Disk:
         self.store.close()
 
 
+def no_background_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshots, "DRAIN_IDLE_S", 3600.0)
+    monkeypatch.setattr(snapshots, "DRAIN_EXPIRE_S", 3600.0)
+
+
 def run(body: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(body())  # type: ignore[arg-type]
 
@@ -107,7 +111,7 @@ def test_first_writes_go_to_the_overlay_and_reads_see_them(tmp_path: Path) -> No
         assert not disk.chain.overlay.pending
         assert disk.file_bytes() == live
         assert disk.snapshot("s1") == old
-        assert os.path.getsize(disk.chain.overlay.data_path) == 0  # its space given back
+        assert disk.chain.overlay.data_path.stat().st_size == 0  # noqa: ASYNC240 (its space given back)
         disk.close()
 
     run(body)
@@ -206,7 +210,7 @@ def test_a_snapshot_taken_with_pending_regions_holds_them(tmp_path: Path) -> Non
 
 
 def test_a_switch_cut_short_by_a_crash_is_forgotten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snapshots, "DRAIN_DELAY_S", 60.0)  # nothing drains before the "crash"
+    no_background_drain(monkeypatch)  # nothing drains before the "crash"
 
     async def body() -> None:
         old = pattern(1)
@@ -227,7 +231,7 @@ def test_a_switch_cut_short_by_a_crash_is_forgotten(tmp_path: Path, monkeypatch:
 
 
 def test_deleting_the_newest_with_pending_regions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snapshots, "DRAIN_DELAY_S", 60.0)
+    no_background_drain(monkeypatch)
 
     async def body() -> None:
         old = pattern(1)
@@ -264,7 +268,7 @@ def test_rollback_covers_pending_regions(tmp_path: Path) -> None:
         disk = await filled(tmp_path, old)
         await disk.export.write(3 * R, pattern(10, 5 * R), False)
         assert disk.chain.overlay.pending
-        while not (await disk.store.rollback("vol", "s1", disk.export)).done:
+        while not (await disk.store.rollback("vol", "s1", disk.export)).done:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         assert disk.export.pread(0, SIZE) == old
         assert disk.file_bytes() == old
@@ -277,7 +281,7 @@ def test_a_full_overlay_falls_back_to_the_copy_first(tmp_path: Path) -> None:
     async def body() -> None:
         old = pattern(1)
         disk = await filled(tmp_path, old)
-        disk.chain.overlay.cap_regions = 2
+        disk.chain.overlay.budget = snapshot_overlay.Budget(2 * R)
         live = old
         for i in range(6):
             data = pattern(20 + i, R // 2)
@@ -314,7 +318,9 @@ def test_zeroes_and_trims_of_pending_regions(tmp_path: Path) -> None:
     run(body)
 
 
-def test_the_drain_keeps_up_in_the_background(tmp_path: Path) -> None:
+def test_the_drain_runs_in_the_background_once_the_disk_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def body() -> None:
         old = pattern(1)
         disk = await filled(tmp_path, old)
@@ -329,5 +335,5 @@ def test_the_drain_keeps_up_in_the_background(tmp_path: Path) -> None:
         assert disk.snapshot("s1") == old
         disk.close()
 
-    assert snapshots.DRAIN_DELAY_S == 0
+    monkeypatch.setattr(snapshots, "DRAIN_IDLE_S", 0.05)
     run(body)
