@@ -361,4 +361,5 @@ class SnapshotStore:
         for name in [n for n, (v, _) in self.exports.items() if v == volume_id]:
             del self.exports[name]
             await self._drop_export(name)
+        await chain.stop_draining()  # its threads use the chain's descriptors
         await asyncio.to_thread(chain.drop)

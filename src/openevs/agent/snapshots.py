@@ -186,6 +186,7 @@ class VolumeChain:
         self._drain_lock = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
         self._last_write = 0.0  # loop time of the last write to the overlay
+        self._closing = False  # the disk is being deleted: no more drains
 
     # -- files ------------------------------------------------------------
 
@@ -342,10 +343,16 @@ class VolumeChain:
         if self.overlay.pending:
             self._kick()
 
+    async def stop_draining(self) -> None:
+        """Before the files are closed under it: no drain runs (nor its threads) from now."""
+        self._closing = True
+        async with self._drain_lock:
+            pass
+
     async def _drain_forever(self) -> None:
         overlay, loop = self.overlay, asyncio.get_running_loop()
         since = loop.time()  # the oldest pending write is at most this old
-        while overlay.pending:
+        while overlay.pending and not self._closing:
             now = loop.time()
             wait = min(self._last_write + DRAIN_IDLE_S, since + DRAIN_EXPIRE_S) - now
             if wait > 0 and not overlay.budget.high:
@@ -366,7 +373,7 @@ class VolumeChain:
         if not pending:
             return
         todo = sorted(pending) if regions is None else sorted(r for r in regions if r in pending)
-        while todo:
+        while todo and not self._closing:
             async with self._drain_lock:
                 batch = [r for r in todo[:DRAIN_BATCH_REGIONS] if r in pending]
                 todo = todo[DRAIN_BATCH_REGIONS:]
@@ -556,6 +563,9 @@ class VolumeChain:
             await self._delete(snapshot_id)
 
     async def _delete(self, snapshot_id: str) -> None:
+        # While the newest is merged away the drain cannot preserve (a FLUSH would wait
+        # for the merge): drain first, so only the writes during the merge are pending.
+        await self.drain()
         async with self.mutate:
             snap = self.find(snapshot_id)
             if snap is None:
