@@ -40,7 +40,7 @@ class CowFileExport(FileExport):
     def pread(self, offset: int, length: int) -> bytes:
         data = super().pread(offset, length)
         chain = self._chains.get(self._volume_id)
-        if chain is None or not chain.overlay.pending:
+        if chain is None or not chain.overlay.any_pending(offset, length):
             return data
         buf = bytearray(data)
         chain.read_live(buf, offset)
@@ -49,13 +49,13 @@ class CowFileExport(FileExport):
     def readinto(self, offset: int, buf: memoryview) -> None:
         super().readinto(offset, buf)
         chain = self._chains.get(self._volume_id)
-        if chain is not None and chain.overlay.pending:
+        if chain is not None and chain.overlay.any_pending(offset, len(buf)):
             chain.read_live(buf, offset)
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
         base = super().extents(offset, length)
         chain = self._chains.get(self._volume_id)
-        if chain is None or not chain.overlay.pending:
+        if chain is None or not chain.overlay.any_pending(offset, length):
             return base
         covered = sum(n for n, _ in base)
         return chain.overlay.extents(base, offset, covered)
