@@ -58,11 +58,12 @@ CHAIN_FILE = "chain.json"
 DRAIN_BATCH_REGIONS = 256  # 16 MiB preserved per fdatasync
 COPY_STEP_REGIONS = 64  # 4 MiB copied from the overlay per thread call
 # The background drain of a disk waits until no write came to its overlay for IDLE
-# seconds, or its oldest pending write is EXPIRE seconds old, or the agent's overlays
-# are half full (write-back, as the kernel's dirty pages); FLUSH, FUA, takes and every
-# reader that needs the disk file whole drain at once regardless.
+# seconds, or its oldest pending write is EXPIRE seconds old (the kernel's default
+# dirty expiry), or the agent's overlays are half full (write-back, as the kernel's
+# dirty pages); FLUSH, FUA, takes and every reader that needs the disk file whole
+# drain at once regardless.
 DRAIN_IDLE_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_IDLE_S", "0.5"))
-DRAIN_EXPIRE_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_EXPIRE_S", "5"))
+DRAIN_EXPIRE_S = float(os.environ.get("OPENEVS_SNAPSHOT_DRAIN_EXPIRE_S", "30"))
 
 
 class ChainEntry(BaseModel):
