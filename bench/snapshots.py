@@ -9,9 +9,12 @@
 (b) the time to take a snapshot of a small disk and of a large sparse one
     holding data (default 1 GiB disk vs 1 TiB with 10 GiB written);
 (c) what deleting the snapshot frees in the pool (statvfs), against the
-    space its delta held.
+    space its delta held;
+(d) with --ceiling only: the disk without snapshots, 1 MiB sequential
+    writes into a fresh sparse disk (new page-cache pages, as every first
+    write after a snapshot needs) against overwrites of a filled one.
 
-Run: .venv/bin/python bench/snapshots.py [--area-gib 1 --large-data-gib 10 --rounds 1]
+Run: .venv/bin/python bench/snapshots.py [--area-gib 1 --large-data-gib 10 --rounds 1] [--ceiling]
 """
 
 from __future__ import annotations
@@ -80,12 +83,29 @@ def snapshot_time(agent: AgentProcess, volume: str) -> float:
     return elapsed
 
 
+def ceiling(agent: AgentProcess, area: int, rounds: int) -> None:
+    client, port = agent.client, agent.client.health().nbd_port
+    print(f"(d) no snapshots, 1 MiB seq over {area / GiB:g} GiB: filled disk vs fresh sparse disk")
+    for rnd in range(rounds):
+        for name in (f"filled-{rnd}", f"fresh-{rnd}"):
+            client.create_volume(name, area)
+            client.grant_export(f"rw-{name}", name, False)
+        fio(port, f"rw-filled-{rnd}", "write", "1M", 8, area, area, "--end_fsync=1")
+        filled = fio(port, f"rw-filled-{rnd}", "write", "1M", 8, area, area)
+        fresh = fio(port, f"rw-fresh-{rnd}", "write", "1M", 8, area, area)
+        print(f"overwrite {filled / MiB:.0f} MiB/s, fresh pages {fresh / MiB:.0f} MiB/s, "
+              f"ratio {fresh / filled:.2f}")  # fmt: skip
+        for name in (f"filled-{rnd}", f"fresh-{rnd}"):
+            client.delete_volume(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--area-gib", type=float, default=1.0, help="disk written by fio")
     parser.add_argument("--large-gib", type=int, default=1024)
     parser.add_argument("--large-data-gib", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--ceiling", action="store_true", help="only (d)")
     args = parser.parse_args()
     if not shutil.which("fio"):
         raise SystemExit("needs fio")
@@ -94,6 +114,10 @@ def main() -> None:
     agent = AgentProcess(root)
     agent.client = HttpAgentClient("az1.dc1", f"unix:{agent.sock}", timeout_s=300)  # big unlinks
     try:
+        if args.ceiling:
+            agent.start()
+            ceiling(agent, area, args.rounds)
+            return
         agent.pool.mkdir(parents=True)
         print(f"writing the large disk: {args.large_gib} GiB with {args.large_data_gib} GiB of data ...")
         make_image(agent.pool / "large.img", args.large_gib * GiB, int(args.large_data_gib * GiB))

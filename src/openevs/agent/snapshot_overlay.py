@@ -1,22 +1,23 @@
 """The write-back overlay of a disk with snapshots (docs/decisions.md "Snapshots").
 
 A first write to a region the newest snapshot has not preserved yet does
-not wait for the copy-before-write: the region's new content (merged with
-its old bytes from the disk file when the write covers it only partly) is
-pwritten into `overlay.data` at the same offset, the region's byte in
-`overlay.map` is set, and the write is acknowledged (page cache, like any
-write). The region is *pending*: its live content is the overlay's, and
-the disk file still holds the old bytes, which are the newest snapshot's
-view. `VolumeChain.drain` (a background task, and every FLUSH or FUA
-before it answers) preserves pending regions as before, in batches (one
-fdatasync for many), then copies them into the disk file and clears them.
+not wait for the copy-before-write: its bytes (its partial edge blocks
+completed from the disk file) are pwritten into `overlay.data` at the same
+offset, the region's entry in `overlay.map` (the mask of the 4 KiB blocks
+the overlay holds) is set, and the write is acknowledged (page cache, like
+any write). The region is *pending*: its live content is the overlay's
+blocks over the disk file, and the disk file still holds the old bytes,
+which are the newest snapshot's view. `VolumeChain.drain` (in the
+background, and for every FLUSH or FUA before it answers) preserves
+pending regions as before, in batches (one fdatasync for many), then
+copies their blocks into the disk file and clears them.
 
 Rules this module keeps:
 
-- a region's map byte is set only after its overlay bytes were pwritten
-  whole (so a process killed at any point, whose page cache the kernel
-  keeps, leaves no region recorded with torn content), and cleared before
-  its overlay bytes are punched;
+- a block is recorded in the map only after its overlay bytes were
+  pwritten whole (so a process killed at any point, whose page cache the
+  kernel keeps, leaves no block recorded with torn content), and cleared
+  before its overlay bytes are punched;
 - the map's header names the boot it was written in: after a reboot (a
   power cut) the overlay is discarded whole. Nothing it held was flushed
   (a flush drains before it answers), and the disk file still holds each
@@ -24,7 +25,8 @@ Rules this module keeps:
 - the header also names the snapshot pending regions preserve into (the
   newest when the overlay filled): chain.json may name a newer one whose
   switch a crash cut short (`VolumeChain.load` drops it);
-- the disk file of a pending region is written by the drain only.
+- the disk file of a pending region is written by the drain only;
+- the agent's overlays together hold at most `Budget.cap_regions` regions.
 """
 
 from __future__ import annotations
