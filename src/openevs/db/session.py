@@ -32,7 +32,8 @@ def make_engine(url: str) -> Engine:
         in_memory = url in ("sqlite://", "sqlite:///") or ":memory:" in url  # a pool of one
         pool = {} if in_memory else {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW}
         connect = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
-        engine = create_engine(url, connect_args=connect, pool_pre_ping=True, **pool)
+        # No pre-ping: a file never drops a connection (it cost a SELECT 1 per checkout).
+        engine = create_engine(url, connect_args=connect, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ same plan; a member whose row already has the plan's epoch is done.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -150,9 +151,28 @@ def demote(runtime: Runtime, pair: ReplicationPair, flip: PairFlip) -> None:
     set_role(runtime, flip.old_primary, demote_request(runtime, pair, flip), primary=True)
 
 
-def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger) -> None:
+class PhaseClock:
+    """How long each phase of a step took, for its log line ("read 0.012s, ...")."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((phase, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{phase} {seconds:.3f}s" for phase, seconds in self.laps)
+
+
+def commit_flip(
+    runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger, clock: PhaseClock | None = None
+) -> None:
     """Swap the roles in the rows (priority_station moves) and end the transition,
     in one transaction; then re-grant the disks' exports with their new access."""
+    clock = clock or PhaseClock()
     plans = flips(group)
     new_station = group.priority_station
     new = GROUP_MACHINE.next(group.status, trigger)
@@ -194,6 +214,7 @@ def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger
     if not won:
         log.info("group %s: moved on meanwhile; %s left to whoever moved it", group.id, trigger)
         return
+    clock.lap("commit")
     log.info("group %s: %s -> %s", group.id, group.status, new)
     volume_ids = [v for flip in plans.values() for v in (flip.new_primary, flip.old_primary)]
     try:
@@ -201,3 +222,4 @@ def commit_flip(runtime: Runtime, group: ReplicationGroup, trigger: GroupTrigger
     except (AgentUnavailable, AgentRequestFailed) as exc:
         # The database holds the new access; an agent re-grants it when it returns.
         log.warning("group %s: exports not re-granted yet: %s", group.id, exc)
+    clock.lap("regrant")
