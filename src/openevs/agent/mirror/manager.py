@@ -81,6 +81,7 @@ class ReplicationManager:
         self._lock = asyncio.Lock()
         # In put_many: the config files to write at the batch's group commit (None: not in one).
         self._deferred: list[tuple[str, ReplicationConfig]] | None = None
+        self._cleared: list[Replica] = []  # and the replicas whose cleared bitmap to fdatasync
         # Volumes whose config file is not known to hold their config (a group commit
         # failed): the next put of the volume writes it again, even when nothing changes.
         self._unsaved: set[str] = set()
@@ -238,8 +239,15 @@ class ReplicationManager:
                 return [await self._put(v, request, checked=v in present) for v, request in items]
             finally:
                 saves, self._deferred = self._deferred, None
+                cleared, self._cleared = self._cleared, []
                 committing = time.perf_counter()
-                await asyncio.to_thread(self._group_commit, saves)
+                # The cleared bitmaps' fdatasyncs all at once (each in its thread), then
+                # the config files (whatever the bitmaps did); both before the answer.
+                try:
+                    live = [r for r in cleared if self.replicas.get(r.volume_id) is r]
+                    await asyncio.gather(*(r.sync_bitmap() for r in live))
+                finally:
+                    await asyncio.to_thread(self._group_commit, saves)
                 done = time.perf_counter()
                 log.info("replication batch of %d configs: %.3fs (waiting for the lock %.3fs, "
                          "group commit of %d files %.3fs)", len(items), done - asked,
@@ -357,7 +365,11 @@ class ReplicationManager:
             case Action.PROMOTE:
                 replica.promote()
             case Action.CLEAR_BITMAP:
-                await replica.clear_bitmap()
+                if self._deferred is not None:  # a batch: synced together at its group commit
+                    replica.clear_bitmap_unsynced()
+                    self._cleared.append(replica)
+                else:
+                    await replica.clear_bitmap()
             case Action.PUNCH:
                 await self._punch(replica)
             case Action.MARK_ALL_DATA:
