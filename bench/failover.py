@@ -104,9 +104,14 @@ async def failover_once(
     headers = {"X-Auth-Token": session.token}
     async with httpx.AsyncClient(base_url=session.url(""), headers=headers, timeout=30) as http:
 
+        slowest = 0.0  # the slowest status GET: the API's latency under the polling clients
+
         async def until_failovered(t0: float) -> float:
+            nonlocal slowest
             while True:
+                asked = time.perf_counter()
                 r = await http.get(GROUPS.replace("{p}", session.project_id) + f"/{gid}")
+                slowest = max(slowest, time.perf_counter() - asked)
                 group = r.json()["replication_consistency_group"]
                 if group["status"] == "failovered":
                     return time.perf_counter() - t0
@@ -134,6 +139,7 @@ async def failover_once(
         assert r.status_code == 200, r.text
         print(f"  the failover POST answered after {time.perf_counter() - t0:.3f}s")
         results = await asyncio.gather(until_failovered(t0), *(until_writable(v, t0) for v in new_primaries))
+        print(f"  the slowest status GET meanwhile took {slowest:.3f}s")
     return results[0], max(results[1:])
 
 
