@@ -36,7 +36,7 @@ agent client timeout (10 s). That is the case of the reconciler's per-pass circu
 The agent is thawed (SIGCONT) before the reprotect.
 
 Run: .venv/bin/python bench/failover.py [--pairs 10 --repeat 3 --health-interval 0.5] [--stop]
-     [--poll-s 0.01]
+     [--poll-s 0.01] [--status-poll-s S]
 """
 
 from __future__ import annotations
@@ -98,21 +98,27 @@ def api_round_trip_s(session: Session, volume_id: str, n: int = 20) -> float:
 
 
 async def failover_once(
-    session: Session, gid: str, new_primaries: list[str], poll_s: float = POLL_S
+    session: Session, gid: str, new_primaries: list[str], poll_s: float = POLL_S,
+    status_poll_s: float | None = None,
 ) -> tuple[float, float]:
     """POST failover; return (s to failovered, s until every new primary took an NBD write)."""
     headers = {"X-Auth-Token": session.token}
     async with httpx.AsyncClient(base_url=session.url(""), headers=headers, timeout=30) as http:
 
+        slowest = 0.0  # the slowest status GET: the API's latency under the polling clients
+
         async def until_failovered(t0: float) -> float:
+            nonlocal slowest
             while True:
+                asked = time.perf_counter()
                 r = await http.get(GROUPS.replace("{p}", session.project_id) + f"/{gid}")
+                slowest = max(slowest, time.perf_counter() - asked)
                 group = r.json()["replication_consistency_group"]
                 if group["status"] == "failovered":
                     return time.perf_counter() - t0
                 if group["status"].startswith("error"):
                     raise RuntimeError(f"failover failed: {group}")
-                await asyncio.sleep(poll_s)
+                await asyncio.sleep(poll_s if status_poll_s is None else status_poll_s)
 
         async def until_writable(vid: str, t0: float) -> float:
             path = f"/v2/{session.project_id}/volumes/{vid}/action"
@@ -134,6 +140,7 @@ async def failover_once(
         assert r.status_code == 200, r.text
         print(f"  the failover POST answered after {time.perf_counter() - t0:.3f}s")
         results = await asyncio.gather(until_failovered(t0), *(until_writable(v, t0) for v in new_primaries))
+        print(f"  the slowest status GET meanwhile took {slowest:.3f}s")
     return results[0], max(results[1:])
 
 
@@ -145,6 +152,9 @@ def main() -> None:
     parser.add_argument("--stop", action="store_true", help="SIGSTOP the primary agent instead of SIGKILL")
     parser.add_argument("--poll-s", type=float, default=POLL_S,
                         help="each client's pause between two polls (they share the serve process)")
+    parser.add_argument("--status-poll-s", type=float, default=None,
+                        help="the status client's pause (default: --poll-s): a short one times the "
+                             "failover finely while the 100 disk clients poll at --poll-s")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="openevs-bench-failover-"))
@@ -193,7 +203,7 @@ def main() -> None:
                 os.kill(frozen.pid, signal.SIGSTOP)
             else:
                 agents[station].kill()
-            a, b = asyncio.run(failover_once(s, gid, primary[other], args.poll_s))
+            a, b = asyncio.run(failover_once(s, gid, primary[other], args.poll_s, args.status_poll_s))
             to_status.append(a)
             to_writable.append(b)
             rtts.append(rtt)
@@ -218,8 +228,9 @@ def main() -> None:
             med, worst = statistics.median(values), max(values)
             print(f"{label:28}{med:>9.3f}s{worst:>9.3f}s{med / interval:>19.1f}x{med / rtt:>17.0f}x")
         print(f"(health interval {interval}s; API round-trip median {rtt * 1000:.1f} ms; "
-              f"{args.repeat} runs; ratios use the medians; {args.pairs + 1} clients polling "
-              f"every {args.poll_s * 1000:g} ms)")
+              f"{args.repeat} runs; ratios use the medians; {args.pairs} disk clients polling "
+              f"every {args.poll_s * 1000:g} ms, the status client every "
+              f"{(args.poll_s if args.status_poll_s is None else args.status_poll_s) * 1000:g} ms)")
     finally:
         serve.close()
         for agent in agents.values():

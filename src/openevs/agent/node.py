@@ -211,9 +211,15 @@ class StorageNode:
 
     async def grant_export(self, name: str, volume_id: str, read_only: bool) -> ExportGrant:
         validate_export_name(name)
+        grant = ExportGrant(volume_id=volume_id, read_only=bool(read_only))
+        if self.grants.get(name) == grant:
+            # Held already (a client asking again, os-initialize_connection is idempotent):
+            # nothing to change, so neither the lock nor a thread hop. A volume's grants
+            # are revoked before its file goes (delete_volume), so a grant held means a
+            # volume there, as the slow path's check would have found.
+            return grant
         async with self._lock:
             await asyncio.to_thread(self.pool.info, volume_id)  # NotFound if absent
-            grant = ExportGrant(volume_id=volume_id, read_only=bool(read_only))
             replaced = await asyncio.to_thread(self.grants.grant, name, grant)
             if replaced:  # a rw client must not keep writing through a now read-only grant
                 await self._drop_export(name)

@@ -29,6 +29,7 @@ from openevs.domain.measurement import aggregate_group
 from openevs.domain.replication import GROUP_MACHINE, GroupStatus, GroupTrigger
 from openevs.reconciler.driver import Kind, Step, StepFailed
 from openevs.reconciler.flips import (
+    PhaseClock,
     Places,
     commit_flip,
     demote,
@@ -103,15 +104,21 @@ def reprotect(runtime: Runtime, group: ReplicationGroup) -> None:
 
 
 def failover(runtime: Runtime, group: ReplicationGroup) -> None:
+    clock = PhaseClock()
     todo = to_flip(runtime, group.id, flips(group))
     where = Places.read(runtime, todo)
+    clock.lap("read")
     # Fence the old primaries first where they answer: promoting first left a window
     # in which both disks of a pair accepted user writes (found by tests/faults).
     _demote_old_primaries(runtime, group, todo, where)
+    clock.lap("demote")
     epoch = group_epoch_after(group)
     arbitrated = _witness_grants(runtime, group, todo, epoch, where)
+    clock.lap("witness")
     promote_all(runtime, todo, mirroring=False, unit_epoch=epoch, arbitrated=arbitrated, where=where)
-    commit_flip(runtime, group, GT.FAILED_OVER)
+    clock.lap("promote")
+    commit_flip(runtime, group, GT.FAILED_OVER, clock)
+    log.info("group %s: failover step of %d members: %s", group.id, len(todo), clock)
 
 
 def _demote_old_primaries(

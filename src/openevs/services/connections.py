@@ -22,10 +22,10 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from openevs.db.models import Agent, Attachment, Volume
+from openevs.db.models import Agent, Attachment, ReplicationClaim, ReplicationPair, Volume
 from openevs.domain.errors import InvalidInput, InvalidState, ServiceUnavailable
 from openevs.runtime import Runtime
 from openevs.services.agent_errors import call_agent
@@ -34,6 +34,7 @@ from openevs.services.unit_of_work import UnitOfWork
 from openevs.services.volumes import get_volume
 
 REGRANT_CONCURRENCY = 8  # grants in flight at once while re-granting a group's exports
+IN_CHUNK = 500  # ids in one IN (...)
 
 
 def agent_availability(runtime: Runtime) -> dict[str, bool]:
@@ -70,16 +71,19 @@ def initialize_connection(
         if not atts:
             raise InvalidState("the volume is not attached; attach it to a server first")
         att = _pick_attachment(atts, connector)
+        # Every read first, the writes last: the row is written (and SQLite's write
+        # lock taken) only at the commit, not held across the reads.
+        read_only, az = export_is_read_only(session, volume.id), volume.availability_zone
+        agent_row = session.get(Agent, az)
+        if agent_row is None or not agent_row.nbd_port:
+            raise ServiceUnavailable(f"the storage agent of {az} has not reported its NBD address yet")
         if att.export_name is None:
             export_name = "att-" + secrets.token_urlsafe(24)
             att.export_name = runtime.sealer.seal(export_name, EXPORT)
         else:
             export_name = open_export(runtime, att.export_name)
-        att.export_read_only = export_is_read_only(session, volume.id)
-        read_only, az = att.export_read_only, volume.availability_zone
-        agent_row = session.get(Agent, az)
-        if agent_row is None or not agent_row.nbd_port:
-            raise ServiceUnavailable(f"the storage agent of {az} has not reported its NBD address yet")
+        if att.export_read_only != read_only:
+            att.export_read_only = read_only
         # The name is committed before the agent knows it: a grant the agent holds
         # always has its row, and an agent restart re-grants it from the row.
         uow.after_commit(lambda: _grant(runtime, az, export_name, volume_id, read_only))
@@ -157,20 +161,39 @@ def regrant_exports(runtime: Runtime, volume_ids: list[str], *, writable: bool =
     now (after a failover or a switchover), or, with `writable`, as ordinary
     disks: a pair being deleted re-grants before its row goes, so a client that
     sees the pair gone never meets a read-only DR export. The attachments are
-    read in one query, each agent's grants sent concurrently (a few at a time)."""
+    read in one query (no query per disk) and the changed ones written in one
+    UPDATE at the end of the transaction; each agent's grants sent concurrently
+    (a few at a time)."""
+    ids = sorted(set(volume_ids))
+    grants: list[tuple[str, str, str, bool]] = []
     with runtime.db.session() as session:
-        grants = []
-        attached = select(Attachment).where(
-            Attachment.volume_id.in_(sorted(set(volume_ids))), Attachment.export_name.is_not(None)
-        )
-        for att in session.scalars(attached):
-            volume = session.get(Volume, att.volume_id)
-            if volume is None or att.export_name is None:
-                continue
-            read_only = False if writable else export_is_read_only(session, att.volume_id)
-            att.export_read_only = read_only
-            name = open_export(runtime, att.export_name)
-            grants.append((volume.availability_zone, name, att.volume_id, read_only))
+        flipped: dict[bool, list[str]] = {True: [], False: []}
+        for start in range(0, len(ids), IN_CHUNK):
+            rows = session.execute(
+                select(Attachment.id, Attachment.volume_id, Attachment.export_name,
+                       Attachment.export_read_only, Volume.availability_zone, ReplicationPair.dr_volume_id)
+                .join(Volume, Volume.id == Attachment.volume_id)
+                .outerjoin(ReplicationClaim, ReplicationClaim.volume_id == Attachment.volume_id)
+                .outerjoin(ReplicationPair, ReplicationPair.id == ReplicationClaim.pair_id)
+                .where(Attachment.volume_id.in_(ids[start : start + IN_CHUNK]),
+                       Attachment.export_name.is_not(None))
+            )  # fmt: skip
+            for att_id, volume_id, sealed, was_read_only, az, dr_volume_id in rows:
+                assert sealed is not None  # the query's condition
+                # export_is_read_only's rule: the DR disk of a pair is exported read-only.
+                read_only = False if writable else dr_volume_id == volume_id
+                if read_only != was_read_only:
+                    flipped[read_only].append(att_id)
+                grants.append((az, open_export(runtime, sealed), volume_id, read_only))
+        # The writes last, right before the commit (a short hold of SQLite's write lock).
+        for read_only, att_ids in flipped.items():
+            for start in range(0, len(att_ids), IN_CHUNK):
+                session.execute(
+                    update(Attachment)
+                    .where(Attachment.id.in_(att_ids[start : start + IN_CHUNK]))
+                    .values(export_read_only=read_only)
+                    .execution_options(synchronize_session=False)
+                )
     if not grants:
         return
     with ThreadPoolExecutor(max_workers=REGRANT_CONCURRENCY) as pool:

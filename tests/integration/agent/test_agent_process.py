@@ -109,6 +109,28 @@ def test_exports_survive_restart(agent: AgentProcess) -> None:
     assert [v.volume_id for v in client.list_volumes()] == ["vol-2"]
 
 
+def test_the_same_grant_again_changes_nothing_and_a_deleted_volume_has_none(agent: AgentProcess) -> None:
+    """A grant the agent holds already answers without rewriting its table (a client
+    polling os-initialize_connection); a changed one is saved; once the volume is
+    deleted its grants are gone, so granting again finds no volume (404)."""
+    client = agent.client
+    client.create_volume("vol-1", GiB)
+    client.grant_export("att-1", "vol-1", True)
+    table = agent.pool / "exports.json"
+    before = table.stat()
+    for _ in range(3):
+        client.grant_export("att-1", "vol-1", True)
+    after = table.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+    client.grant_export("att-1", "vol-1", False)  # changed: saved
+    assert table.stat().st_ino != before.st_ino
+    assert [(e.volume_id, e.read_only) for e in client.list_exports()] == [("vol-1", False)]
+    client.delete_volume("vol-1")
+    with pytest.raises(AgentRequestFailed) as exc:
+        client.grant_export("att-1", "vol-1", False)
+    assert exc.value.status == 404
+
+
 def test_unreachable_agent(short_dir: Path) -> None:
     client = HttpAgentClient("az1.dc1", f"unix:{short_dir}/none.sock", timeout_s=1)
     with pytest.raises(AgentUnavailable):

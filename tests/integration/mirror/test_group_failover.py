@@ -179,6 +179,42 @@ def test_batch_promotes_in_order_and_stops_at_the_first_refusal(
     assert not list(b.pool.glob(".tmp-*"))
 
 
+def test_a_failed_group_commit_is_written_again_by_the_next_put(
+    agents: tuple[PairedAgent, PairedAgent],
+) -> None:
+    """The batch's config files are written at its end (one thread hop, one directory
+    fsync). When that fails the batch is refused, and the same configs sent again (a
+    no-op for the replicas, which took them) write the files: what is acknowledged is
+    on disk."""
+    a, b = agents
+    for vol in ("m1", "m2"):
+        a.client.create_volume(vol, 8 * MiB)
+        b.client.create_volume(f"{vol}-dr", 8 * MiB)
+        pair(a, b, vol, f"{vol}-dr", link=f"link-{vol}", group_id="g1")
+    for vol in ("m1", "m2"):
+        a.wait_status(vol, "active")
+
+    def promoted(vol: str) -> tuple[str, ReplicationRequest]:
+        return f"{vol}-dr", ReplicationRequest(
+            role=Role.PRIMARY, epoch=2, pair_id=f"p-{vol}", group_id="g1",
+            peer=a.peer(f"link-{vol}-2"), mirroring=False,
+        )  # fmt: skip
+
+    blocker = b.pool / ".tmp-m2-dr.repl.json"  # the temporary file cannot be opened: EISDIR
+    blocker.mkdir()
+    with pytest.raises(AgentRequestFailed):
+        b.client.set_replication_batch([promoted("m1"), promoted("m2")])
+    blocker.rmdir()
+    assert saved(b)["m2-dr"] == (Role.SECONDARY, 1)  # not acknowledged, not on disk
+
+    states = b.client.set_replication_batch([promoted("m1"), promoted("m2")])
+    assert [(s.volume_id, s.role, s.epoch) for s in states] == [
+        ("m1-dr", "primary", 2), ("m2-dr", "primary", 2)
+    ]  # fmt: skip
+    assert saved(b) == {"m1-dr": (Role.PRIMARY, 2), "m2-dr": (Role.PRIMARY, 2)}
+    assert not list(b.pool.glob(".tmp-*"))
+
+
 def saved(agent: PairedAgent) -> dict[str, tuple[Role, int]]:
     """The configs on disk (what the agent loads when it starts again)."""
     return {vol: (c.role, c.epoch) for vol, c in load_configs(agent.pool).items()}

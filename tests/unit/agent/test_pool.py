@@ -13,9 +13,11 @@ from openevs.agent.grants import GrantTable, export_digest, validate_export_name
 from openevs.agent.pool import (
     FileVolumePool,
     InvalidVolumeRequest,
+    PoolIOError,
     VolumeConflict,
     VolumeNotFound,
     data_extents,
+    write_atomic_many,
 )
 from openevs.contract import ExportGrant
 
@@ -189,3 +191,24 @@ def test_a_table_of_plain_names_is_read_and_hashed_on_the_next_save(tmp_path: Pa
 def test_bad_export_names(bad: str) -> None:
     with pytest.raises(InvalidVolumeRequest):
         validate_export_name(bad)
+
+
+def test_write_atomic_many_writes_every_file_and_its_last_data(tmp_path: Path) -> None:
+    (tmp_path / "b.json").write_bytes(b"old")
+    files = [(tmp_path / f"{n}.json", f"{n}-1".encode()) for n in "abcdefghijkl"]
+    write_atomic_many([*files, (tmp_path / "a.json", b"a-2")])  # a given twice: its last data
+    assert (tmp_path / "a.json").read_bytes() == b"a-2"
+    assert (tmp_path / "b.json").read_bytes() == b"b-1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.json" for n in "abcdefghijkl")
+    assert oct((tmp_path / "c.json").stat().st_mode & 0o777) == "0o600"
+    write_atomic_many([])  # nothing to do
+
+
+def test_write_atomic_many_fails_whole_and_leaves_the_old_files(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_bytes(b"old-a")
+    (tmp_path / ".tmp-b.json").mkdir()  # b's temporary file cannot be opened
+    with pytest.raises(PoolIOError):
+        write_atomic_many([(tmp_path / "a.json", b"new-a"), (tmp_path / "b.json", b"new-b")])
+    assert (tmp_path / "a.json").read_bytes() == b"old-a"  # nothing renamed before every fsync
+    assert not (tmp_path / "b.json").exists()
+    assert not (tmp_path / ".tmp-a.json").exists()  # its temporary file removed

@@ -97,11 +97,17 @@ class ActivityLog:
 
     async def clear(self) -> None:
         """Nothing differs from the peer (a new secondary, a promotion, a resync)."""
+        self.clear_unsynced()
+        await self.bitmap.sync()
+
+    def clear_unsynced(self) -> None:
+        """`clear` but for its fdatasync, which the caller awaits later (bitmap.sync): a
+        bitmap not yet durably empty holds more bits than it should, never fewer, so
+        until then a crash costs copying, never a region missed."""
         self._state.dirty.clear()
         self.hot.clear()
         self._unflushed.clear()
         self.bitmap.clear_all()
-        await self.bitmap.sync()
 
     # -- hot extents --------------------------------------------------------
 

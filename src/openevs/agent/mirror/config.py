@@ -1,7 +1,9 @@
 """A volume's replication config (contract.ReplicationConfig), persisted in `<pool>/<volume_id>.repl.json`.
 
 Replaced atomically (temporary file, fsync, rename, fsync the directory), so
-after a crash the file holds the old config or the new one, never a mix.
+after a crash the file holds the old config or the new one, never a mix; a
+replication batch saves its configs the same way as one group commit
+(`save_configs`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from openevs.agent.pool import PoolIOError, fsync_dir, write_atomic
+from openevs.agent.pool import PoolIOError, fsync_dir, write_atomic, write_atomic_many
 from openevs.contract import ReplicationConfig
 
 REPL_SUFFIX = ".repl.json"
@@ -32,17 +34,14 @@ def load_configs(root: Path) -> dict[str, ReplicationConfig]:
     return configs
 
 
-def save_config(root: Path, volume_id: str, config: ReplicationConfig, *, sync_dir: bool = True) -> None:
-    """`sync_dir=False`: durable only once the caller fsyncs `root` (sync_configs)."""
-    write_atomic(config_path(root, volume_id), config.model_dump_json(indent=1).encode(), sync_dir=sync_dir)
+def save_config(root: Path, volume_id: str, config: ReplicationConfig) -> None:
+    write_atomic(config_path(root, volume_id), config.model_dump_json(indent=1).encode())
 
 
-def sync_configs(root: Path) -> None:
-    """Make the renames of `save_config(..., sync_dir=False)` durable: one directory fsync."""
-    try:
-        fsync_dir(Path(root))
-    except OSError as exc:
-        raise PoolIOError(f"cannot sync {root}: {exc.strerror or exc}") from exc
+def save_configs(root: Path, configs: list[tuple[str, ReplicationConfig]]) -> None:
+    """`save_config` of many volumes as one group commit (pool.write_atomic_many): durable
+    when it returns; a volume given twice gets its last config."""
+    write_atomic_many([(config_path(root, v), c.model_dump_json(indent=1).encode()) for v, c in configs])
 
 
 def remove_config(root: Path, volume_id: str) -> None:

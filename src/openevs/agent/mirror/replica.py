@@ -195,6 +195,12 @@ class Replica:
     async def clear_bitmap(self) -> None:
         await self.activity.clear()
 
+    def clear_bitmap_unsynced(self) -> None:
+        self.activity.clear_unsynced()
+
+    async def sync_bitmap(self) -> None:
+        await self.activity.bitmap.sync()
+
     def remove_bitmap(self) -> None:
         self.activity.remove()
 
