@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_BYTES = 64 << 20
 DRAIN_TIMEOUT_S = 5.0
+_STAT_NAMES = {kind: kind.name.lower() for kind in Kind}  # not per request: Enum.name is slow
 
 
 @dataclass(eq=False)
@@ -188,7 +189,7 @@ class LinkServer:
         started = perf_counter()
         try:
             result = await self._io(handle.export, request)
-            if not result and (served := MIRROR_STATS.served.get(request.kind.name.lower())) is not None:
+            if not result and (served := MIRROR_STATS.served.get(_STAT_NAMES[request.kind])) is not None:
                 served.observe(request.length, perf_counter() - started)
             return result, b""
         finally:
@@ -245,6 +246,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
         self.attaching: asyncio.Task[None] | None = None
         self._out: Outbox | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()  # asked once: each call costs a getpid
         self._in_flight_bytes = 0
         self._paused = False
         self._closed = False
@@ -303,7 +305,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
         size = len(request.payload)
         self._in_flight_bytes += size
         # A write into the page cache never suspends: answered inline, no Task.
-        done, task = start_eagerly(self._answer(request, size), asyncio.get_running_loop())
+        done, task = start_eagerly(self._answer(request, size), self._loop)
         if not done:
             assert isinstance(task, asyncio.Task)
             self._tasks.add(task)
@@ -324,7 +326,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
             if isinstance(request.payload, memoryview) and not cancelled:
                 # Later: the transport still holds its slice of the buffer while it calls
                 # buffer_updated (where this ran eagerly), and a shared buffer is not pooled.
-                asyncio.get_running_loop().call_soon(self.server.pool.put, request.payload)
+                self._loop.call_soon(self.server.pool.put, request.payload)
         if self._closed or self._out is None or self.transport is None:
             return
         self._out.add(wire.encode_reply(error, request.cookie, payload))
