@@ -5,7 +5,9 @@ non-blocking socket driven by `add_reader`/`add_writer` callbacks, because
 that keeps the hot path short: requests are received straight into their
 buffers (`recv_into`), READ/BLOCK_STATUS/CACHE are answered inline (page-cache
 reads need no task), write-like requests of exports that allow it
-(`eager_writes`) run eagerly and become tasks only if they suspend, and all
+(`eager_writes`) run eagerly and, if they suspend, go on with no task
+(eager.py EagerRun: a replicated write's reply is queued in the callback
+that received the peer's answer), and all
 replies queued during one wake-up leave in a single `sendmsg` (large reads
 straight from the file with sendfile).
 
