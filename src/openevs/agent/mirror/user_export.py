@@ -98,4 +98,3 @@ class MirroredExport:
             await self.inner.flush()
         else:
             await replica.user_flush(self.inner.flush)
-
