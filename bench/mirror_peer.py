@@ -14,10 +14,14 @@ All disks are written full before they are measured (no first-touch costs
 on either side). Printed: IOPS, MiB/s, write p99, CPU s per GiB written
 (every process of the side: the agents; qemu-storage-daemon + nbdkit), and
 the ratios paired/unpaired and paired/QEMU-mirrored. With --strace, one
-more qd1 + fsync run on the pair counts `fdatasync` per flush on each agent
-(strace slows the traced agent: that run is not in the table).
+more run of each job on the pair per agent counts its system calls per
+write (`strace -c -f`) and `fdatasync` per flush (strace slows the traced
+agent: those runs are not in the table). With --profile DIR, one more run
+of each job on the pair under py-spy on both agents writes
+DIR/{primary,secondary}-<job>.txt (own and total time per function).
 
-Run: nice -n 10 .venv/bin/python bench/mirror_peer.py [--size-mib 1024 --seconds 3 --strace]
+Run: nice -n 10 .venv/bin/python bench/mirror_peer.py [--size-mib 1024 --seconds 3 --strace
+     --profile DIR --jobs 4k-rand-qd16 --no-qemu]
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.replication import cpu_s  # noqa: E402
+from bench.replication import cpu_s, start_profiles, stop_profiles  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.mirror.support import MiB, PairedAgent  # noqa: E402
 
@@ -195,25 +200,65 @@ def start_mirror(qmp: Qmp, tgt_port: int) -> None:
         time.sleep(0.05)
 
 
-def fdatasyncs(pid: int, run: Callable[[], None]) -> int:
-    """fdatasync calls of process `pid` (all threads) while `run()` runs."""
+def syscalls(pid: int, run: Callable[[], None]) -> dict[str, int]:
+    """Calls per system call of process `pid` (all threads) while `run()` runs."""
     out = Path(tempfile.mkstemp(prefix="oevs-strace-")[1])
-    tracer = subprocess.Popen(
-        ["strace", "-c", "-f", "-e", "trace=fdatasync,fsync", "-o", str(out), "-p", str(pid)]
-    )
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(pid)])
     time.sleep(0.5)  # attached
     try:
         run()
     finally:
         tracer.terminate()
         tracer.wait(timeout=30)
-    calls = 0
+    calls: dict[str, int] = {}
     for line in out.read_text().splitlines():
         fields = line.split()
-        if fields and fields[-1] in ("fdatasync", "fsync"):
-            calls += int(fields[3])  # % time, seconds, usecs/call, calls, [errors,] syscall
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            calls[fields[-1]] = int(fields[3])
     out.unlink()
     return calls
+
+
+def _fio_into(results: list[Result], *args: Any) -> None:
+    results.append(fio(*args))
+
+
+def strace_pair(a: PairedAgent, b: PairedAgent, uri: str, size: int, seconds: int) -> None:
+    """Per job: system calls per write on each agent, and fdatasync per flush."""
+    assert a.proc is not None and b.proc is not None
+    pids = (a.proc.pid, b.proc.pid)
+    for job in JOBS:
+        for name, agent in (("primary", a), ("secondary", b)):
+            assert agent.proc is not None
+            results: list[Result] = []
+            bitmap_before = bitmap_syncs(a)
+            calls = syscalls(agent.proc.pid, partial(_fio_into, results, uri, job, size, seconds, pids))
+            r = results[0]
+            writes = max(r.iops * seconds, 1.0)
+            syncs = calls.get("fdatasync", 0) + calls.get("fsync", 0)
+            top = sorted(calls.items(), key=lambda kv: -kv[1])[:7]
+            line = f"strace {job} {name}: {sum(calls.values()) / writes:.2f} syscalls per write ("
+            line += ", ".join(f"{k} {v / writes:.2f}" for k, v in top) + ")"
+            if r.flushes:
+                line += f"; {syncs} fdatasync+fsync for {r.flushes} flushes = {syncs / r.flushes:.2f}/flush"
+                if name == "primary":
+                    line += f" (of them {bitmap_syncs(a) - bitmap_before} of the dirty bitmap)"
+            print(line)
+
+
+def profile_pair(a: PairedAgent, b: PairedAgent, uri: str, size: int, seconds: int, directory: Path) -> None:
+    """py-spy on both agents during one more run of each job on the pair."""
+    assert a.proc is not None and b.proc is not None
+    pids = (a.proc.pid, b.proc.pid)
+    for job in JOBS:
+        spies = start_profiles(directory, {"primary": a.proc.pid, "secondary": b.proc.pid}, job)
+        time.sleep(0.3)
+        try:
+            r = fio(uri, job, size, seconds, pids)
+        finally:
+            stop_profiles(directory, spies, job)
+        print(f"profiled {job}: {r.iops:.0f} IOPS under py-spy (not in the table); {directory}/*-{job}.txt")
 
 
 def bitmap_syncs(agent: PairedAgent) -> int:
@@ -248,7 +293,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--strace", action="store_true", help="count fdatasync per flush on the pair")
+    parser.add_argument("--strace", action="store_true", help="count syscalls per write on the pair")
+    parser.add_argument("--profile", type=Path, help="py-spy both agents in one more paired run per job")
     parser.add_argument("--no-qemu", action="store_true")
     parser.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS))
     args = parser.parse_args()
@@ -262,7 +308,7 @@ def main() -> None:
             measure_qemu(root, size, seconds, rows)
         elif not args.no_qemu:
             print("qemu-storage-daemon not installed (qemu-system-common): openevs only")
-        measure_openevs(root, size, seconds, rows, args.strace)
+        measure_openevs(root, size, seconds, rows, args.strace, args.profile)
         table(rows)
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     finally:
@@ -285,8 +331,9 @@ def _target_port(pid: int) -> int:
 
 
 def measure_openevs(
-    root: Path, size: int, seconds: int, rows: dict[str, dict[str, Result]], strace: bool
-) -> None:
+    root: Path, size: int, seconds: int, rows: dict[str, dict[str, Result]], strace: bool,
+    profile: Path | None = None,
+) -> None:  # fmt: skip
     a, b = PairedAgent(root / "a", "az1"), PairedAgent(root / "b", "az2")
     try:
         a.pool.mkdir(parents=True)
@@ -313,18 +360,9 @@ def measure_openevs(
             rows[job]["openevs paired"] = fio(uri, job, size, seconds, pids)
         assert a.state("vol").replication_status == "active"
         if strace:
-            job = "4k-rand-qd1-fsync"
-            results: list[Result] = []
-            bitmap_before = bitmap_syncs(a)
-            run = lambda: results.append(fio(uri, job, size, seconds, pids))  # noqa: E731
-            primary = fdatasyncs(a.proc.pid, run)
-            flushes = results[0].flushes
-            bitmap = bitmap_syncs(a) - bitmap_before
-            secondary = fdatasyncs(b.proc.pid, run)
-            print(f"strace, {job} paired: primary {primary} fdatasync+fsync for {flushes} flushes "
-                  f"= {primary / max(flushes, 1):.2f} per flush (of them {bitmap} of the dirty bitmap); "
-                  f"secondary {secondary} for {results[1].flushes} = "
-                  f"{secondary / max(results[1].flushes, 1):.2f} per flush")  # fmt: skip
+            strace_pair(a, b, uri, size, seconds)
+        if profile is not None:
+            profile_pair(a, b, uri, size, seconds, profile)
     finally:
         for agent in (a, b):
             agent.kill()

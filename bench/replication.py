@@ -105,8 +105,11 @@ def time_initial_copy(a: PairedAgent, b: PairedAgent, epoch: int, dr: str) -> tu
         time.sleep(0.05)
 
 
-def start_profiles(directory: Path | None, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    """py-spy on each agent until stopped (`stop_profiles`), when a directory is given."""
+def start_profiles(
+    directory: Path | None, pids: dict[str, int], what: str = "copy"
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each agent until stopped (`stop_profiles`), when a directory is given:
+    DIR/<name>-<what>.raw."""
     if directory is None:
         return []
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -125,7 +128,7 @@ def start_profiles(directory: Path | None, pids: dict[str, int]) -> list[subproc
                 "--nonblocking",
                 "--nolineno",
                 "-o",
-                str(directory / f"{name}-copy.raw"),
+                str(directory / f"{name}-{what}.raw"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -134,14 +137,14 @@ def start_profiles(directory: Path | None, pids: dict[str, int]) -> list[subproc
     ]
 
 
-def stop_profiles(directory: Path | None, spies: list[subprocess.Popen[bytes]]) -> None:
+def stop_profiles(directory: Path | None, spies: list[subprocess.Popen[bytes]], what: str = "copy") -> None:
     """Stop the samplers and write each agent's top functions by own samples."""
     for spy in spies:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=30)
     if directory is None:
         return
-    for raw in sorted(directory.glob("*.raw")):
+    for raw in sorted(directory.glob(f"*-{what}.raw")):
         own: dict[str, int] = {}
         total = 0
         for line in raw.read_text().splitlines():
@@ -151,8 +154,21 @@ def stop_profiles(directory: Path | None, spies: list[subprocess.Popen[bytes]]) 
             total += int(count)
         top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
         lines = [f"{n / max(total, 1):6.1%}  {leaf}" for leaf, n in top]
-        raw.with_suffix(".txt").write_text(f"{total} samples\n" + "\n".join(lines) + "\n")
+        inclusive = sorted(_inclusive(raw).items(), key=lambda kv: -kv[1])[:40]
+        text = [f"{total} samples; own time:", *lines, "", "total time (the function and what it called):"]
+        text += [f"{n / max(total, 1):6.1%}  {frame}" for frame, n in inclusive]
+        raw.with_suffix(".txt").write_text("\n".join(text) + "\n")
         print(f"profile {raw.stem}: " + "; ".join(lines[:5]))
+
+
+def _inclusive(raw: Path) -> dict[str, int]:
+    """Samples per frame counted once per stack it appears in."""
+    counts: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        for frame in set(stack.split(";")):
+            counts[frame] = counts.get(frame, 0) + int(count)
+    return counts
 
 
 FIO_SIZE = "2G"

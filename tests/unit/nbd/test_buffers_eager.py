@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from openevs.agent.nbd.buffers import POOL_MIN_BYTES, BufferPool
-from openevs.agent.nbd.eager import start_eagerly
+from openevs.agent.nbd.eager import EagerRun, run_eagerly, start_eagerly
 
 
 def test_pool_reuses_buffers_of_a_size_class() -> None:
@@ -103,3 +103,80 @@ def test_exceptions_propagate_through_the_task() -> None:
             await task
 
     asyncio.run(main())
+
+
+def test_eager_run_ends_in_a_callback_without_a_task() -> None:
+    ended: list[tuple[object, BaseException | None]] = []
+    tasks_seen: list[object] = []
+
+    async def slow(future: asyncio.Future[int]) -> int:
+        value = await future
+        tasks_seen.append(asyncio.current_task())
+        await asyncio.sleep(0)  # a bare yield: stepped on in the next loop turn
+        return value + 1
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        done, run = run_eagerly(slow(future), loop, lambda _run, r, e: ended.append((r, e)))
+        assert not done and isinstance(run, EagerRun)
+        future.set_result(41)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert run.done
+
+    asyncio.run(main())
+    assert ended == [(42, None)]
+    assert tasks_seen == [None]  # no Task ran it
+
+
+def test_eager_run_finishes_inline_like_start_eagerly() -> None:
+    async def quick() -> int:
+        return 7
+
+    async def main() -> None:
+        done, result = run_eagerly(quick(), asyncio.get_running_loop(), lambda *_: None)
+        assert done and result == 7
+
+    asyncio.run(main())
+
+
+def test_eager_run_cancel_reaches_the_coroutine() -> None:
+    seen: list[str] = []
+    ended: list[BaseException | None] = []
+
+    async def victim() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def main() -> None:
+        done, run = run_eagerly(victim(), asyncio.get_running_loop(), lambda _run, _r, e: ended.append(e))
+        assert isinstance(run, EagerRun)
+        run.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert seen == ["cancelled"]
+    assert len(ended) == 1 and isinstance(ended[0], asyncio.CancelledError)
+
+
+def test_eager_run_passes_exceptions_on() -> None:
+    ended: list[BaseException | None] = []
+
+    async def failing(event: asyncio.Event) -> None:
+        await event.wait()
+        raise ValueError("boom")
+
+    async def main() -> None:
+        event = asyncio.Event()
+        run_eagerly(failing(event), asyncio.get_running_loop(), lambda _run, _r, e: ended.append(e))
+        event.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert len(ended) == 1 and isinstance(ended[0], ValueError)

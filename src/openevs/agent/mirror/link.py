@@ -164,38 +164,40 @@ class PeerLink:
     def _send(
         self, what: str, kind: Kind, offset: int = 0, length: int = 0,
         payload: bytes | bytearray | memoryview = b"", fua: bool = False, forwarded: bool = False,
+        now: bool = False,
     ) -> asyncio.Future[None]:  # fmt: skip
         """Send now; a future that fails with LinkDown after the link was taken down
-        (`forwarded`: a user's write passed on, counted apart from the sync's)."""
+        (`forwarded`: a user's write passed on, counted apart from the sync's; `now`:
+        it leaves at once rather than at the end of the loop turn).
+
+        The future is resolved in the callback that received the answer (no
+        chained future, no extra loop turn)."""
         pool = self._pool
         if not self.up or pool is None:
             raise LinkDown(self.last_error or "link is down")
         generation = self.generation
         started = perf_counter()
-        try:
-            reply = pool.send(what, kind, self._handle, offset, length, payload, fua)
-        except (ConnectionError, OSError) as exc:
-            self._failed(generation, f"{what} failed: {exc or type(exc).__name__}")
-            raise LinkDown(self.last_error) from exc
-        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        result: asyncio.Future[None] = pool.loop.create_future()
 
-        def done(f: asyncio.Future[LinkReply]) -> None:
-            if f.cancelled():
-                result.cancel()
-                return
-            exc = f.exception()
-            if exc is None and not f.result().error:
+        def done(reply: LinkReply | None, exc: Exception | None) -> None:
+            if reply is not None and not reply.error:
                 seconds = perf_counter() - started
                 MIRROR_STATS.link[what].observe(length, seconds)
                 if forwarded:
                     MIRROR_STATS.forwarded.observe(length, seconds)
-                result.set_result(None)
+                if not result.done():  # cancelled by whoever awaited it: nothing to tell
+                    result.set_result(None)
                 return
-            reason = f"{what} failed: {exc or f'errno {f.result().error}'}"
+            reason = f"{what} failed: {exc or f'errno {reply.error if reply else 0}'}"
             self._failed(generation, reason)  # down before anyone awaiting `result` resumes
-            result.set_exception(LinkDown(self.last_error or reason))
+            if not result.done():
+                result.set_exception(LinkDown(self.last_error or reason))
 
-        reply.add_done_callback(done)
+        try:
+            pool.send_then(done, what, kind, self._handle, offset, length, payload, fua, now)
+        except (ConnectionError, OSError) as exc:
+            self._failed(generation, f"{what} failed: {exc or type(exc).__name__}")
+            raise LinkDown(self.last_error) from exc
         return result
 
     def _failed(self, generation: int, reason: str) -> None:
@@ -224,3 +226,8 @@ class PeerLink:
 
     async def flush(self) -> None:
         await self._send("flush", Kind.FLUSH)
+
+    def start_flush(self) -> asyncio.Future[None]:
+        """Send a user's FLUSH now, without a task (like start_write); LinkDown at once
+        when the link is down."""
+        return self._send("flush", Kind.FLUSH, now=True)

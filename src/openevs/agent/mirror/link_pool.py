@@ -40,6 +40,9 @@ REQUEST_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
 BACKOFF_S = (0.25, 0.5, 1.0)
 
+# What a request's answer is given to: (the reply, None) or (None, why the connection was lost).
+OnReply = Callable[[LinkReply | None, Exception | None], None]
+
 
 class LinkConnection(asyncio.BufferedProtocol):
     """One upgraded connection: requests out (outbox.py), replies matched to them by cookie.
@@ -59,8 +62,8 @@ class LinkConnection(asyncio.BufferedProtocol):
         self._on_lost = on_lost
         self.timeout_s = timeout_s
         self._frames = FrameReader(requests=False)
-        # cookie -> (reply, deadline, what), oldest first (a dict keeps its insertion order)
-        self._pending: dict[int, tuple[asyncio.Future[LinkReply], float, str]] = {}
+        # cookie -> (on_reply, deadline, what), oldest first (a dict keeps its insertion order)
+        self._pending: dict[int, tuple[OnReply, float, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._cookies = itertools.count(1)
         self._out = Outbox(transport)
@@ -75,19 +78,38 @@ class LinkConnection(asyncio.BufferedProtocol):
 
         `payload` is sent by reference: leave it unchanged until the reply came.
         Without a reply within `timeout_s` the connection is lost (`on_lost`)."""
+        future: asyncio.Future[LinkReply] = self._loop.create_future()
+
+        def resolve(reply: LinkReply | None, exc: Exception | None) -> None:
+            if future.done():
+                return
+            if reply is not None:
+                future.set_result(reply)
+            else:
+                future.set_exception(exc or ConnectionError("link connection closed"))
+
+        self.send_then(resolve, kind, handle, offset, length, payload, fua, what)
+        return future
+
+    def send_then(
+        self, on_reply: OnReply, kind: Kind, handle: int = 0, offset: int = 0, length: int = 0,
+        payload: bytes | bytearray | memoryview = b"", fua: bool = False, what: str = "request",
+        now: bool = False,
+    ) -> None:  # fmt: skip
+        """`send`, with `on_reply(reply, None)` called in the callback that received the
+        reply (no future, no extra loop turn), or `on_reply(None, error)` when the
+        connection is lost first. With `now` the request leaves at once (outbox.py)."""
         if self.closed:
             raise ConnectionError("link connection closed")
         cookie = next(self._cookies)
-        future: asyncio.Future[LinkReply] = self._loop.create_future()
-        self._pending[cookie] = (future, self._loop.time() + self.timeout_s, what)
+        self._pending[cookie] = (on_reply, self._loop.time() + self.timeout_s, what)
         if self._timer is None:
             self._arm()
         header = wire.encode_request(kind, cookie, handle, offset, length, fua=fua)
         if payload:
-            self._out.add(header, payload)
+            self._out.add(header, payload, now=now)
         else:
-            self._out.add(header)
-        return future
+            self._out.add(header, now=now)
 
     # -- asyncio.BufferedProtocol ------------------------------------------
 
@@ -105,9 +127,7 @@ class LinkConnection(asyncio.BufferedProtocol):
                 entry = pending.pop(frame.cookie, None)
                 if entry is None:
                     raise wire.WireError(f"reply to unknown cookie {frame.cookie}")
-                future = entry[0]
-                if not future.done():
-                    future.set_result(frame)
+                entry[0](frame, None)
         except wire.WireError as exc:
             self.abort(f"link connection failed: {exc}")
 
@@ -151,9 +171,8 @@ class LinkConnection(asyncio.BufferedProtocol):
         self._transport.abort()
         pending, self._pending = self._pending, {}
         self._on_lost(self, reason)  # the pairs go down before anyone sees the failures
-        for future, _deadline, _what in pending.values():
-            if not future.done():
-                future.set_exception(ConnectionError(reason))
+        for on_reply, _deadline, _what in pending.values():
+            on_reply(None, ConnectionError(reason))
 
 
 # The link's client TLS: a context, or what gives the one to use for each new connection
@@ -209,9 +228,17 @@ class LinkPool:
         self.session = 0  # bumped at every (re)connection: handles belong to one session
         self.last_error = ""
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The pool's event loop (asked once: get_running_loop costs a getpid per call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     # -- pairs --------------------------------------------------------------
 
@@ -245,6 +272,19 @@ class LinkPool:
         # caller eagerly, outside any task. On expiry the connection is lost, so the pool
         # goes down (`_lost`) and every connection is aborted, failing this request.
         return conn.send(kind, handle, offset, length, payload, fua, what)
+
+    def send_then(
+        self, on_reply: OnReply, what: str, kind: Kind, handle: int = 0, offset: int = 0,
+        length: int = 0, payload: bytes | bytearray | memoryview = b"", fua: bool = False,
+        now: bool = False,
+    ) -> None:  # fmt: skip
+        """`send` with a callback instead of a future (LinkConnection.send_then)."""
+        if not self.up or not self._conns:
+            raise ConnectionError(self.last_error or "link is down")
+        conns = self._conns
+        conns[next(self._next) % len(conns)].send_then(
+            on_reply, kind, handle, offset, length, payload, fua, what, now
+        )
 
     def drop(self, reason: str) -> None:
         """Take the pool down now: every connection aborted, every pair told first."""

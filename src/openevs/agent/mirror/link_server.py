@@ -15,7 +15,7 @@ Rules this module keeps:
   landed before the new session began or is refused (ESTALE);
 - `revoke(export)` (a demotion, a deletion) does the same without a new
   handle; when the last connection of a session closes, its handles go;
-- requests run eagerly (a Task only for one that suspends: FUA, FLUSH);
+- requests run eagerly, with no Task even for one that suspends (FUA, FLUSH);
 - a connection stops reading while its requests in flight carry more than
   MAX_IN_FLIGHT_BYTES (backpressure); a protocol error drops it;
 - with `tls` (the agent has a certificate) an upgraded connection is mutual
@@ -42,7 +42,7 @@ from openevs.agent.mirror.outbox import Outbox
 from openevs.agent.mirror.stats import MIRROR_STATS
 from openevs.agent.mirror.wire import FrameReader, Kind, LinkRequest
 from openevs.agent.nbd.buffers import BufferPool
-from openevs.agent.nbd.eager import start_eagerly
+from openevs.agent.nbd.eager import EagerRun, run_eagerly
 from openevs.agent.nbd.export import FileExport
 from openevs.security import PeerRejected
 from openevs.security.identity import CertRole
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT_BYTES = 64 << 20
 DRAIN_TIMEOUT_S = 5.0
+_STAT_NAMES = {kind: kind.name.lower() for kind in Kind}  # not per request: Enum.name is slow
 
 
 @dataclass(eq=False)
@@ -188,7 +189,7 @@ class LinkServer:
         started = perf_counter()
         try:
             result = await self._io(handle.export, request)
-            if not result and (served := MIRROR_STATS.served.get(request.kind.name.lower())) is not None:
+            if not result and (served := MIRROR_STATS.served.get(_STAT_NAMES[request.kind])) is not None:
                 served.observe(request.length, perf_counter() - started)
             return result, b""
         finally:
@@ -244,7 +245,8 @@ class _ServerConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.attaching: asyncio.Task[None] | None = None
         self._out: Outbox | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._runs: set[EagerRun] = set()  # requests that suspended (referenced until they end)
+        self._loop = asyncio.get_running_loop()  # asked once: each call costs a getpid
         self._in_flight_bytes = 0
         self._paused = False
         self._closed = False
@@ -302,12 +304,17 @@ class _ServerConnection(asyncio.BufferedProtocol):
     def _start(self, request: LinkRequest) -> None:
         size = len(request.payload)
         self._in_flight_bytes += size
-        # A write into the page cache never suspends: answered inline, no Task.
-        done, task = start_eagerly(self._answer(request, size), asyncio.get_running_loop())
+        # A write into the page cache never suspends: answered inline. One that does
+        # (FUA, FLUSH) goes on without a Task either (nbd/eager.py).
+        done, run = run_eagerly(self._answer(request, size), self._loop, self._answered)
         if not done:
-            assert isinstance(task, asyncio.Task)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            assert isinstance(run, EagerRun)
+            self._runs.add(run)
+
+    def _answered(self, run: EagerRun, _result: object, exc: BaseException | None) -> None:
+        self._runs.discard(run)
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            log.error("replication link request failed", exc_info=exc)
 
     async def _answer(self, request: LinkRequest, size: int) -> None:
         cancelled = False
@@ -324,7 +331,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
             if isinstance(request.payload, memoryview) and not cancelled:
                 # Later: the transport still holds its slice of the buffer while it calls
                 # buffer_updated (where this ran eagerly), and a shared buffer is not pooled.
-                asyncio.get_running_loop().call_soon(self.server.pool.put, request.payload)
+                self._loop.call_soon(self.server.pool.put, request.payload)
         if self._closed or self._out is None or self.transport is None:
             return
         self._out.add(wire.encode_reply(error, request.cookie, payload))

@@ -10,23 +10,39 @@ from collections.abc import Callable, Coroutine
 class Changes:
     """Wakes everything waiting for a state change of one volume (writes waiting for
     a copy, the sync, a link being retired), and tells `on_change` (the manager's
-    change log, what the controller's batched measurement reads)."""
+    change log, what the controller's batched measurement reads).
+
+    `wait` needs no current task (no `asyncio.timeout()`): the NBD server steps
+    a user's write with no Task (nbd/eager.py) and a write may wait here."""
 
     def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
-        self._event = asyncio.Event()
+        self._waiters: set[asyncio.Future[None]] = set()
         self._on_change = on_change
 
     def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         self._on_change()
 
     async def wait(self, timeout_s: float | None = None) -> None:
         """Until the next `notify()`, or `timeout_s`."""
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await event.wait()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+            if timer is not None:
+                timer.cancel()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class TaskSet:

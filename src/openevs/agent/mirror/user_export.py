@@ -19,6 +19,10 @@ from openevs.domain.replication import Role
 
 
 class MirroredExport:
+    # The NBD server runs its writes with no Task (nbd/eager.py): nothing on the write
+    # path needs a current task (no asyncio.timeout(); Changes.wait uses a timer).
+    eager_writes = True
+
     def __init__(self, replicas: Mapping[str, Replica], volume_id: str, inner: FileExport) -> None:
         self._replicas = replicas  # the manager's, kept current: looked up per request
         self._volume_id = volume_id
@@ -94,4 +98,3 @@ class MirroredExport:
             await self.inner.flush()
         else:
             await replica.user_flush(self.inner.flush)
-

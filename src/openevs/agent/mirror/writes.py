@@ -193,13 +193,24 @@ class WritePath:
         return True
 
     async def user_flush(self, local_flush: Callable[[], Awaitable[None]]) -> None:
+        """The peer's FLUSH is sent first (no task: its future), the local one runs
+        meanwhile; done when both are (a peer FLUSH that fails took the link down)."""
         link = self._link.current
+        sent: asyncio.Future[None] | None = None
         if engine.decide_flush(self._state) and link is not None:
-
-            async def peer() -> None:
-                with contextlib.suppress(LinkDown):
-                    await link.flush()
-
-            await asyncio.gather(self._local(lambda _f: local_flush(), False), peer())
-        else:
+            with contextlib.suppress(LinkDown):
+                sent = link.start_flush()
+        try:
             await self._local(lambda _f: local_flush(), False)
+        except BaseException:
+            if sent is not None:
+                sent.add_done_callback(_retrieved)  # the local error is the answer
+            raise
+        if sent is not None:
+            with contextlib.suppress(LinkDown):
+                await sent
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -5,7 +5,9 @@ non-blocking socket driven by `add_reader`/`add_writer` callbacks, because
 that keeps the hot path short: requests are received straight into their
 buffers (`recv_into`), READ/BLOCK_STATUS/CACHE are answered inline (page-cache
 reads need no task), write-like requests of exports that allow it
-(`eager_writes`) run eagerly and become tasks only if they suspend, and all
+(`eager_writes`) run eagerly and, if they suspend, go on with no task
+(eager.py EagerRun: a replicated write's reply is queued in the callback
+that received the peer's answer), and all
 replies queued during one wake-up leave in a single `sendmsg` (large reads
 straight from the file with sendfile).
 
@@ -35,8 +37,8 @@ from openevs.security.tls import peer_identity
 
 from . import constants as c
 from .buffers import SendQueue
-from .constants import Command
-from .eager import start_eagerly
+from .constants import Command, Errno
+from .eager import EagerRun, run_eagerly
 from .errors import ProtocolError
 from .events import NEED_DATA, Disconnect, ExportChosen, ExportLookup, LinkUpgrade, Request, StartTls
 from .export import Export
@@ -48,6 +50,7 @@ from .stats import NbdStats
 from .tls_stream import TlsStream
 
 log = logging.getLogger(__name__)
+
 
 class Connection:
     """One client connection: handshake coroutine, then callback-driven transmission."""
@@ -74,7 +77,7 @@ class Connection:
         self._closed = False
         self._in_flight = 0
         self._in_flight_bytes = 0
-        self._tasks: set[asyncio.Task[bytes]] = set()
+        self._tasks: set[asyncio.Task[bytes] | EagerRun] = set()
         self._done: asyncio.Future[None] = self.loop.create_future()
         self._handshaking = True
         self._sendfile_fd: int | None = None
@@ -249,21 +252,24 @@ class Connection:
             self._out.append(self.proto.reply_ok(req.cookie))
             self._count(req, started)
         else:
+            work = execute(self.proto, export, req, self._label())
+            result: bytes | asyncio.Task[bytes] | EagerRun
             if self._eager:
-                done, result = start_eagerly(execute(self.proto, export, req, self._label()), self.loop)
+                done, result = run_eagerly(work, self.loop, partial(self._on_ended, req, started))
             else:
-                done, result = False, self.loop.create_task(execute(self.proto, export, req, self._label()))
+                done, result = False, self.loop.create_task(work)
             if done:
                 assert isinstance(result, bytes)
                 self._release_payload(req)
                 self._out.append(result)
                 self._count(req, started)
                 return
-            assert isinstance(result, asyncio.Task)
+            assert isinstance(result, asyncio.Task | EagerRun)
             self._in_flight += 1
             self._in_flight_bytes += req.length if kind is Command.WRITE else 0
             self._tasks.add(result)
-            result.add_done_callback(partial(self._on_done, req, started))
+            if isinstance(result, asyncio.Task):
+                result.add_done_callback(partial(self._on_done, req, started))
             self._update_reading()
 
     def _release_payload(self, req: Request) -> None:
@@ -273,16 +279,35 @@ class Connection:
             self.server.pool.put(payload)
 
     def _on_done(self, req: Request, started: float, task: asyncio.Task[bytes]) -> None:
-        self._tasks.discard(task)
+        if task.cancelled():
+            self._ended(req, started, task, None, asyncio.CancelledError())
+        else:
+            self._ended(req, started, task, task.result(), None)
+
+    def _on_ended(
+        self, req: Request, started: float, run: EagerRun, reply: bytes | None, exc: BaseException | None
+    ) -> None:
+        """The end of an EagerRun (eager.py), in the callback that ended it."""
+        self._ended(req, started, run, reply, exc)
+
+    def _ended(
+        self, req: Request, started: float, work: asyncio.Task[bytes] | EagerRun | None,
+        reply: bytes | None, exc: BaseException | None,
+    ) -> None:  # fmt: skip
+        if work is not None:
+            self._tasks.discard(work)
         self._in_flight -= 1
         self._in_flight_bytes -= req.length if req.kind is Command.WRITE else 0
-        if task.cancelled():
+        if isinstance(exc, asyncio.CancelledError):
             # A thread may still be copying from the payload: never recycle it.
             return
         self._release_payload(req)
         if self._closed:
             return
-        self._out.append(task.result())
+        if exc is not None or reply is None:  # execute() answers every error: a bug
+            log.error("nbd %s on export %s failed", req.kind.name, self._label(), exc_info=exc)
+            reply = self.proto.reply_error(req.cookie, Errno.EIO, "internal error")
+        self._out.append(reply)
         self._count(req, started)
         if not self._resume_scheduled:
             self._resume_scheduled = True

@@ -34,10 +34,11 @@ class Export(Protocol):
     """The backend of one export.
 
     Optional extras the server uses when present (FileExport has all three):
-    - `eager_writes = True`: the write-like coroutines may be started outside
-      any Task and only become one if they suspend (saves a Task per write).
-      Only for code that does not need a current task before its first
-      suspension: no `asyncio.timeout()` or `current_task()` there;
+    - `eager_writes = True`: the write-like coroutines are started outside
+      any Task and, if they suspend, stepped on by the callbacks of the
+      futures they await (eager.py EagerRun: no Task per write at all). Only
+      for code that never needs a current task: no `asyncio.timeout()` or
+      `current_task()` anywhere on the write path;
     - `readinto(offset, buf: memoryview) -> None` fills `buf` (zeroes past the
       end), so large reads land in pooled buffers instead of new bytes;
     - `fileno() -> int`: large reads are sent straight from that descriptor
